@@ -1,0 +1,39 @@
+# The README's commands. Each creates .venv on a fresh machine (only Python 3.11+ needed).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test demo bench openapi lint install install-test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+## make run: the broker on http://localhost:8000 in development mode (embedded SQLite)
+run: install
+	mkdir -p var
+	BROKER_ENV=development $(BIN)/broker migrate
+	BROKER_ENV=development $(BIN)/broker serve --host $(HOST) --port $(PORT)
+
+## make test: the whole suite on SQLite (and PostgreSQL when BROKER_TEST_DATABASE_URL is set)
+test: install-test
+	$(BIN)/python -m pytest
+
+## make lint: ruff and mypy
+lint: install-test
+	$(BIN)/ruff check service tests
+	$(BIN)/ruff format --check service tests
+	$(BIN)/mypy service

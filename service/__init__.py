@@ -1,0 +1,1 @@
+"""Neto Token Broker: keeps Neto merchants' credentials and brokers access to them."""

@@ -1,0 +1,83 @@
+"""Credential bundles for internal callers."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from service import metrics
+from service.api.deps import SettingsDep, request_id, require_scope
+from service.api.installs import ERRORS, StoreId
+from service.db import utcnow
+from service.errors import StoreNotFound, StoreReauthRequired, StoreRevoked
+from service.models import InstallStatus
+from service.schemas import Bundle, ErrorBody
+from service.security.callers import Caller
+from service.store_cache import StoreCache
+from service.stores import StoreCredentials
+
+router = APIRouter(tags=["credentials"])
+
+
+async def usable_store(request: Request, store_id: str) -> StoreCredentials:
+    """The store's opened credentials, or the error that says why it cannot be used."""
+    request.state.store_id = store_id
+    cache: StoreCache = request.app.state.store_cache
+    creds = await cache.get(store_id)
+    if creds is None:
+        raise StoreNotFound()
+    if creds.status == InstallStatus.revoked:
+        raise StoreRevoked()
+    if creds.status == InstallStatus.reauth_required:
+        raise StoreReauthRequired()
+    return creds
+
+
+@router.get(
+    "/credentials/{store_id}",
+    summary="A short-lived credential bundle for one store",
+    response_model=Bundle,
+    responses={
+        **ERRORS,
+        404: {"model": ErrorBody, "description": "No install for this store"},
+        409: {"model": ErrorBody, "description": "The store must be re-authorised"},
+        410: {"model": ErrorBody, "description": "The install was revoked"},
+    },
+)
+async def credentials(
+    request: Request,
+    store_id: StoreId,
+    settings: SettingsDep,
+    caller: Annotated[Caller, Depends(require_scope("credentials:read"))],
+) -> JSONResponse:
+    """The store's API URL and auth headers, valid for BROKER_BUNDLE_TTL_SECONDS. Every
+    bundle is recorded in the audit log (caller, store, bundle id; never the secret)."""
+    caller.require_store(store_id)
+    creds = await usable_store(request, store_id)
+    bundle_id = "bnd_" + secrets.token_urlsafe(16)
+    await request.app.state.audit_writer.write(
+        "bundle.issued",
+        actor=caller.sub,
+        store_id=store_id,
+        request_id=request_id(request),
+        bundle_id=bundle_id,
+    )
+    now = utcnow().replace(microsecond=0)
+    body = {
+        "bundle_id": bundle_id,
+        "store_id": creds.store_id,
+        "store_domain": creds.store_domain,
+        "auth_method": creds.auth_method,
+        "api_url": str(request.app.state.api_urls.build(creds.store_domain)),
+        "headers": creds.headers,
+        "issued_at": now.isoformat().replace("+00:00", "Z"),
+        "expires_at": (now + timedelta(seconds=settings.bundle_ttl_seconds))
+        .isoformat()
+        .replace("+00:00", "Z"),
+    }
+    metrics.BUNDLES.labels(creds.auth_method).inc()
+    return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})

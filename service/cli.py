@@ -1,0 +1,169 @@
+"""The `broker` command: serve, migrate, mint operator tokens, manage keys, list installs."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from service.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(help="Neto Token Broker.", no_args_is_help=True, add_completion=False)
+token_app = typer.Typer(help="Caller tokens.", no_args_is_help=True)
+keys_app = typer.Typer(help="Encryption keys.", no_args_is_help=True)
+installs_app = typer.Typer(help="Installs.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(keys_app, name="keys")
+app.add_typer(installs_app, name="installs")
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except (ConfigError, ValueError) as exc:
+        # pydantic wraps validator errors; show the sentence, not a traceback.
+        message = str(exc).splitlines()
+        typer.secho(f"configuration error: {' '.join(m.strip() for m in message)}", err=True,
+                    fg="red")  # fmt: skip
+        raise typer.Exit(2) from None
+
+
+def alembic_dir() -> Path:
+    """Migrations ship beside the package in a checkout, or in the working folder."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (base / "alembic.ini").exists() and (base / "alembic").is_dir():
+            return base
+    typer.secho("alembic.ini and alembic/ not found here or beside the package", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Run the API with uvicorn (ASGI app service.main:app)."""
+    import uvicorn
+
+    from service import logs
+
+    settings = settings_or_exit()
+    logs.configure(settings.log_level)
+    uvicorn.run(
+        "service.main:app",
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        forwarded_allow_ips="*",
+        server_header=False,
+        timeout_graceful_shutdown=30,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http="httptools",
+    )
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Apply Alembic migrations to BROKER_DATABASE_URL."""
+    from alembic import command
+    from alembic.config import Config
+
+    from service.config import DatabaseSettings
+
+    base = alembic_dir()
+    url = DatabaseSettings().database_url
+    cfg = Config(str(base / "alembic.ini"))
+    cfg.set_main_option("script_location", str(base / "alembic"))
+    cfg.attributes["database_url"] = url
+    command.upgrade(cfg, revision)
+    typer.echo(f"database is at {revision}")
+
+
+_TTL_RE = re.compile(r"^(\d+)([smhd]?)$")
+
+
+def parse_ttl(text: str) -> int:
+    match = _TTL_RE.match(text.strip())
+    if not match:
+        raise typer.BadParameter("use a number with s, m, h or d, e.g. 15m or 1h")
+    seconds = int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    if not 1 <= seconds <= 86400:
+        raise typer.BadParameter("a caller token lives at most 24h")
+    return seconds
+
+
+def _csv(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [item for item in re.split(r"[,\s]+", text) if item]
+
+
+@token_app.command("mint")
+def token_mint(
+    sub: Annotated[str, typer.Option(help="The caller's name (sub claim).")],
+    scope: Annotated[str, typer.Option(help='Space-separated scopes, e.g. "installs:admin".')],
+    stores: Annotated[str | None, typer.Option(help='Store ids, comma-separated, or "*".')] = None,
+    actions: Annotated[
+        str | None, typer.Option(help='Write actions, e.g. "Update*,AddItem".')
+    ] = None,
+    ttl: Annotated[str, typer.Option(help="Lifetime, e.g. 15m, 1h (max 24h).")] = "1h",
+    kid: Annotated[str | None, typer.Option(help="HS256 key id (default: the first).")] = None,
+) -> None:
+    """Print a caller JWT signed with a configured HS256 key."""
+    from service.security.callers import mint
+
+    settings = settings_or_exit()
+    if not settings.jwt_hs256_keys:
+        typer.secho("BROKER_JWT_HS256_KEYS is not set: no key to sign with", err=True, fg="red")
+        raise typer.Exit(2)
+    pairs = [
+        p.strip().partition(":")
+        for p in settings.jwt_hs256_keys.get_secret_value().split(",")
+        if p.strip()
+    ]
+    chosen = next((p for p in pairs if kid is None or p[0] == kid), None)
+    if chosen is None:
+        typer.secho(f"no HS256 key with id {kid!r}", err=True, fg="red")
+        raise typer.Exit(2)
+    issuers = sorted(settings.issuers)
+    typer.echo(
+        mint(
+            kid=chosen[0],
+            secret=chosen[2],
+            sub=sub,
+            scope=scope,
+            audience=settings.jwt_audience,
+            ttl_seconds=parse_ttl(ttl),
+            stores=_csv(stores),
+            actions=_csv(actions),
+            issuer=issuers[0] if issuers else None,
+        )
+    )
+
+
+@keys_app.command("generate")
+def keys_generate(
+    kid: Annotated[str | None, typer.Option(help="Key id (default: k + date).")] = None,
+) -> None:
+    """Print a new kid:key pair for BROKER_ENCRYPTION_KEYS."""
+    from datetime import UTC, datetime
+
+    from service.security.crypto import KID_RE, generate_key
+
+    kid = kid or "k" + datetime.now(UTC).strftime("%Y%m%d%H%M")
+    if not KID_RE.match(kid):
+        raise typer.BadParameter("letters, digits, '_' or '-', at most 32")
+    typer.echo(f"{kid}:{generate_key()}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,186 @@
+"""The one Settings object: every BROKER_ environment variable lives here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger("broker.config")
+
+DEV_KEYS_FILE = Path("var") / "dev-keys.json"
+
+
+def normalize_database_url(url: str) -> str:
+    """Plain driver names are accepted and mapped to the async drivers we ship."""
+    for plain, async_driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return async_driver + url[len(plain) :]
+    return url
+
+
+class ConfigError(RuntimeError):
+    """Raised when the settings cannot run the service safely; names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BROKER_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    env: Literal["development", "production"] = "production"
+    database_url: str = "sqlite+aiosqlite:///./var/broker.db"
+    public_url: str = "http://localhost:8000"
+
+    neto_client_id: str | None = None
+    neto_client_secret: SecretStr | None = None
+    neto_oauth_url: str = "https://apps.getneto.com/oauth/v2"
+    neto_api_url_template: str = "https://{store_domain}/do/WS/NetoAPI"
+
+    encryption_keys: SecretStr | None = None
+    jwt_audience: str = "neto-token-broker"
+    jwt_issuers: str = ""
+    jwt_hs256_keys: SecretStr | None = None
+    jwt_public_keys_file: Path | None = None
+    jwt_cache_size: int = Field(10_000, ge=0)
+
+    bundle_ttl_seconds: int = Field(300, ge=10, le=3600)
+    state_ttl_seconds: int = Field(600, ge=60, le=3600)
+    egress_allow_private: bool = False
+    # Absolute URL prefixes a pending install may send the merchant back to.
+    return_url_prefixes: str = ""
+
+    # Upstream limits (the /invoke passthrough and the token exchange).
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_response_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    token_response_max_bytes: int = Field(64 * 1024, ge=1024)
+    upstream_connect_timeout_seconds: float = Field(5.0, gt=0)
+    upstream_deadline_seconds: float = Field(60.0, gt=0)
+    token_exchange_timeout_seconds: float = Field(15.0, gt=0)
+    store_max_in_flight: int = Field(8, ge=1)
+    store_rate_per_minute: int = Field(500, ge=1)
+    rate_limit_pause_seconds: float = Field(60.0, ge=0)
+    upstream_max_retries: int = Field(2, ge=0, le=5)
+    # How long a replica may serve an install from memory: the revocation bound.
+    store_cache_seconds: float = Field(2.0, ge=0, le=30)
+
+    db_pool_size: int = Field(10, ge=1)
+    db_max_overflow: int = Field(10, ge=0)
+    db_statement_timeout_ms: int = Field(5000, ge=0)
+    log_level: str = "INFO"
+
+    @field_validator("public_url", "neto_oauth_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+    @field_validator("neto_api_url_template")
+    @classmethod
+    def _template_has_domain(cls, value: str) -> str:
+        if "{store_domain}" not in value:
+            raise ValueError("must contain {store_domain}")
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_keys(self) -> Settings:
+        if self.env != "production":
+            return self
+        if not self.encryption_keys or not self.encryption_keys.get_secret_value().strip():
+            raise ConfigError(
+                "BROKER_ENCRYPTION_KEYS is required when BROKER_ENV=production "
+                "(generate one with `broker keys generate`)"
+            )
+        if not self.jwt_hs256_keys and not self.jwt_public_keys_file:
+            raise ConfigError(
+                "BROKER_JWT_HS256_KEYS or BROKER_JWT_PUBLIC_KEYS_FILE is required when "
+                "BROKER_ENV=production"
+            )
+        return self
+
+    @property
+    def oauth_configured(self) -> bool:
+        return bool(self.neto_client_id and self.neto_client_secret)
+
+    @property
+    def redirect_uri(self) -> str:
+        return f"{self.public_url}/oauth/callback"
+
+    @cached_property
+    def issuers(self) -> frozenset[str]:
+        return frozenset(i.strip() for i in self.jwt_issuers.split(",") if i.strip())
+
+    @cached_property
+    def allowed_return_prefixes(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.return_url_prefixes.split(",") if p.strip())
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+class DatabaseSettings(BaseSettings):
+    """Just the database URL: what `broker migrate` needs, without requiring keys."""
+
+    model_config = SettingsConfigDict(env_prefix="BROKER_", env_file=".env", extra="ignore")
+    database_url: str = Settings.model_fields["database_url"].default
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+
+def _dev_keys() -> dict[str, str]:
+    """Throw-away keys for development, generated once into ./var/ and reused."""
+    if DEV_KEYS_FILE.exists():
+        data: dict[str, str] = json.loads(DEV_KEYS_FILE.read_text())
+        return data
+    from service.security.crypto import generate_key
+
+    data = {
+        "encryption_keys": f"dev1:{generate_key()}",
+        "jwt_hs256_keys": f"dev1:{secrets.token_urlsafe(48)}",
+    }
+    DEV_KEYS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(DEV_KEYS_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+    return data
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment; development fills in throw-away keys from ./var/."""
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    if settings.env == "development":
+        fill: dict[str, object] = {}
+        if not settings.encryption_keys or not settings.jwt_hs256_keys:
+            keys = _dev_keys()
+            if not settings.encryption_keys:
+                fill["encryption_keys"] = SecretStr(keys["encryption_keys"])
+            if not settings.jwt_hs256_keys and not settings.jwt_public_keys_file:
+                fill["jwt_hs256_keys"] = SecretStr(keys["jwt_hs256_keys"])
+        if fill:
+            log.warning(
+                "development mode: using throw-away keys from %s for %s; never use them in "
+                "production",
+                DEV_KEYS_FILE,
+                ", ".join(sorted(fill)),
+            )
+            settings = settings.model_copy(update=fill)
+    return settings

@@ -1,0 +1,167 @@
+"""Engine, session factory and the request's session dependency.
+
+The request's session commits when the route succeeds and rolls back when it raises;
+repository code only flushes. Engines are created in the app's lifespan, never at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Request
+from sqlalchemy import MetaData, event
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.types import DateTime, TypeDecorator
+
+from service.config import Settings
+from service.errors import ServiceUnavailable
+
+# Stable constraint names, so Alembic batch mode on SQLite and PostgreSQL agree.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+T = TypeVar("T")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores no offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    url = settings.database_url
+    if settings.is_sqlite:
+        engine = create_async_engine(url, connect_args={"timeout": 15})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+            # WAL lets readers run beside the one writer; busy_timeout waits for the lock
+            # instead of failing at once with "database is locked".
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=15000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    server_settings = {"application_name": "neto-token-broker"}
+    if settings.db_statement_timeout_ms:
+        server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
+        server_settings["idle_in_transaction_session_timeout"] = str(
+            max(settings.db_statement_timeout_ms * 4, 10_000)
+        )
+    return create_async_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        pool_timeout=10,
+        connect_args={"server_settings": server_settings, "timeout": 10},
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Lock contention and serialization failures: the same transaction may succeed again."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    text = str(exc.orig).lower() if exc.orig is not None else ""
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return (
+        "database is locked" in text
+        or "database table is locked" in text
+        or sqlstate in {"40001", "40P01"}
+        or "could not serialize access" in text
+        or "deadlock detected" in text
+    )
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The database cannot be reached or answered with a connection-level failure."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return not is_transient(exc)
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, (OSError, ConnectionError, asyncio.TimeoutError))
+
+
+async def run_transaction(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    work: Callable[[AsyncSession], Awaitable[T]],
+    *,
+    attempts: int = 5,
+) -> T:
+    """Run `work` in its own transaction, retrying lock contention and serialization
+    failures with jittered backoff. Other database failures become 503."""
+    for attempt in range(1, attempts + 1):
+        try:
+            async with sessionmaker() as session, session.begin():
+                return await work(session)
+        except DBAPIError as exc:
+            if is_transient(exc) and attempt < attempts:
+                await asyncio.sleep(min(0.5, 0.02 * 2**attempt) * random.uniform(0.5, 1.5))  # noqa: S311
+                continue
+            if is_transient(exc) or is_unavailable(exc):
+                raise ServiceUnavailable() from exc
+            raise
+        except (OSError, ConnectionError) as exc:
+            raise ServiceUnavailable() from exc
+    raise AssertionError("unreachable")
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """The request's session: commit on success, roll back on error."""
+    maker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    async with maker() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+# scope="function": commit when the route returns, *before* the response is sent, so a
+# failed commit becomes an error response instead of a success that was never stored.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -1,0 +1,193 @@
+"""The OAuth install flow, end to end: start (either way), callback, store.
+
+Each step that touches the database runs in its own short transaction so no lock is held
+while Neto is being called.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service import audit, pending, stores
+from service.config import Settings
+from service.db import run_transaction, utcnow
+from service.errors import BadRequest, BrokerError, OAuthNotConfigured
+from service.models import AuthMethod, PendingInstall
+from service.neto.oauth import TokenGrant, authorize_url, exchange_code
+from service.security.crypto import KeyRing
+from service.security.domains import normalize_store_domain
+
+log = logging.getLogger("broker.install")
+
+
+def check_return_url(settings: Settings, url: str | None) -> str | None:
+    """Only absolute http(s) URLs under an operator-allowed prefix: no open redirect."""
+    if url is None or url == "":
+        return None
+    if any(ord(ch) < 0x21 or ch == "\\" for ch in url):
+        raise BadRequest("return_url contains characters that are not allowed.")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:
+        raise BadRequest("return_url must be an absolute http(s) URL without user info.")
+    for prefix in settings.allowed_return_prefixes:
+        allowed = urlsplit(prefix)
+        if (
+            parts.scheme == allowed.scheme
+            and parts.netloc.lower() == allowed.netloc.lower()
+            and parts.path.startswith(allowed.path or "/")
+        ):
+            return url
+    raise BadRequest("return_url is not under a prefix this broker allows.")
+
+
+def add_query(url: str, **params: str) -> str:
+    parts = urlsplit(url)
+    query = (parts.query + "&" if parts.query else "") + urlencode(params)
+    return urlunsplit(parts._replace(query=query))
+
+
+@dataclass(frozen=True)
+class Started:
+    authorize_url: str
+    expires_at: datetime
+
+
+async def start(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    raw_domain: str,
+    return_url: str | None,
+    initiated_by: str,
+    request_id: str | None,
+) -> Started:
+    if not settings.oauth_configured:
+        raise OAuthNotConfigured()
+    domain = normalize_store_domain(raw_domain)
+    return_url = check_return_url(settings, return_url)
+    state, row = await pending.create(
+        session,
+        store_domain=domain,
+        return_url=return_url,
+        initiated_by=initiated_by,
+        ttl_seconds=settings.state_ttl_seconds,
+    )
+    audit.record(
+        session,
+        "install.started",
+        actor=initiated_by,
+        request_id=request_id,
+        store_domain=domain,
+    )
+    return Started(authorize_url(settings, domain, state), row.expires_at)
+
+
+@dataclass(frozen=True)
+class Completed:
+    store_id: str
+    store_domain: str
+    return_url: str | None
+    reinstalled: bool
+
+
+async def complete(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    client: httpx.AsyncClient,
+    settings: Settings,
+    keyring: KeyRing,
+    *,
+    state: str,
+    code: str,
+    request_id: str | None,
+) -> Completed:
+    """Claim the state, exchange the code once, store the install, consume the state."""
+    if not settings.oauth_configured:
+        raise OAuthNotConfigured()
+
+    async def claim(session: AsyncSession) -> PendingInstall:
+        return await pending.claim(session, state, code)
+
+    claimed = await run_transaction(sessionmaker, claim)
+    assert claimed.id is not None
+    try:
+        grant = await exchange_code(client, settings, code, claimed.store_domain)
+        return await run_transaction(
+            sessionmaker, lambda s: _store(s, keyring, grant, claimed, request_id)
+        )
+    except BaseException as exc:
+        await _release(sessionmaker, claimed.id)
+        if isinstance(exc, BrokerError):
+            await _audit_failure(sessionmaker, claimed, exc, request_id)
+        raise
+
+
+async def _store(
+    session: AsyncSession,
+    keyring: KeyRing,
+    grant: TokenGrant,
+    claimed: PendingInstall,
+    request_id: str | None,
+) -> Completed:
+    assert claimed.id is not None
+    now = utcnow()
+    existed = await stores.upsert(
+        session,
+        keyring,
+        store_id=grant.store_id,
+        store_domain=grant.store_domain,
+        auth_method=AuthMethod.oauth,
+        secret={"access_token": grant.access_token.get_secret_value(), **grant.extra_secrets},
+        token=grant.access_token,
+        scope=grant.scope,
+        timezone=grant.timezone,
+        user=grant.user,
+        billing=grant.billing_address,
+        now=now,
+    )
+    await pending.consume(session, claimed.id, grant.store_id, now)
+    audit.record(
+        session,
+        "install.reinstalled" if existed else "install.created",
+        actor=claimed.initiated_by,
+        store_id=grant.store_id,
+        request_id=request_id,
+        store_domain=grant.store_domain,
+        auth_method="oauth",
+    )
+    return Completed(grant.store_id, grant.store_domain, claimed.return_url, existed)
+
+
+async def _release(sessionmaker: async_sessionmaker[AsyncSession], pending_id: int) -> None:
+    """Best effort: if the database is down too, the claim lease runs out on its own."""
+    try:
+        await run_transaction(sessionmaker, lambda s: pending.release(s, pending_id), attempts=2)
+    except Exception:
+        log.warning("could not release an install claim; it expires with its lease")
+
+
+async def _audit_failure(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    claimed: PendingInstall,
+    exc: BrokerError,
+    request_id: str | None,
+) -> None:
+    async def run(session: AsyncSession) -> None:
+        audit.record(
+            session,
+            "install.failed",
+            actor=claimed.initiated_by,
+            request_id=request_id,
+            store_domain=claimed.store_domain,
+            error=exc.code,
+        )
+
+    try:
+        await run_transaction(sessionmaker, run, attempts=2)
+    except Exception:
+        log.warning("could not audit a failed install")

@@ -1,0 +1,58 @@
+"""Rendering errors: the JSON envelope, or an HTML page on merchant-facing OAuth routes."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from service.errors import BrokerError
+
+# The callback URL carries the code and state: no referrer may leak it, no cache keep it.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;
+color:#1f2933}}h1{{font-size:1.4rem}}.ok{{color:#0b6e4f}}.err{{color:#b42318}}
+small{{color:#667085}}</style></head>
+<body><h1 class="{css}">{title}</h1><p>{message}</p>{extra}</body></html>
+"""
+
+
+def html_page(title: str, message: str, *, ok: bool, extra: str = "") -> str:
+    return _PAGE.format(
+        title=html.escape(title),
+        message=html.escape(message),
+        css="ok" if ok else "err",
+        extra=extra,
+    )
+
+
+def _request_id(scope: Any) -> str:
+    state = scope.get("state") or {}
+    return str(state.get("request_id", ""))
+
+
+def error_response(scope: Any, exc: BrokerError) -> Response:
+    request_id = _request_id(scope)
+    headers = {"X-Broker-Error": exc.code, "Cache-Control": "no-store", **exc.headers}
+    if str(scope.get("path", "")).startswith("/oauth/"):
+        page = html_page(
+            "The install could not be completed",
+            exc.detail,
+            ok=False,
+            extra=f"<p><small>Error {html.escape(exc.code)} · request {html.escape(request_id)}"
+            "</small></p>",
+        )
+        return HTMLResponse(page, status_code=exc.status, headers={**headers, **PAGE_HEADERS})
+    body = {"error": exc.code, "detail": exc.detail, "request_id": request_id}
+    return JSONResponse(body, status_code=exc.status, headers=headers)

@@ -1,0 +1,110 @@
+"""Request and response models: the API's shapes, kept apart from the tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(examples=["store_not_found"])
+    detail: str = Field(examples=["No install exists for this store."])
+    request_id: str = Field(examples=["req_5f2a9c0e1b7d4a3f9e8c7b6a"])
+
+
+class InstallStart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    store_domain: str = Field(max_length=1024, examples=["shop.example.com.au"])
+    return_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Where the merchant lands after the install; must be under an allowed "
+        "prefix (BROKER_RETURN_URL_PREFIXES).",
+        examples=["https://app.example.com/neto/installed"],
+    )
+
+
+class InstallStarted(BaseModel):
+    authorize_url: str = Field(
+        examples=["https://apps.getneto.com/oauth/v2/auth?client_id=...&state=..."]
+    )
+    state_expires_at: datetime
+
+
+class ApiKeyInstall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    store_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    store_domain: str = Field(max_length=1024, examples=["shop.example.com.au"])
+    username: str = Field(min_length=1, max_length=256, examples=["api-user"])
+    api_key: SecretStr = Field(min_length=1, max_length=1024)
+
+
+class InstallSummary(BaseModel):
+    store_id: str = Field(examples=["N12345"])
+    store_domain: str = Field(examples=["shop.example.com.au"])
+    auth_method: Literal["oauth", "api_key"]
+    status: Literal["active", "reauth_required", "revoked"]
+    installed_at: datetime
+    updated_at: datetime
+    last_used_at: datetime | None = None
+
+
+class InstallDetail(InstallSummary):
+    scope: str | None = Field(default=None, examples=["api user address"])
+    timezone: str | None = Field(default=None, examples=["Australia/Brisbane"])
+    user: dict[str, Any] | None = Field(
+        default=None,
+        examples=[{"id": "42", "first_name": "Neto", "last_name": "User", "email": "m@shop.au"}],
+    )
+    billing_address: dict[str, Any] | None = None
+    revoked_at: datetime | None = None
+    token_fingerprint: str | None = Field(
+        default=None,
+        description="sha256 prefix of the stored token or API key; never the secret itself.",
+        examples=["sha256:9f86d081884c7d65"],
+    )
+
+
+class InstallPage(BaseModel):
+    items: list[InstallSummary]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; null on the last page."
+    )
+
+
+class Bundle(BaseModel):
+    bundle_id: str = Field(examples=["bnd_3q2x9yS0c8VbqkzE5l0wXg"])
+    store_id: str
+    store_domain: str
+    auth_method: Literal["oauth", "api_key"]
+    api_url: str = Field(examples=["https://shop.example.com.au/do/WS/NetoAPI"])
+    headers: dict[str, str] = Field(
+        examples=[{"X_ACCESS_KEY": "client-id", "X_SECRET_KEY": "access-token"}]
+    )
+    issued_at: datetime
+    expires_at: datetime
+
+
+class VerifyResult(BaseModel):
+    store_id: str
+    ok: bool
+    status: Literal["active", "reauth_required", "revoked"]
+    upstream_status: int | None = Field(default=None, examples=[200])
+    detail: str
+
+
+class AuditEventOut(BaseModel):
+    id: int
+    at: datetime
+    event: str = Field(examples=["bundle.issued"])
+    actor: str = Field(examples=["orders-service"])
+    store_id: str | None = None
+    request_id: str | None = None
+    details: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEventOut]
+    next_cursor: str | None = None

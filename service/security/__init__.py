@@ -1,0 +1,1 @@
+"""Security primitives: sealing secrets, caller tokens, store domains and egress rules."""

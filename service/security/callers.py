@@ -1,0 +1,271 @@
+"""Caller tokens: the JWTs internal services present, verified with python-jose.
+
+The key is picked by the header's `kid` and verifies only its own algorithm: a constructed
+key object and a one-element algorithm list are passed to python-jose, never a list that
+mixes HMAC and public-key families (python-jose 3.5 still accepts an HS256 token MAC'd with
+a DER-encoded public key when both are allowed). Everything that can be refused without
+cryptography is refused before the token is parsed further.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+from jose import jwk, jwt
+from jose.backends.base import Key
+from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError
+
+from service.config import Settings
+from service.errors import ActionNotAllowed, Forbidden, StoreNotAllowed, Unauthorized
+
+MAX_TOKEN_BYTES = 8 * 1024
+MAX_LIFETIME_SECONDS = 24 * 3600
+LEEWAY_SECONDS = 30
+FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "crit", "x5c", "enc", "zip"})
+SCOPES = frozenset(
+    {"credentials:read", "invoke", "installs:start", "installs:read", "installs:admin"}
+)
+_IMPLIED = {"installs:admin": {"installs:read", "installs:start"}}
+MIN_HS256_SECRET_BYTES = 32
+
+
+class KeyFileError(ValueError):
+    """The configured caller-token keys are unusable; the message names no secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A verified caller: who it is and what its token grants."""
+
+    sub: str
+    scopes: frozenset[str]
+    stores: frozenset[str] | None
+    actions: tuple[str, ...] | None
+    exp: float
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+    def require_scope(self, scope: str) -> None:
+        if scope not in self.scopes:
+            raise Forbidden(f"The token lacks the scope {scope!r}.")
+
+    def require_store(self, store_id: str) -> None:
+        if self.stores is None:
+            raise StoreNotAllowed("The token carries no `stores` claim.")
+        if "*" not in self.stores and store_id not in self.stores:
+            raise StoreNotAllowed("The token does not grant this store.")
+
+    def require_action(self, action: str, *, is_write: bool) -> None:
+        """Reads are open to any invoke caller; writes need an `actions` grant."""
+        if not is_write:
+            return
+        grants = self.actions or ()
+        for grant in grants:
+            if grant == action or (grant.endswith("*") and fnmatchcase(action, grant)):
+                return
+        raise ActionNotAllowed(f"The token does not grant the write action {action!r}.")
+
+
+def _b64json(segment: str) -> Any:
+    padded = segment + "=" * (-len(segment) % 4)
+    return json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+
+
+def _expand_scopes(raw: str) -> frozenset[str]:
+    granted = set(raw.split())
+    for scope, implied in _IMPLIED.items():
+        if scope in granted:
+            granted |= implied
+    return frozenset(granted)
+
+
+def _str_list(claims: dict[str, Any], name: str) -> list[str] | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise Unauthorized(f"The `{name}` claim must be a list of strings.")
+    return value
+
+
+class TokenVerifier:
+    """Verifies caller tokens against the configured keys; caches verified tokens.
+
+    The cache is keyed by the exact token string, bounded in size, and an entry is never
+    used past the token's `exp` (plus leeway), so a cached answer is the answer full
+    verification would give.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.audience = settings.jwt_audience
+        self.issuers = sorted(settings.issuers)
+        self.keys: dict[str, tuple[str, Key]] = {}
+        if settings.jwt_hs256_keys:
+            self._load_hs256(settings.jwt_hs256_keys.get_secret_value())
+        if settings.jwt_public_keys_file:
+            self._load_jwks(settings.jwt_public_keys_file)
+        self._cache: OrderedDict[str, Caller] = OrderedDict()
+        self._cache_size = settings.jwt_cache_size
+
+    def _add(self, kid: str, alg: str, key: Key) -> None:
+        if kid in self.keys:
+            raise KeyFileError(f"caller-token key id {kid!r} is configured twice")
+        self.keys[kid] = (alg, key)
+
+    def _load_hs256(self, spec: str) -> None:
+        for item in spec.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            kid, sep, secret = item.partition(":")
+            if not sep or not kid:
+                raise KeyFileError("BROKER_JWT_HS256_KEYS entries must look like kid:secret")
+            if len(secret.encode()) < MIN_HS256_SECRET_BYTES:
+                raise KeyFileError(
+                    f"HS256 key {kid!r} is shorter than {MIN_HS256_SECRET_BYTES} bytes"
+                )
+            self._add(kid, "HS256", jwk.construct(secret.encode(), "HS256"))
+
+    def _load_jwks(self, path: Path) -> None:
+        try:
+            doc = json.loads(Path(path).read_text())
+            entries = doc["keys"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise KeyFileError(f"BROKER_JWT_PUBLIC_KEYS_FILE {path} is not a JWKS file") from None
+        for entry in entries:
+            kid = entry.get("kid")
+            kty = entry.get("kty")
+            if not isinstance(kid, str) or not kid:
+                raise KeyFileError("every key in the JWKS file needs a `kid`")
+            if kty == "RSA":
+                alg = "RS256"
+            elif kty == "EC" and entry.get("crv") == "P-256":
+                alg = "ES256"
+            else:
+                raise KeyFileError(f"JWKS key {kid!r}: only RSA and EC P-256 public keys")
+            if entry.get("alg", alg) != alg:
+                raise KeyFileError(f"JWKS key {kid!r}: alg must be {alg}")
+            if "d" in entry:
+                raise KeyFileError(f"JWKS key {kid!r} is a private key; publish public keys only")
+            self._add(kid, alg, jwk.construct(entry, alg))
+
+    def verify(self, token: str) -> Caller:
+        now = time.time()
+        cached = self._cache.get(token)
+        if cached is not None:
+            if cached.exp + LEEWAY_SECONDS > now:
+                return cached
+            self._cache.pop(token, None)
+        caller = self._verify(token, now)
+        if self._cache_size:
+            self._cache[token] = caller
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return caller
+
+    def _verify(self, token: str, now: float) -> Caller:
+        if len(token) > MAX_TOKEN_BYTES:
+            raise Unauthorized("The bearer token is larger than 8 KiB.")
+        parts = token.split(".")
+        if len(parts) != 3 or not all(parts):
+            raise Unauthorized("The bearer token is not a signed JWT (three segments).")
+        try:
+            header = _b64json(parts[0])
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            raise Unauthorized("The bearer token's header is not valid JSON.") from None
+        if not isinstance(header, dict):
+            raise Unauthorized("The bearer token's header is not a JSON object.")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg.lower() == "none":
+            raise Unauthorized("Unsigned tokens are refused.")
+        if FORBIDDEN_HEADERS & header.keys():
+            raise Unauthorized("Token headers jku, x5u, x5c, jwk, crit and enc are refused.")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or kid not in self.keys:
+            raise Unauthorized("The token's key id is unknown.")
+        key_alg, key = self.keys[kid]
+        if alg != key_alg:
+            raise Unauthorized("The token's algorithm does not match its key.")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[key_alg],
+                audience=self.audience,
+                issuer=self.issuers or None,
+                options={
+                    "leeway": LEEWAY_SECONDS,
+                    "require_aud": True,
+                    "require_iat": True,
+                    "require_exp": True,
+                    "require_sub": True,
+                    "verify_iss": bool(self.issuers),
+                },
+            )
+        except ExpiredSignatureError:
+            raise Unauthorized("The token has expired.") from None
+        except JWTClaimsError as exc:
+            raise Unauthorized(f"The token's claims are not accepted: {exc}.") from None
+        except (JOSEError, ValueError, TypeError):
+            raise Unauthorized("The token's signature or encoding is not valid.") from None
+        return self._caller(claims, now)
+
+    def _caller(self, claims: dict[str, Any], now: float) -> Caller:
+        sub, iat, exp = claims.get("sub"), claims.get("iat"), claims.get("exp")
+        if not isinstance(sub, str) or not sub.strip() or len(sub) > 256:
+            raise Unauthorized("The `sub` claim must be a non-empty string.")
+        for name, value in (("iat", iat), ("exp", exp)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise Unauthorized(f"The `{name}` claim must be a number.")
+        assert isinstance(iat, (int, float)) and isinstance(exp, (int, float))
+        if iat > now + LEEWAY_SECONDS:
+            raise Unauthorized("The token was issued in the future.")
+        if exp - iat > MAX_LIFETIME_SECONDS:
+            raise Unauthorized("The token's lifetime is longer than 24 hours.")
+        scope = claims.get("scope", "")
+        if not isinstance(scope, str):
+            raise Unauthorized("The `scope` claim must be a space-separated string.")
+        stores = _str_list(claims, "stores")
+        actions = _str_list(claims, "actions")
+        return Caller(
+            sub=sub,
+            scopes=_expand_scopes(scope),
+            stores=frozenset(stores) if stores is not None else None,
+            actions=tuple(actions) if actions is not None else None,
+            exp=float(exp),
+        )
+
+
+def mint(
+    *,
+    kid: str,
+    secret: str,
+    sub: str,
+    scope: str,
+    audience: str,
+    ttl_seconds: int,
+    stores: list[str] | None = None,
+    actions: list[str] | None = None,
+    issuer: str | None = None,
+) -> str:
+    """An HS256 caller token, for operators (`broker token mint`) and the demo."""
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": sub, "aud": audience, "iat": now, "exp": now + ttl_seconds}
+    if scope:
+        claims["scope"] = scope
+    if stores is not None:
+        claims["stores"] = stores
+    if actions is not None:
+        claims["actions"] = actions
+    if issuer:
+        claims["iss"] = issuer
+    return str(jwt.encode(claims, secret, algorithm="HS256", headers={"kid": kid}))

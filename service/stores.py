@@ -1,0 +1,223 @@
+"""Installs: the queries and state changes of the `installs` table.
+
+Secrets enter and leave through `seal_*`/`open_*` only, bound to the row's store id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import SecretStr
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.db import utcnow
+from service.errors import StoreNotFound
+from service.models import AuthMethod, Install, InstallStatus
+from service.security.crypto import Context, KeyRing
+
+SEALED_COLUMNS = ("secret_sealed", "user_sealed", "billing_sealed")
+
+
+def fingerprint(secret: str) -> str:
+    """Identifies a token without revealing it: operators compare, nobody can reverse."""
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def _ctx(store_id: str, column: str) -> Context:
+    return Context("installs", column, store_id)
+
+
+def _seal_json(keyring: KeyRing, store_id: str, column: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    return keyring.seal(json.dumps(value, separators=(",", ":")).encode(), _ctx(store_id, column))
+
+
+def _open_json(keyring: KeyRing, store_id: str, column: str, sealed: str | None) -> Any:
+    if sealed is None:
+        return None
+    return json.loads(keyring.open(sealed, _ctx(store_id, column)))
+
+
+def sealed_values(
+    keyring: KeyRing,
+    store_id: str,
+    *,
+    secret: dict[str, Any],
+    user: dict[str, Any] | None,
+    billing: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "secret_sealed": _seal_json(keyring, store_id, "secret_sealed", secret),
+        "user_sealed": _seal_json(keyring, store_id, "user_sealed", user),
+        "billing_sealed": _seal_json(keyring, store_id, "billing_sealed", billing),
+        "key_id": keyring.primary,
+    }
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class StoreCredentials:
+    """What a bundle or an invoke needs, opened. The repr names no secret."""
+
+    store_id: str
+    store_domain: str
+    auth_method: str
+    status: str
+    headers: dict[str, str]
+
+    def __repr__(self) -> str:
+        return f"StoreCredentials(store_id={self.store_id!r}, status={self.status!r})"
+
+
+def open_credentials(keyring: KeyRing, install: Install, client_id: str | None) -> StoreCredentials:
+    headers: dict[str, str] = {}
+    if install.secret_sealed is not None:
+        secret = _open_json(keyring, install.store_id, "secret_sealed", install.secret_sealed)
+        if install.auth_method == AuthMethod.oauth:
+            headers = {"X_ACCESS_KEY": client_id or "", "X_SECRET_KEY": secret["access_token"]}
+        else:
+            headers = {"NETOAPI_USERNAME": secret["username"], "NETOAPI_KEY": secret["api_key"]}
+    return StoreCredentials(
+        store_id=install.store_id,
+        store_domain=install.store_domain,
+        auth_method=install.auth_method,
+        status=install.status,
+        headers=headers,
+    )
+
+
+def open_profile(keyring: KeyRing, install: Install) -> tuple[Any, Any]:
+    """The merchant's user info and billing address, for operators."""
+    return (
+        _open_json(keyring, install.store_id, "user_sealed", install.user_sealed),
+        _open_json(keyring, install.store_id, "billing_sealed", install.billing_sealed),
+    )
+
+
+async def get(session: AsyncSession, store_id: str) -> Install | None:
+    result = await session.execute(
+        select(Install)
+        .where(Install.store_id == store_id)  # type: ignore[arg-type]
+        .execution_options(populate_existing=True)
+    )
+    return result.scalar_one_or_none()
+
+
+async def require(session: AsyncSession, store_id: str) -> Install:
+    install = await get(session, store_id)
+    if install is None:
+        raise StoreNotFound()
+    return install
+
+
+async def upsert(
+    session: AsyncSession,
+    keyring: KeyRing,
+    *,
+    store_id: str,
+    store_domain: str,
+    auth_method: AuthMethod,
+    secret: dict[str, Any],
+    token: SecretStr,
+    scope: str | None = None,
+    timezone: str | None = None,
+    user: dict[str, Any] | None = None,
+    billing: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Store or replace the install keyed by store id, active. True if it already existed.
+
+    An atomic INSERT .. ON CONFLICT DO UPDATE, so concurrent (re)installs of one store on
+    several replicas cannot collide; a reinstall keeps the id and first install time.
+    """
+    now = now or utcnow()
+    existed = await get(session, store_id) is not None
+    values: dict[str, Any] = {
+        "store_id": store_id,
+        "store_domain": store_domain,
+        "auth_method": auth_method.value,
+        "status": InstallStatus.active.value,
+        "scope": scope,
+        "timezone": timezone,
+        "token_fingerprint": fingerprint(token.get_secret_value()),
+        "installed_at": now,
+        "updated_at": now,
+        "revoked_at": None,
+        **sealed_values(keyring, store_id, secret=secret, user=user, billing=billing),
+    }
+    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(Install).values(**values)
+    update_cols = {k: stmt.excluded[k] for k in values if k not in ("store_id", "installed_at")}
+    await session.execute(stmt.on_conflict_do_update(index_elements=["store_id"], set_=update_cols))
+    return existed
+
+
+async def set_status(session: AsyncSession, store_id: str, status: InstallStatus) -> None:
+    await session.execute(
+        update(Install)
+        .where(Install.store_id == store_id, Install.status != InstallStatus.revoked.value)  # type: ignore[arg-type]
+        .values(status=status.value, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def revoke(session: AsyncSession, store_id: str) -> Install:
+    """Destroy the sealed secret and mark the install revoked."""
+    install = await require(session, store_id)
+    now = utcnow()
+    install.status = InstallStatus.revoked.value
+    install.secret_sealed = None
+    install.token_fingerprint = None
+    install.revoked_at = now
+    install.updated_at = now
+    session.add(install)
+    await session.flush()
+    return install
+
+
+async def touch_last_used(session: AsyncSession, store_ids: list[str], at: datetime) -> None:
+    await session.execute(
+        update(Install)
+        .where(Install.store_id.in_(store_ids))  # type: ignore[attr-defined]
+        .values(last_used_at=at)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def page(
+    session: AsyncSession,
+    *,
+    status: str | None,
+    q: str | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[Install]:
+    """Newest first by (installed_at, store_id): a keyset that new installs cannot shift."""
+    stmt = select(Install)
+    if status:
+        stmt = stmt.where(Install.status == status)  # type: ignore[arg-type]
+    if q:
+        pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        stmt = stmt.where(
+            or_(
+                Install.store_id.like(pattern, escape="\\"),  # type: ignore[attr-defined]
+                Install.store_domain.like(pattern, escape="\\"),  # type: ignore[attr-defined]
+            )
+        )
+    if after is not None:
+        at, sid = after
+        stmt = stmt.where(
+            or_(
+                Install.installed_at < at,  # type: ignore[operator]
+                and_(Install.installed_at == at, Install.store_id < sid),  # type: ignore[arg-type,operator]
+            )
+        )
+    stmt = stmt.order_by(Install.installed_at.desc(), Install.store_id.desc()).limit(limit)  # type: ignore[attr-defined]
+    return list((await session.execute(stmt)).scalars())

@@ -1,0 +1,261 @@
+"""A real HTTP fake of Neto: the OAuth server (authorise page, token endpoint) and the
+store API (`POST /{store_domain}/do/WS/NetoAPI`), served by uvicorn on loopback.
+
+Tests drive it through its attributes: `authorize()` issues a code like Neto would after
+a merchant approves, `token_responses` / `api_responses` script the next answers, and
+`token_requests` / `api_requests` record what the broker sent. `make demo` runs it as a
+local Neto emulator (`python -m tests.fakes.neto`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import html
+import json
+import secrets
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass
+class Seen:
+    """One request as the fake received it."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    form: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def action(self) -> str | None:
+        return self.headers.get("netoapi_action")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """A urlencoded form body (parsed by hand: no multipart dependency for a fake)."""
+    return dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+
+
+class FakeNeto:
+    def __init__(self, client_id: str = "fake-client-id", client_secret: str = "x" * 40) -> None:
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.codes: dict[str, dict[str, Any]] = {}
+        # store domain -> headers that authenticate against it
+        self.credentials: dict[str, dict[str, str]] = {}
+        self.token_responses: deque[Handler] = deque()
+        self.api_responses: deque[Handler] = deque()
+        self.token_requests: list[Seen] = []
+        self.api_requests: list[Seen] = []
+        self.api_delay = 0.0
+        self.lock = threading.Lock()
+        self.app = Starlette(
+            routes=[
+                Route("/oauth/v2/auth", self.auth_page, methods=["GET"]),
+                Route("/oauth/v2/approve", self.approve, methods=["POST"]),
+                Route("/oauth/v2/token", self.token, methods=["POST"]),
+                Route("/{store_domain}/do/WS/NetoAPI", self.store_api, methods=["POST"]),
+            ]
+        )
+
+    # -- what tests call -------------------------------------------------------------
+    def reset(self) -> None:
+        with self.lock:
+            self.codes.clear()
+            self.credentials.clear()
+            self.token_responses.clear()
+            self.api_responses.clear()
+            self.token_requests.clear()
+            self.api_requests.clear()
+            self.api_delay = 0.0
+
+    def authorize(
+        self,
+        store_domain: str,
+        *,
+        store_id: str = "N1001",
+        access_token: str | None = None,
+        **overrides: Any,
+    ) -> str:
+        """What Neto does when the merchant approves: issue a one-time code."""
+        code = "code_" + secrets.token_urlsafe(16)
+        token = access_token or "tok_" + secrets.token_urlsafe(24)
+        grant: dict[str, Any] = {
+            "scope": "api user address",
+            "store_id": store_id,
+            "store_domain": store_domain,
+            "store_timezone": "Australia/Brisbane",
+            "access_token": token,
+            "user": {
+                "id": "u-77",
+                "first_name": "Mia",
+                "last_name": "Merchant",
+                "email": f"owner@{store_domain}",
+            },
+            "billing_address": {
+                "street1": "123 Sample St",
+                "street2": "Level 3",
+                "city": "Brisbane",
+                "state": "Queensland",
+                "post_code": "4000",
+                "country_name": "Australia",
+                "country_code": "AU",
+            },
+        }
+        grant.update(overrides)
+        with self.lock:
+            self.codes[code] = grant
+            self.credentials[store_domain] = {
+                "x_access_key": self.client_id,
+                "x_secret_key": token,
+            }
+        return code
+
+    def add_api_key_store(self, store_domain: str, username: str, api_key: str) -> None:
+        with self.lock:
+            self.credentials[store_domain] = {"netoapi_username": username, "netoapi_key": api_key}
+
+    # -- the OAuth server -----------------------------------------------------------
+    async def auth_page(self, request: Request) -> Response:
+        """The page a merchant sees on Neto: approve or deny the add-on (for the demo)."""
+        q = request.query_params
+        fields = "".join(
+            f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+            for k, v in q.items()
+        )
+        page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Fake Neto</title>
+<style>body{{font-family:system-ui;max-width:32rem;margin:4rem auto}}</style></head><body>
+<h1>Neto (local emulator)</h1>
+<p>The add-on <b>{html.escape(q.get("client_id", ""))}</b> asks for access to
+<b>{html.escape(q.get("store_domain", ""))}</b>.</p>
+<form method="post" action="/oauth/v2/approve">{fields}
+<label>Store id <input name="store_id" value="N{secrets.randbelow(90000) + 10000}"></label>
+<p><button name="decision" value="approve">Approve</button>
+<button name="decision" value="deny">Deny</button></p></form></body></html>"""
+        return HTMLResponse(page)
+
+    async def approve(self, request: Request) -> Response:
+        form = await _form(request)
+        redirect_uri = str(form.get("redirect_uri", ""))
+        state = str(form.get("state", ""))
+        if form.get("decision") != "approve":
+            query = urlencode({"error": "access_denied", "state": state})
+            return RedirectResponse(f"{redirect_uri}?{query}", status_code=302)
+        code = self.authorize(
+            str(form.get("store_domain", "")), store_id=str(form.get("store_id") or "N10001")
+        )
+        return RedirectResponse(
+            f"{redirect_uri}?{urlencode({'code': code, 'state': state})}", status_code=302
+        )
+
+    async def token(self, request: Request) -> Response:
+        form = await _form(request)
+        with self.lock:
+            self.token_requests.append(
+                Seen(request.url.path, dict(request.headers), b"", form=form)
+            )
+            scripted = self.token_responses.popleft() if self.token_responses else None
+        if scripted is not None:
+            return await scripted(request)
+        if (
+            form.get("client_id") != self.client_id
+            or form.get("client_secret") != self.client_secret
+        ):
+            return JSONResponse({"error": "invalid_client"}, status_code=401)
+        with self.lock:
+            grant = self.codes.pop(form.get("code", ""), None)  # one-time, like Neto
+        if grant is None or form.get("access_code") != form.get("code"):
+            return JSONResponse({"error": "invalid_grant"}, status_code=400)
+        return JSONResponse(grant)
+
+    # -- the store API ----------------------------------------------------------------
+    async def store_api(self, request: Request) -> Response:
+        body = await request.body()
+        seen = Seen(request.url.path, dict(request.headers), body)
+        domain = request.path_params["store_domain"]
+        with self.lock:
+            self.api_requests.append(seen)
+            scripted = self.api_responses.popleft() if self.api_responses else None
+            expected = self.credentials.get(domain)
+        if self.api_delay:
+            await asyncio.sleep(self.api_delay)
+        if scripted is not None:
+            return await scripted(request)
+        if expected is None or any(seen.headers.get(k) != v for k, v in expected.items()):
+            return JSONResponse({"Ack": "Error", "Messages": {"Error": [{"Message": "denied"}]}},
+                                status_code=401)  # fmt: skip
+        action = seen.action or ""
+        entity = action[3:] if action.startswith(("Get", "Add")) else action
+        return JSONResponse(
+            {
+                entity: [{"ID": "1", "Echo": body.decode("utf-8", "replace")[:200]}],
+                "CurrentTime": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+                "Ack": "Success",
+            }
+        )
+
+
+class FakeNetoServer:
+    """Runs a FakeNeto on a real loopback socket in a background thread."""
+
+    def __init__(self, fake: FakeNeto | None = None, host: str = "127.0.0.1", port: int = 0):
+        self.fake = fake or FakeNeto()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        config = uvicorn.Config(
+            self.fake.app, log_level="warning", lifespan="off", access_log=False,
+            timeout_graceful_shutdown=1,
+        )  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)  # fmt: skip
+
+    def start(self) -> FakeNetoServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake Neto did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A local Neto emulator (OAuth + store API)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--client-id", default="demo-client-id")
+    parser.add_argument("--client-secret", default="demo-client-secret-" + "x" * 24)
+    args = parser.parse_args()
+    fake = FakeNeto(client_id=args.client_id, client_secret=args.client_secret)
+    uvicorn.run(fake.app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
