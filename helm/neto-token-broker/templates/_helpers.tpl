@@ -150,8 +150,13 @@ hook runs). Empty values are left out so the broker's own defaults apply.
 {{- $_ := set $m $k $v -}}
 {{- end -}}
 {{- range $k, $v := $m -}}
-{{- if ne (toString $v) "" }}
-{{ $k }}: {{ toString $v | quote }}
+{{- /* Values arrive as float64 when numbers: print whole ones as integers, not 1.5e+06. */ -}}
+{{- $s := toString $v -}}
+{{- if and (kindIs "float64" $v) (eq ($v | int64 | float64) $v) -}}
+{{- $s = $v | int64 | toString -}}
+{{- end -}}
+{{- if ne $s "" }}
+{{ $k }}: {{ $s | quote }}
 {{- end -}}
 {{- end -}}
 {{- end }}
