@@ -1,0 +1,318 @@
+"""The merchant's OAuth install, both entry points, against the fake Neto."""
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, text, update
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from service.db import utcnow
+from service.models import Install, PendingInstall
+from tests.conftest import CLIENT_ID, CLIENT_SECRET, RETURN_PREFIX
+from tests.support import install_store, query_of, start_install
+
+DOMAIN = "shop.example.com"
+
+
+async def rows(app, model):
+    async with app.state.sessionmaker() as session:
+        return list((await session.execute(select(model))).scalars())
+
+
+async def callback(client, **params):
+    return await client.get("/oauth/callback", params=params)
+
+
+def scripted(response: Response):
+    async def handler(request):
+        return response
+
+    return handler
+
+
+# -- starting an install -------------------------------------------------------------
+
+
+async def test_neto_initiated_install_redirects_to_neto_with_every_parameter(client, app, neto):
+    r = await client.get("/oauth/install", params={"store_domain": "Shop.Example.com"})
+    assert r.status_code == 302
+    location = r.headers["location"]
+    assert location.startswith(f"{app.state.settings.neto_oauth_url}/auth?")
+    q = query_of(location)
+    assert q["client_id"] == CLIENT_ID
+    assert q["redirect_uri"] == "http://broker.test/oauth/callback"
+    assert q["response_type"] == "code"
+    assert q["store_domain"] == DOMAIN
+    assert len(q["state"]) >= 43, "state must carry at least 128 bits (here 256)"
+    pending = await rows(app, PendingInstall)
+    assert len(pending) == 1 and pending[0].store_domain == DOMAIN
+    assert q["state"] not in pending[0].state_hash, "only a hash of the state is stored"
+    assert r.headers["referrer-policy"] == "no-referrer"
+
+
+async def test_app_initiated_install_returns_the_authorize_url(client, app, auth):
+    r = await client.post(
+        "/installs/start",
+        json={"store_domain": DOMAIN, "return_url": RETURN_PREFIX + "done"},
+        headers=auth("installs:start"),
+    )
+    assert r.status_code == 201, r.text
+    body = r.json()
+    q = query_of(body["authorize_url"])
+    assert q["store_domain"] == DOMAIN and q["response_type"] == "code"
+    assert q["redirect_uri"] == "http://broker.test/oauth/callback"
+    from datetime import datetime
+
+    expires = datetime.fromisoformat(body["state_expires_at"])
+    ttl = app.state.settings.state_ttl_seconds
+    assert abs((expires - utcnow()).total_seconds() - ttl) < 10
+
+
+@pytest.mark.parametrize(
+    "return_url",
+    [
+        "https://app.example.com.evil.com/neto/x",
+        "https://evil.com/neto/",
+        "//evil.com/neto/",
+        "javascript:alert(1)",
+        "https://user@app.example.com/neto/",
+        "http://app.example.com/neto/",  # scheme differs from the allowed prefix
+        "https://app.example.com/other/",
+        "https://app.example.com/neto/\r\nSet-Cookie: x=1",
+    ],
+)
+async def test_return_url_outside_allowed_prefixes_is_refused(client, app, auth, return_url):
+    r = await client.post(
+        "/installs/start",
+        json={"store_domain": DOMAIN, "return_url": return_url},
+        headers=auth("installs:start"),
+    )
+    assert r.status_code == 400
+    assert r.json()["error"] == "validation_error"
+    assert r.headers["x-broker-error"] == "validation_error"
+    assert await rows(app, PendingInstall) == []
+
+
+@pytest.mark.parametrize(
+    "domain", ["localhost", "127.0.0.1", "shop.example.com:8080", "evil.com/x", "a.internal"]
+)
+async def test_hostile_domain_on_either_entry_point_is_refused(client, app, auth, domain):
+    r = await client.get("/oauth/install", params={"store_domain": domain})
+    assert r.status_code == 400
+    assert r.headers["content-type"].startswith("text/html")
+    assert r.headers["x-broker-error"] == "invalid_store_domain"
+    r = await client.post(
+        "/installs/start", json={"store_domain": domain}, headers=auth("installs:start")
+    )
+    assert r.status_code == 400 and r.json()["error"] == "invalid_store_domain"
+    assert await rows(app, PendingInstall) == []
+
+
+async def test_repeated_query_parameter_is_refused(client, app):
+    r = await client.get("/oauth/install?store_domain=a.example.com&store_domain=b.example.com")
+    assert r.status_code == 400
+    assert await rows(app, PendingInstall) == []
+
+
+async def test_without_oauth_credentials_the_routes_answer_503(app_factory, settings_factory, neto):
+    import httpx
+
+    app = await app_factory(settings_factory(neto_client_id=None, neto_client_secret=None))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://broker.test"
+    ) as c:
+        r = await c.get("/oauth/install", params={"store_domain": DOMAIN})
+        assert r.status_code == 503 and r.headers["x-broker-error"] == "oauth_not_configured"
+        r = await c.get("/healthz")
+        assert r.status_code == 200
+
+
+# -- the callback ---------------------------------------------------------------------
+
+
+async def test_callback_exchanges_the_code_once_and_stores_the_install(client, app, neto):
+    q = await start_install(client, DOMAIN)
+    code = neto.authorize(DOMAIN, store_id="N42")
+    r = await callback(client, code=code, state=q["state"])
+    assert r.status_code == 200
+    assert "connected" in r.text and DOMAIN in r.text
+    assert len(neto.token_requests) == 1
+    form = neto.token_requests[0].form
+    assert form["code"] == code and form["access_code"] == code
+    assert form["grant_type"] == "authorization_code"
+    assert form["client_id"] == CLIENT_ID and form["client_secret"] == CLIENT_SECRET
+    assert form["redirect_uri"] == q["redirect_uri"], "redirect_uri must match the authorize one"
+    [install] = await rows(app, Install)
+    assert (install.store_id, install.store_domain, install.status) == ("N42", DOMAIN, "active")
+    assert install.auth_method == "oauth" and install.timezone == "Australia/Brisbane"
+    assert install.scope == "api user address"
+    [pending] = await rows(app, PendingInstall)
+    assert pending.consumed_at is not None and pending.store_id == "N42"
+
+
+async def test_callback_redirects_to_the_return_url(client, app, neto, auth):
+    r = await client.post(
+        "/installs/start",
+        json={"store_domain": DOMAIN, "return_url": RETURN_PREFIX + "done?tab=1"},
+        headers=auth("installs:start"),
+    )
+    state = query_of(r.json()["authorize_url"])["state"]
+    r = await callback(client, code=neto.authorize(DOMAIN, store_id="N7"), state=state)
+    assert r.status_code == 302
+    assert r.headers["location"] == RETURN_PREFIX + "done?tab=1&store_id=N7&status=installed"
+
+
+async def test_state_replay_is_refused_without_a_second_exchange(client, app, neto):
+    got = await install_store(client, neto, DOMAIN)
+    r = await callback(client, code=got["code"], state=got["state"])
+    assert r.status_code == 400
+    assert r.headers["x-broker-error"] == "invalid_state"
+    assert len(neto.token_requests) == 1
+    # A fresh code with the used state is refused too.
+    r = await callback(client, code=neto.authorize(DOMAIN), state=got["state"])
+    assert r.status_code == 400 and len(neto.token_requests) == 1
+
+
+async def test_unknown_state_is_refused(client, neto):
+    r = await callback(client, code=neto.authorize(DOMAIN), state="never-issued")
+    assert r.status_code == 400 and r.headers["x-broker-error"] == "invalid_state"
+    assert neto.token_requests == []
+
+
+async def test_expired_state_is_refused(client, app, neto):
+    q = await start_install(client, DOMAIN)
+    async with app.state.sessionmaker() as session, session.begin():
+        await session.execute(
+            update(PendingInstall).values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    r = await callback(client, code=neto.authorize(DOMAIN), state=q["state"])
+    assert r.status_code == 400 and r.headers["x-broker-error"] == "state_expired"
+    assert "expired" in r.text and neto.token_requests == []
+
+
+async def test_missing_code_or_state_is_a_page_not_a_crash(client, neto):
+    r = await callback(client, state="x")
+    assert r.status_code == 400 and r.headers["content-type"].startswith("text/html")
+    r = await client.get("/oauth/callback?code=a&code=b&state=x")
+    assert r.status_code == 400
+
+
+async def test_access_denied_callback_shows_a_page_and_exchanges_nothing(client, neto):
+    q = await start_install(client, DOMAIN)
+    r = await callback(client, error="access_denied", state=q["state"],
+                       error_description="<script>alert(1)</script>")  # fmt: skip
+    assert r.status_code == 400
+    assert r.headers["x-broker-error"] == "install_denied"
+    assert "access_denied" in r.text and "<script>" not in r.text
+    assert "start the install again" in r.text
+    assert neto.token_requests == []
+
+
+async def test_concurrent_callbacks_with_one_state_make_one_exchange(client, app, neto):
+    q = await start_install(client, DOMAIN)
+    code = neto.authorize(DOMAIN, store_id="N9")
+    results = await asyncio.gather(
+        *(callback(client, code=code, state=q["state"]) for _ in range(20))
+    )
+    statuses = sorted(r.status_code for r in results)
+    assert statuses.count(200) == 1, statuses
+    assert all(s == 400 for s in statuses if s != 200)
+    assert len(neto.token_requests) == 1
+    assert [i.store_id for i in await rows(app, Install)] == ["N9"]
+
+
+def _failures():
+    async def slow(request):
+        await asyncio.sleep(3)
+        return JSONResponse({})
+
+    return [
+        ("4xx", scripted(JSONResponse({"error": "invalid_grant"}, status_code=400)), 502,
+         "token_exchange_failed"),
+        ("5xx", scripted(JSONResponse({"error": "server_error"}, status_code=503)), 502,
+         "token_exchange_failed"),
+        ("html", scripted(HTMLResponse("<html>maintenance</html>")), 502, "token_exchange_failed"),
+        ("malformed", scripted(Response('{"access_token": "abc', media_type="application/json")),
+         502, "token_exchange_failed"),
+        ("no-token", scripted(JSONResponse({"store_id": "N1", "store_domain": DOMAIN})), 502,
+         "token_exchange_failed"),
+        ("huge", scripted(JSONResponse({"access_token": "t", "pad": "x" * 200_000})), 502,
+         "token_exchange_failed"),
+        ("mismatch", scripted(JSONResponse({"access_token": "tok_leaked_secret", "store_id": "N1",
+                                            "store_domain": "other.example.com"})), 502,
+         "store_domain_mismatch"),
+        ("timeout", slow, 504, "upstream_timeout"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "handler", "status", "code"),
+    _failures(),
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+async def test_token_endpoint_failures_end_on_an_error_page_with_nothing_stored(
+    app_factory, settings_factory, neto, name, handler, status, code
+):
+    import httpx
+
+    app = await app_factory(settings_factory(token_exchange_timeout_seconds=0.5))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://broker.test"
+    ) as client:
+        q = await start_install(client, DOMAIN)
+        first_code = neto.authorize(DOMAIN, store_id="N5")
+        neto.token_responses.append(handler)
+        r = await callback(client, code=first_code, state=q["state"])
+        assert r.status_code == status, r.text
+        assert r.headers["x-broker-error"] == code
+        assert r.headers["content-type"].startswith("text/html")
+        assert "Traceback" not in r.text and "tok_leaked_secret" not in r.text
+        assert CLIENT_SECRET not in r.text and first_code not in r.text
+        assert await rows(app, Install) == []
+        # The state is not burned: the same code is never exchanged again...
+        r = await callback(client, code=first_code, state=q["state"])
+        assert r.status_code == 400 and len(neto.token_requests) == 1
+        # ...but the merchant can approve again and finish with a new code.
+        r = await callback(client, code=neto.authorize(DOMAIN, store_id="N5"), state=q["state"])
+        assert r.status_code == 200, r.text
+        assert [i.store_id for i in await rows(app, Install)] == ["N5"]
+
+
+async def test_camel_case_user_names_are_accepted(client, app, neto, auth):
+    await install_store(
+        client, neto, DOMAIN, store_id="N3",
+        user={"id": "9", "firstName": "Camel", "lastName": "Case", "email": "c@shop.au"},
+    )  # fmt: skip
+    r = await client.get("/installs/N3", headers=auth("installs:read"))
+    assert r.json()["user"] == {
+        "id": "9", "first_name": "Camel", "last_name": "Case", "email": "c@shop.au"
+    }  # fmt: skip
+
+
+async def test_reinstall_keeps_the_id_replaces_the_token_and_reactivates(client, app, neto, auth):
+    first = await install_store(client, neto, DOMAIN, store_id="N8")
+    [before] = await rows(app, Install)
+    r = await client.delete("/installs/N8", headers=auth("installs:admin"))
+    assert r.status_code == 200 and r.json()["status"] == "revoked"
+    second = await install_store(client, neto, DOMAIN, store_id="N8")
+    assert second["access_token"] != first["access_token"]
+    [after] = await rows(app, Install)
+    assert after.status == "active" and after.revoked_at is None
+    assert after.installed_at == before.installed_at
+    assert after.secret_sealed != before.secret_sealed
+    assert after.token_fingerprint != before.token_fingerprint
+
+
+async def test_the_database_holds_no_plaintext_token_email_or_address(client, app, neto):
+    got = await install_store(client, neto, DOMAIN, store_id="N77")
+    values = []
+    async with app.state.engine.connect() as conn:
+        for table in ("installs", "pending_installs", "audit_events"):
+            for row in (await conn.execute(text(f"SELECT * FROM {table}"))).all():  # noqa: S608
+                values.extend(str(value) for value in row)
+    dump = " ".join(values)
+    for plaintext in (got["access_token"], f"owner@{DOMAIN}", "123 Sample St", "Mia",
+                      got["code"], got["state"]):  # fmt: skip
+        assert plaintext not in dump, f"{plaintext!r} is readable in the database"
+    assert "N77" in dump  # the dump did read the rows

@@ -1,0 +1,84 @@
+"""Sealing: AES-256-GCM with a key id and row-bound associated data."""
+
+import pytest
+
+from service.security.crypto import Context, KeyConfigError, KeyRing, SealError, generate_key
+
+
+def ring(spec: str) -> KeyRing:
+    return KeyRing.parse(spec)
+
+
+def test_round_trip_and_key_id_visible():
+    keys = ring(f"k1:{generate_key()}")
+    ctx = Context("installs", "secret_sealed", "N1")
+    sealed = keys.seal(b"tok_secret", ctx)
+    assert sealed.startswith("v1:k1:")
+    assert b"tok_secret" not in sealed.encode()
+    assert keys.open(sealed, ctx) == b"tok_secret"
+
+
+def test_same_plaintext_seals_differently_each_time():
+    keys = ring(f"k1:{generate_key()}")
+    ctx = Context("installs", "secret_sealed", "N1")
+    assert keys.seal(b"x", ctx) != keys.seal(b"x", ctx)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        Context("installs", "secret_sealed", "N2"),  # another store's row
+        Context("installs", "user_sealed", "N1"),  # another column
+        Context("pending_installs", "secret_sealed", "N1"),  # another table
+    ],
+)
+def test_ciphertext_moved_elsewhere_fails_to_open(other):
+    keys = ring(f"k1:{generate_key()}")
+    sealed = keys.seal(b"tok", Context("installs", "secret_sealed", "N1"))
+    with pytest.raises(SealError, match="copied from another row"):
+        keys.open(sealed, other)
+
+
+def test_tampered_ciphertext_fails():
+    keys = ring(f"k1:{generate_key()}")
+    ctx = Context("installs", "secret_sealed", "N1")
+    sealed = keys.seal(b"tok", ctx)
+    flipped = sealed[:-2] + ("A" if sealed[-2] != "A" else "B") + sealed[-1]
+    with pytest.raises(SealError):
+        keys.open(flipped, ctx)
+
+
+def test_first_key_seals_all_keys_open():
+    old, new = generate_key(), generate_key()
+    ctx = Context("installs", "secret_sealed", "N1")
+    sealed_old = ring(f"old:{old}").seal(b"tok", ctx)
+    both = ring(f"new:{new},old:{old}")
+    assert both.open(sealed_old, ctx) == b"tok"
+    assert both.seal(b"tok", ctx).startswith("v1:new:")
+
+
+def test_unknown_key_id_is_named_without_key_material():
+    sealed = ring(f"gone:{generate_key()}").seal(b"t", Context("installs", "c", "1"))
+    with pytest.raises(SealError, match="'gone', which is not configured"):
+        ring(f"k1:{generate_key()}").open(sealed, Context("installs", "c", "1"))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "at least one"),
+        ("nokey", "kid:key"),
+        ("bad kid:" + generate_key(), "kid:key"),
+        ("k1:c2hvcnQ", "32 bytes"),
+        ("k1:!!!notbase64", "base64|32 bytes"),
+        (f"k1:{generate_key()},k1:{generate_key()}", "twice"),
+    ],
+)
+def test_bad_key_config_is_refused(spec, message):
+    with pytest.raises(KeyConfigError, match=message):
+        ring(spec)
+
+
+def test_repr_shows_no_key_material():
+    key = generate_key()
+    assert key not in repr(ring(f"k1:{key}"))
