@@ -37,3 +37,8 @@ lint: install-test
 	$(BIN)/ruff check service tests
 	$(BIN)/ruff format --check service tests
 	$(BIN)/mypy service
+
+## make bench: hot paths beside their ceilings (see docs/performance.md)
+bench: install-test
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m bench.run

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -152,8 +152,8 @@ async def upsert(
         "revoked_at": None,
         **sealed_values(keyring, store_id, secret=secret, user=user, billing=billing),
     }
-    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(Install).values(**values)
+    dialect_insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    stmt = dialect_insert(Install).values(**values)
     update_cols = {k: stmt.excluded[k] for k in values if k not in ("store_id", "installed_at")}
     await session.execute(stmt.on_conflict_do_update(index_elements=["store_id"], set_=update_cols))
     return existed
@@ -221,3 +221,36 @@ async def page(
         )
     stmt = stmt.order_by(Install.installed_at.desc(), Install.store_id.desc()).limit(limit)  # type: ignore[attr-defined]
     return list((await session.execute(stmt)).scalars())
+
+
+async def insert_many(
+    session: AsyncSession, keyring: KeyRing, installs: list[dict[str, Any]]
+) -> None:
+    """Bulk-create installs (benchmarks, imports): each dict has store_id, store_domain,
+    auth_method, secret, and optionally user/billing; sealed exactly like `upsert`."""
+    now = utcnow()
+    rows = []
+    for item in installs:
+        secret = item["secret"]
+        token = secret.get("access_token") or secret.get("api_key") or ""
+        rows.append(
+            {
+                "store_id": item["store_id"],
+                "store_domain": item["store_domain"],
+                "auth_method": item["auth_method"],
+                "status": InstallStatus.active.value,
+                "scope": item.get("scope"),
+                "timezone": item.get("timezone"),
+                "token_fingerprint": fingerprint(token),
+                "installed_at": now,
+                "updated_at": now,
+                **sealed_values(
+                    keyring,
+                    item["store_id"],
+                    secret=secret,
+                    user=item.get("user"),
+                    billing=item.get("billing"),
+                ),
+            }
+        )
+    await session.execute(insert(Install), rows)
