@@ -135,6 +135,9 @@ async def register_api_key(
         store_domain=domain,
         auth_method="api_key",
     )
+    # Commit before dropping the cached copy, so no request can re-cache the old key.
+    await session.commit()
+    request.app.state.store_cache.invalidate(body.store_id)
     return detail_of(await stores.require(session, body.store_id), keyring)
 
 
