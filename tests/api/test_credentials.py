@@ -137,6 +137,22 @@ async def test_tenant_isolation_caller_for_store_a_cannot_read_store_b(app, clie
     assert [row["store_id"] for row in issued] == ["NA"]
 
 
+@pytest.mark.parametrize(("alg", "kid"), [("RS256", "rsa1"), ("ES256", "ec1")])
+async def test_public_key_tokens_from_another_jose_library_are_accepted(
+    client, neto, rsa_key, ec_key, alg, kid
+):
+    import jwt as pyjwt
+
+    await install_store(client, neto, "shop.example.com", store_id="N1001")
+    now = int(datetime.now(UTC).timestamp())
+    claims = {"sub": "pyjwt-service", "aud": AUDIENCE, "iat": now, "exp": now + 60,
+              "scope": READ, "stores": ["N1001"]}  # fmt: skip
+    key = rsa_key if alg == "RS256" else ec_key
+    token = pyjwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
+    r = await client.get("/credentials/N1001", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+
+
 def _expired() -> str:
     now = int(datetime.now(UTC).timestamp())
     return hs256({"sub": "s", "aud": AUDIENCE, "iat": now - 900, "exp": now - 300})

@@ -142,6 +142,7 @@ def test_non_string_kid_refused(verifier):
         ("jwk", {"kty": "oct", "k": b64(b"attacker")}),
         ("crit", ["exp"]),
         ("x5c", ["MIIB"]),
+        ("enc", "A256GCM"),
     ],
 )
 def test_key_fetching_and_critical_headers_refused(verifier, name, value):
