@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 
 class ErrorBody(BaseModel):
@@ -37,8 +37,20 @@ class ApiKeyInstall(BaseModel):
     model_config = ConfigDict(extra="forbid")
     store_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     store_domain: str = Field(max_length=1024, examples=["shop.example.com.au"])
-    username: str = Field(min_length=1, max_length=256, examples=["api-user"])
+    # Both travel as HTTP header values (NETOAPI_USERNAME / NETOAPI_KEY): printable ASCII
+    # only, so a stored value can never break or inject a header upstream.
+    username: str = Field(
+        min_length=1, max_length=256, pattern=r"^[!-~](?:[ -~]*[!-~])?$", examples=["api-user"]
+    )
     api_key: SecretStr = Field(min_length=1, max_length=1024)
+
+    @field_validator("api_key")
+    @classmethod
+    def _header_safe(cls, value: SecretStr) -> SecretStr:
+        # The message must not quote the key: validation errors reach the caller.
+        if not all("!" <= ch <= "~" for ch in value.get_secret_value()):
+            raise ValueError("must be printable ASCII without spaces")
+        return value
 
 
 class InstallSummary(BaseModel):

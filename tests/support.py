@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -63,3 +67,43 @@ async def install_store(
         "store_id": grant["store_id"],
         "access_token": neto.credentials[domain]["x_secret_key"],
     }
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def hs256(claims: Any, *, key: bytes | None = None, **header: Any) -> str:
+    """An HS256 token with exactly this header and payload (a None header value drops
+    it), MAC'd by hand with `key` (default: the test HS256 key)."""
+    from tests.conftest import HS_KID, HS_SECRET
+
+    key = HS_SECRET.encode() if key is None else key
+    head = {"alg": "HS256", "typ": "JWT", "kid": HS_KID, **header}
+    head = {k: v for k, v in head.items() if v is not None}
+    signing_input = b64(json.dumps(head).encode()) + "." + b64(json.dumps(claims).encode())
+    mac = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(mac)
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The response is the broker's error envelope with this status and code."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "detail", "request_id"}, body
+    assert body["error"] == code, body
+    assert response.headers["x-broker-error"] == code
+    return body
+
+
+async def audit_rows(app: Any) -> list[dict[str, Any]]:
+    """Every audit_events row, read from the table itself, oldest first."""
+    async with app.state.sessionmaker() as session:
+        result = await session.execute(
+            text("SELECT event, actor, store_id, request_id, details FROM audit_events ORDER BY id")
+        )
+        rows = [dict(row._mapping) for row in result]
+    for row in rows:  # JSON comes back as text on some drivers
+        if isinstance(row["details"], str):
+            row["details"] = json.loads(row["details"])
+    return rows

@@ -56,6 +56,7 @@ async def credentials(
 ) -> JSONResponse:
     """The store's API URL and auth headers, valid for BROKER_BUNDLE_TTL_SECONDS. Every
     bundle is recorded in the audit log (caller, store, bundle id; never the secret)."""
+    request.state.store_id = store_id  # the access log names the store even when refused
     caller.require_store(store_id)
     creds = await usable_store(request, store_id)
     bundle_id = "bnd_" + secrets.token_urlsafe(16)

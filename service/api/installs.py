@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import SecretStr
@@ -26,16 +26,19 @@ from service.schemas import (
     InstallSummary,
 )
 from service.security.callers import Caller
+from service.security.crypto import KeyRing
 from service.security.domains import normalize_store_domain
 
 router = APIRouter(prefix="/installs", tags=["installs"])
 
 StoreId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-ERRORS = {
+# Typed as FastAPI's `responses` parameter, so the dicts can be merged and passed on.
+Responses = dict[int | str, dict[str, Any]]
+ERRORS: Responses = {
     401: {"model": ErrorBody, "description": "Missing or invalid caller token"},
     403: {"model": ErrorBody, "description": "The token lacks the scope"},
 }
-NOT_FOUND = {404: {"model": ErrorBody, "description": "No install for this store"}}
+NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "No install for this store"}}
 
 
 def encode_cursor(install: Install) -> str:
@@ -55,13 +58,13 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise BadRequest("The cursor is not one this API issued.") from None
 
 
-def detail_of(install: Install, keyring: stores.KeyRing) -> InstallDetail:
+def detail_of(install: Install, keyring: KeyRing) -> InstallDetail:
     user, billing = stores.open_profile(keyring, install)
     return InstallDetail(
         store_id=install.store_id,
         store_domain=install.store_domain,
-        auth_method=install.auth_method,  # type: ignore[arg-type]
-        status=install.status,  # type: ignore[arg-type]
+        auth_method=install.auth_method,
+        status=install.status,
         installed_at=install.installed_at,
         updated_at=install.updated_at,
         last_used_at=install.last_used_at,
@@ -135,6 +138,9 @@ async def register_api_key(
         store_domain=domain,
         auth_method="api_key",
     )
+    # Commit before dropping the cached copy, so no request can re-cache the old key.
+    await session.commit()
+    request.app.state.store_cache.invalidate(body.store_id)
     return detail_of(await stores.require(session, body.store_id), keyring)
 
 

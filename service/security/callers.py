@@ -12,16 +12,17 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 from jose import jwk, jwt
 from jose.backends.base import Key
-from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError
+from jose.exceptions import JOSEError, JWTClaimsError
 
 from service.config import Settings
 from service.errors import ActionNotAllowed, Forbidden, StoreNotAllowed, Unauthorized
@@ -29,6 +30,7 @@ from service.errors import ActionNotAllowed, Forbidden, StoreNotAllowed, Unautho
 MAX_TOKEN_BYTES = 8 * 1024
 MAX_LIFETIME_SECONDS = 24 * 3600
 LEEWAY_SECONDS = 30
+REQUIRED_CLAIMS = ("sub", "aud", "exp", "iat")
 FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "crit", "x5c", "enc", "zip"})
 SCOPES = frozenset(
     {"credentials:read", "invoke", "installs:start", "installs:read", "installs:admin"}
@@ -68,9 +70,9 @@ class Caller:
         """Reads are open to any invoke caller; writes need an `actions` grant."""
         if not is_write:
             return
-        grants = self.actions or ()
-        for grant in grants:
-            if grant == action or (grant.endswith("*") and fnmatchcase(action, grant)):
+        for grant in self.actions or ():
+            # A trailing `*` is a plain prefix (`Get*`); nothing else is a wildcard.
+            if grant == action or (grant.endswith("*") and action.startswith(grant[:-1])):
                 return
         raise ActionNotAllowed(f"The token does not grant the write action {action!r}.")
 
@@ -93,8 +95,16 @@ def _str_list(claims: dict[str, Any], name: str) -> list[str] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise Unauthorized(f"The `{name}` claim must be a list of strings.")
+        raise Unauthorized(f"The `{name}` claim must be a list of non-empty strings.")
     return value
+
+
+def _number(claims: dict[str, Any], name: str) -> float:
+    """A NumericDate: a finite JSON number. python-jose alone would take "123" or true."""
+    value = claims.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise Unauthorized(f"The `{name}` claim must be a number.")
+    return float(value)
 
 
 class TokenVerifier:
@@ -105,7 +115,9 @@ class TokenVerifier:
     verification would give.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        # The one clock for the time claims and the cache; tests pass their own.
+        self.clock = clock
         self.audience = settings.jwt_audience
         self.issuers = sorted(settings.issuers)
         self.keys: dict[str, tuple[str, Key]] = {}
@@ -142,6 +154,8 @@ class TokenVerifier:
         except (OSError, ValueError, KeyError, TypeError):
             raise KeyFileError(f"BROKER_JWT_PUBLIC_KEYS_FILE {path} is not a JWKS file") from None
         for entry in entries:
+            if not isinstance(entry, dict):
+                raise KeyFileError("every key in the JWKS file must be a JSON object")
             kid = entry.get("kid")
             kty = entry.get("kty")
             if not isinstance(kid, str) or not kid:
@@ -159,28 +173,31 @@ class TokenVerifier:
             self._add(kid, alg, jwk.construct(entry, alg))
 
     def verify(self, token: str) -> Caller:
-        now = time.time()
+        """The caller the token names, or Unauthorized saying why it is refused."""
+        now = self.clock()
         cached = self._cache.get(token)
         if cached is not None:
-            if cached.exp + LEEWAY_SECONDS > now:
+            # Served only before `exp`; from then on the token is verified in full again
+            # (the leeway is full verification's to grant, not the cache's).
+            if now < cached.exp:
                 return cached
             self._cache.pop(token, None)
         caller = self._verify(token, now)
-        if self._cache_size:
+        if self._cache_size and now < caller.exp:
             self._cache[token] = caller
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return caller
 
     def _verify(self, token: str, now: float) -> Caller:
-        if len(token) > MAX_TOKEN_BYTES:
+        if len(token.encode()) > MAX_TOKEN_BYTES:
             raise Unauthorized("The bearer token is larger than 8 KiB.")
         parts = token.split(".")
         if len(parts) != 3 or not all(parts):
             raise Unauthorized("The bearer token is not a signed JWT (three segments).")
         try:
             header = _b64json(parts[0])
-        except (ValueError, binascii.Error, UnicodeDecodeError):
+        except (ValueError, binascii.Error, RecursionError):
             raise Unauthorized("The bearer token's header is not valid JSON.") from None
         if not isinstance(header, dict):
             raise Unauthorized("The bearer token's header is not a JSON object.")
@@ -202,33 +219,37 @@ class TokenVerifier:
                 algorithms=[key_alg],
                 audience=self.audience,
                 issuer=self.issuers or None,
+                # python-jose checks the signature, and `aud`, `iss` and `sub` when present.
+                # Presence, types and the time claims are checked in `_caller`, against
+                # this verifier's clock: python-jose would take "123" or true as a time,
+                # crash on an infinite one, and report a missing claim as a bad signature.
                 options={
-                    "leeway": LEEWAY_SECONDS,
-                    "require_aud": True,
-                    "require_iat": True,
-                    "require_exp": True,
-                    "require_sub": True,
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
                     "verify_iss": bool(self.issuers),
                 },
             )
-        except ExpiredSignatureError:
-            raise Unauthorized("The token has expired.") from None
         except JWTClaimsError as exc:
             raise Unauthorized(f"The token's claims are not accepted: {exc}.") from None
-        except (JOSEError, ValueError, TypeError):
+        except (JOSEError, ValueError, TypeError, OverflowError, RecursionError):
             raise Unauthorized("The token's signature or encoding is not valid.") from None
         return self._caller(claims, now)
 
     def _caller(self, claims: dict[str, Any], now: float) -> Caller:
-        sub, iat, exp = claims.get("sub"), claims.get("iat"), claims.get("exp")
+        for name in REQUIRED_CLAIMS:
+            if name not in claims:
+                raise Unauthorized(f"The token lacks the required claim `{name}`.")
+        sub = claims.get("sub")
         if not isinstance(sub, str) or not sub.strip() or len(sub) > 256:
             raise Unauthorized("The `sub` claim must be a non-empty string.")
-        for name, value in (("iat", iat), ("exp", exp)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise Unauthorized(f"The `{name}` claim must be a number.")
-        assert isinstance(iat, (int, float)) and isinstance(exp, (int, float))
+        iat, exp = _number(claims, "iat"), _number(claims, "exp")
+        if exp < now - LEEWAY_SECONDS:
+            raise Unauthorized("The token has expired.")
         if iat > now + LEEWAY_SECONDS:
             raise Unauthorized("The token was issued in the future.")
+        if "nbf" in claims and _number(claims, "nbf") > now + LEEWAY_SECONDS:
+            raise Unauthorized("The token is not valid yet.")
         if exp - iat > MAX_LIFETIME_SECONDS:
             raise Unauthorized("The token's lifetime is longer than 24 hours.")
         scope = claims.get("scope", "")
@@ -236,12 +257,14 @@ class TokenVerifier:
             raise Unauthorized("The `scope` claim must be a space-separated string.")
         stores = _str_list(claims, "stores")
         actions = _str_list(claims, "actions")
+        if actions is not None and any("*" in grant[:-1] for grant in actions):
+            raise Unauthorized("An `actions` pattern may hold `*` only at its end.")
         return Caller(
             sub=sub,
             scopes=_expand_scopes(scope),
             stores=frozenset(stores) if stores is not None else None,
             actions=tuple(actions) if actions is not None else None,
-            exp=float(exp),
+            exp=exp,
         )
 
 

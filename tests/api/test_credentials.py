@@ -1,0 +1,195 @@
+"""GET /credentials/{store_id} through the app: the bundle, its audit trail, the status
+rules, the store and scope checks, and how every caller-token refusal looks over HTTP."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from service import stores
+from service.models import InstallStatus
+from tests.conftest import AUDIENCE, CLIENT_ID, HS_KID, HS_SECRET
+from tests.support import assert_error, audit_rows, hs256, install_store
+
+READ = "credentials:read"
+
+
+def parse_z(value: str) -> datetime:
+    assert value.endswith("Z"), value
+    return datetime.fromisoformat(value)
+
+
+async def test_oauth_bundle_has_the_contract_shape(client, neto, neto_server, auth):
+    got = await install_store(client, neto, "shop.example.com", store_id="N1001")
+    before = datetime.now(UTC).replace(microsecond=0)
+    r = await client.get("/credentials/N1001", headers=auth(READ, stores=["N1001"]))
+    assert r.status_code == 200, r.text
+    assert r.headers["cache-control"] == "no-store"
+    body = r.json()
+    assert set(body) == {
+        "bundle_id", "store_id", "store_domain", "auth_method", "api_url", "headers",
+        "issued_at", "expires_at",
+    }  # fmt: skip
+    assert body["bundle_id"].startswith("bnd_") and len(body["bundle_id"]) > 20
+    assert body["store_id"] == "N1001"
+    assert body["store_domain"] == "shop.example.com"
+    assert body["auth_method"] == "oauth"
+    assert body["api_url"] == f"{neto_server.url}/shop.example.com/do/WS/NetoAPI"
+    assert body["headers"] == {"X_ACCESS_KEY": CLIENT_ID, "X_SECRET_KEY": got["access_token"]}
+    issued, expires = parse_z(body["issued_at"]), parse_z(body["expires_at"])
+    assert before <= issued <= datetime.now(UTC)
+    assert expires - issued == timedelta(seconds=300)
+
+
+async def test_bundle_lifetime_follows_the_setting(app_factory, settings_factory, neto, auth):
+    import httpx
+
+    app = await app_factory(settings_factory(bundle_ttl_seconds=45))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as client:
+        await install_store(client, neto, "ttl.example.com", store_id="N2002")
+        r = await client.get("/credentials/N2002", headers=auth(READ, stores=["*"]))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert parse_z(body["expires_at"]) - parse_z(body["issued_at"]) == timedelta(seconds=45)
+
+
+async def test_every_bundle_is_new_and_audited_without_its_secret(app, client, neto, auth):
+    got = await install_store(client, neto, "shop.example.com", store_id="N1001")
+    headers = auth(READ, sub="orders-service", stores=["N1001"])
+    first = (await client.get("/credentials/N1001", headers=headers)).json()
+    second = (await client.get("/credentials/N1001", headers=headers)).json()
+    assert first["bundle_id"] != second["bundle_id"]
+
+    rows = [row for row in await audit_rows(app) if row["event"] == "bundle.issued"]
+    assert [row["details"]["bundle_id"] for row in rows] == [
+        first["bundle_id"],
+        second["bundle_id"],
+    ]
+    for row in rows:
+        assert row["actor"] == "orders-service"
+        assert row["store_id"] == "N1001"
+        assert row["request_id"]
+        assert got["access_token"] not in json.dumps(row, default=str)
+
+
+async def test_unknown_store_is_404(client, auth):
+    r = await client.get("/credentials/N404", headers=auth(READ, stores=["*"]))
+    assert_error(r, 404, "store_not_found")
+
+
+async def test_revoked_store_is_410(client, neto, auth):
+    await install_store(client, neto, "shop.example.com", store_id="N1001")
+    headers = auth(READ, stores=["N1001"])
+    assert (await client.get("/credentials/N1001", headers=headers)).status_code == 200
+    r = await client.delete("/installs/N1001", headers=auth("installs:admin"))
+    assert r.status_code == 200, r.text
+    assert_error(await client.get("/credentials/N1001", headers=headers), 410, "store_revoked")
+
+
+async def test_store_needing_reauthorisation_is_409(app, client, neto, auth):
+    await install_store(client, neto, "shop.example.com", store_id="N1001")
+    async with app.state.sessionmaker() as session:
+        await stores.set_status(session, "N1001", InstallStatus.reauth_required)
+        await session.commit()
+    r = await client.get("/credentials/N1001", headers=auth(READ, stores=["N1001"]))
+    assert_error(r, 409, "store_reauth_required")
+
+
+async def test_store_outside_the_tokens_stores_is_403(client, neto, auth):
+    await install_store(client, neto, "shop.example.com", store_id="N1001")
+    r = await client.get("/credentials/N1001", headers=auth(READ, stores=["N2002"]))
+    assert_error(r, 403, "store_not_allowed")
+
+
+async def test_token_without_stores_claim_is_403(client, neto, auth):
+    await install_store(client, neto, "shop.example.com", store_id="N1001")
+    r = await client.get("/credentials/N1001", headers=auth(READ))
+    assert_error(r, 403, "store_not_allowed")
+
+
+async def test_star_stores_allows_any_store(client, neto, auth):
+    await install_store(client, neto, "shop.example.com", store_id="N1001")
+    r = await client.get("/credentials/N1001", headers=auth(READ, stores=["*"]))
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("scope", ["", "invoke", "installs:admin installs:read"])
+async def test_token_without_credentials_read_is_403(client, neto, auth, scope):
+    await install_store(client, neto, "shop.example.com", store_id="N1001")
+    r = await client.get("/credentials/N1001", headers=auth(scope, stores=["*"]))
+    assert_error(r, 403, "forbidden")
+
+
+async def test_tenant_isolation_caller_for_store_a_cannot_read_store_b(app, client, neto, auth):
+    await install_store(client, neto, "a.example.com", store_id="NA")
+    b = await install_store(client, neto, "b.example.com", store_id="NB")
+    headers = auth(READ, sub="service-a", stores=["NA"])
+    assert (await client.get("/credentials/NA", headers=headers)).status_code == 200
+    r = await client.get("/credentials/NB", headers=headers)
+    assert_error(r, 403, "store_not_allowed")
+    assert b["access_token"] not in r.text
+    # A store that does not exist answers the same: no oracle for which stores exist.
+    assert_error(await client.get("/credentials/NC", headers=headers), 403, "store_not_allowed")
+    issued = [row for row in await audit_rows(app) if row["event"] == "bundle.issued"]
+    assert [row["store_id"] for row in issued] == ["NA"]
+
+
+@pytest.mark.parametrize(("alg", "kid"), [("RS256", "rsa1"), ("ES256", "ec1")])
+async def test_public_key_tokens_from_another_jose_library_are_accepted(
+    client, neto, rsa_key, ec_key, alg, kid
+):
+    import jwt as pyjwt
+
+    await install_store(client, neto, "shop.example.com", store_id="N1001")
+    now = int(datetime.now(UTC).timestamp())
+    claims = {"sub": "pyjwt-service", "aud": AUDIENCE, "iat": now, "exp": now + 60,
+              "scope": READ, "stores": ["N1001"]}  # fmt: skip
+    key = rsa_key if alg == "RS256" else ec_key
+    token = pyjwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
+    r = await client.get("/credentials/N1001", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+
+
+def _expired() -> str:
+    now = int(datetime.now(UTC).timestamp())
+    return hs256({"sub": "s", "aud": AUDIENCE, "iat": now - 900, "exp": now - 300})
+
+
+def _unsigned() -> str:
+    return hs256({"sub": "s", "aud": AUDIENCE, "iat": 0, "exp": 1}, alg="none")
+
+
+def _foreign_key() -> str:
+    from service.security.callers import mint
+
+    return mint(
+        kid=HS_KID, secret="not-" + HS_SECRET, sub="s", scope=READ, audience=AUDIENCE,
+        ttl_seconds=60, stores=["*"],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        pytest.param(None, id="no-header"),
+        pytest.param("Bearer", id="bearer-without-token"),
+        pytest.param("Basic dXNlcjpwYXNz", id="basic-scheme"),
+        pytest.param("Bearer not-a-jwt", id="garbage"),
+        pytest.param("Bearer " + "a" * 9000 + ".b.c", id="oversized"),
+        pytest.param(f"Bearer {_unsigned()}", id="alg-none"),
+        pytest.param(f"Bearer {_expired()}", id="expired"),
+        pytest.param(f"Bearer {_foreign_key()}", id="bad-signature"),
+    ],
+)
+async def test_every_token_refusal_is_a_401_envelope(client, authorization):
+    headers = {"Authorization": authorization} if authorization else {}
+    r = await client.get("/credentials/N1001", headers=headers)
+    assert_error(r, 401, "unauthorized")
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    if authorization and " " in authorization:
+        presented = authorization.split(" ", 1)[1]
+        assert presented not in r.text
+        assert presented[:40] not in r.text
