@@ -94,11 +94,12 @@ def broker_env(database_url: str, upstream_port: int) -> dict[str, str]:
 
 
 async def seed(database_url: str, start: int, stop: int) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
     from service.config import normalize_database_url
     from service.db import create_sessionmaker
     from service.security.crypto import KeyRing
     from service.stores import insert_many
-    from sqlalchemy.ext.asyncio import create_async_engine
 
     engine = create_async_engine(normalize_database_url(database_url))
     maker = create_sessionmaker(engine)

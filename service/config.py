@@ -72,8 +72,11 @@ class Settings(BaseSettings):
     store_rate_per_minute: int = Field(500, ge=1)
     rate_limit_pause_seconds: float = Field(60.0, ge=0)
     upstream_max_retries: int = Field(2, ge=0, le=5)
-    # How long a replica may serve an install from memory: the revocation bound.
-    store_cache_seconds: float = Field(2.0, ge=0, le=30)
+    # How often each replica polls for changed installs: the revocation bound. 0 disables
+    # the store cache (every bundle and invoke reads the database).
+    store_cache_seconds: float = Field(1.0, ge=0, le=30)
+    store_cache_max_entries: int = Field(100_000, ge=0)
+    store_cache_preload: bool = True
 
     db_pool_size: int = Field(10, ge=1)
     db_max_overflow: int = Field(10, ge=0)

@@ -57,13 +57,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.sessionmaker = sessionmaker
     app.state.http = create_http_client(settings)
     app.state.store_cache = StoreCache(
-        sessionmaker, app.state.keyring, settings.neto_client_id, settings.store_cache_seconds
+        sessionmaker,
+        app.state.keyring,
+        settings.neto_client_id,
+        poll_seconds=settings.store_cache_seconds,
+        max_entries=settings.store_cache_max_entries,
     )
     app.state.audit_writer = AuditWriter(sessionmaker)
     app.state.audit_writer.start()
     try:
+        await app.state.store_cache.start(preload=settings.store_cache_preload)
+    except Exception:  # the database may be down at start; the cache then stays cold
+        log.warning("store cache could not start; serving from the database")
+    try:
         yield
     finally:
+        await app.state.store_cache.stop()
         await app.state.audit_writer.stop()
         await app.state.http.aclose()
         await engine.dispose()

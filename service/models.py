@@ -32,6 +32,8 @@ class Install(SQLModel, table=True):
     __table_args__ = (
         Index("ix_installs_installed_at_store_id", "installed_at", "store_id"),
         Index("ix_installs_status_installed_at", "status", "installed_at"),
+        # The store caches' change feed polls this every second on every replica.
+        Index("ix_installs_updated_at", "updated_at"),
     )
 
     store_id: str = Field(sa_column=Column(String(64), primary_key=True))

@@ -1,20 +1,40 @@
-"""A short-lived, per-replica cache of opened store credentials for the hot paths.
+"""A per-replica cache of opened store credentials for the hot paths, kept honest by a
+change feed.
 
-Its lifetime (BROKER_STORE_CACHE_SECONDS, default 2 s) is the revocation bound: a revoke
-drops the entry at once on the replica that served it, and every other replica re-reads
-the install within that many seconds. Only found installs are cached.
+Every change to an install (install, reinstall, revoke, re-auth, rotation) stamps
+`installs.updated_at`. Each replica polls `updated_at` every BROKER_STORE_CACHE_SECONDS
+(default 1 s) and drops the entries of stores changed since its last poll, so a revoke
+made on any replica stops bundles and invokes everywhere within one poll interval (the
+replica that served the revoke drops its entry at once). If polling fails, the cache
+stops trusting itself after two intervals and every request reads the database.
+
+Entries carry no TTL otherwise, so a warm replica serves bundles without touching the
+database for the read; the cache is bounded (BROKER_STORE_CACHE_MAX_ENTRIES) and filled
+in the background at start-up.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
+from datetime import timedelta
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import stores
+from service.db import utcnow
+from service.models import Install, InstallStatus
 from service.security.crypto import KeyRing
 
-MAX_ENTRIES = 50_000
+log = logging.getLogger("broker.store_cache")
+
+# Changes are re-read this far back on every poll: covers clock skew between replicas and
+# transactions that commit a while after they stamped updated_at.
+CHANGE_MARGIN = timedelta(seconds=30)
+PRELOAD_BATCH = 1000
 
 
 class StoreCache:
@@ -23,41 +43,114 @@ class StoreCache:
         sessionmaker: async_sessionmaker[AsyncSession],
         keyring: KeyRing,
         client_id: str | None,
-        ttl_seconds: float,
+        *,
+        poll_seconds: float,
+        max_entries: int,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._keyring = keyring
         self._client_id = client_id
-        self._ttl = ttl_seconds
-        self._entries: dict[str, tuple[float, stores.StoreCredentials]] = {}
+        self._poll = poll_seconds
+        self._max = max_entries
+        self._entries: dict[str, stores.StoreCredentials] = {}
+        self._trusted_until = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
 
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self, *, preload: bool) -> None:
+        if self._poll <= 0 or self._max <= 0:
+            return  # caching disabled: every request reads the database
+        await self._refresh(utcnow() - CHANGE_MARGIN)
+        self._tasks.append(asyncio.create_task(self._poll_loop(), name="store-cache-poll"))
+        if preload:
+            self._tasks.append(asyncio.create_task(self._preload(), name="store-cache-preload"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    # -- reads -------------------------------------------------------------------------
     async def get(self, store_id: str) -> stores.StoreCredentials | None:
-        now = time.monotonic()
-        hit = self._entries.get(store_id)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        if time.monotonic() < self._trusted_until:
+            hit = self._entries.get(store_id)
+            if hit is not None:
+                return hit
         async with self._sessionmaker() as session:
             install = await stores.get(session, store_id)
         if install is None:
             self._entries.pop(store_id, None)
             return None
         creds = stores.open_credentials(self._keyring, install, self._client_id)
-        if self._ttl > 0:
-            if len(self._entries) >= MAX_ENTRIES:
-                self._evict(now)
-            self._entries[store_id] = (now + self._ttl, creds)
+        self._put(creds)
         return creds
 
     def invalidate(self, store_id: str) -> None:
         self._entries.pop(store_id, None)
 
-    def clear(self) -> None:
-        self._entries.clear()
+    def __len__(self) -> int:
+        return len(self._entries)
 
-    def _evict(self, now: float) -> None:
-        expired = [k for k, (exp, _) in self._entries.items() if exp <= now]
-        for key in expired:
-            del self._entries[key]
-        if len(self._entries) >= MAX_ENTRIES:  # all fresh: drop the oldest tenth
-            for key in list(self._entries)[: MAX_ENTRIES // 10]:
+    # -- internals ---------------------------------------------------------------------
+    def _put(self, creds: stores.StoreCredentials) -> None:
+        if self._max <= 0 or self._poll <= 0:
+            return
+        if len(self._entries) >= self._max:
+            # Drop the oldest tenth (insertion order): cheap, and keeps hot stores cycling in.
+            for key in list(self._entries)[: max(1, self._max // 10)]:
                 del self._entries[key]
+        self._entries[creds.store_id] = creds
+
+    async def _refresh(self, since: object) -> None:
+        async with self._sessionmaker() as session:
+            changed = await stores.changed_since(session, since)  # type: ignore[arg-type]
+        for store_id in changed:
+            self._entries.pop(store_id, None)
+        self._trusted_until = time.monotonic() + 2 * self._poll
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll)
+            started = utcnow()
+            try:
+                await self._refresh(started - CHANGE_MARGIN)
+            except Exception as exc:  # the cache lapses on its own; requests read the DB
+                log.warning(
+                    "store cache poll failed", extra={"fields": {"error_type": type(exc).__name__}}
+                )
+
+    async def _preload(self) -> None:
+        """Warm the cache with active installs, a batch at a time, up to its bound."""
+        after = ""
+        try:
+            while len(self._entries) < self._max:
+                async with self._sessionmaker() as session:
+                    rows = list(
+                        (
+                            await session.execute(
+                                select(Install)
+                                .where(
+                                    Install.store_id > after,  # type: ignore[arg-type,operator]
+                                    Install.status == InstallStatus.active.value,  # type: ignore[arg-type]
+                                )
+                                .order_by(Install.store_id)
+                                .limit(PRELOAD_BATCH)
+                            )
+                        ).scalars()
+                    )
+                if not rows:
+                    break
+                for install in rows:
+                    if install.store_id not in self._entries and len(self._entries) < self._max:
+                        self._entries[install.store_id] = stores.open_credentials(
+                            self._keyring, install, self._client_id
+                        )
+                after = rows[-1].store_id
+                await asyncio.sleep(0)  # let requests run between batches
+        except Exception as exc:
+            log.warning(
+                "store cache preload stopped", extra={"fields": {"error_type": type(exc).__name__}}
+            )

@@ -182,6 +182,14 @@ async def revoke(session: AsyncSession, store_id: str) -> Install:
     return install
 
 
+async def changed_since(session: AsyncSession, since: datetime) -> list[str]:
+    """Store ids whose install changed at or after `since` (the caches' change feed)."""
+    result = await session.execute(
+        select(Install.store_id).where(Install.updated_at >= since)  # type: ignore[arg-type,operator]
+    )
+    return list(result.scalars())
+
+
 async def touch_last_used(session: AsyncSession, store_ids: list[str], at: datetime) -> None:
     await session.execute(
         update(Install)

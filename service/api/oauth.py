@@ -86,6 +86,8 @@ async def callback(
         request_id=request_id(request),
     )  # fmt: skip
     request.state.store_id = done.store_id
+    # Committed: drop this replica's cached copy (others follow through the change feed).
+    request.app.state.store_cache.invalidate(done.store_id)
     if done.return_url:
         target = install_flow.add_query(done.return_url, store_id=done.store_id, status="installed")
         return RedirectResponse(target, status_code=302, headers=PAGE_HEADERS)

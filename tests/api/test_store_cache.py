@@ -1,0 +1,69 @@
+"""The per-replica store cache follows changes made by other replicas."""
+
+import asyncio
+import time
+
+import httpx
+
+from service import stores
+from tests.support import install_store
+
+
+async def test_a_revoke_on_another_replica_stops_bundles_within_the_poll_interval(
+    app_factory, settings_factory, neto, auth
+):
+    app = await app_factory(settings_factory(store_cache_seconds=0.2))
+    headers = auth("credentials:read", stores=["*"])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://broker.test"
+    ) as client:
+        await install_store(client, neto, "shop.example.com", store_id="N1")
+        assert (await client.get("/credentials/N1", headers=headers)).status_code == 200
+        assert len(app.state.store_cache) >= 1, "the bundle should have warmed the cache"
+        # Another replica revokes: same database, this process's cache is not told.
+        async with app.state.sessionmaker() as session, session.begin():
+            await stores.revoke(session, "N1")
+        revoked_at = time.monotonic()
+        while True:
+            status = (await client.get("/credentials/N1", headers=headers)).status_code
+            if status == 410:
+                break
+            assert status == 200
+            assert time.monotonic() - revoked_at < 1.0, "revocation did not propagate in time"
+            await asyncio.sleep(0.02)
+
+
+async def test_with_the_cache_disabled_every_bundle_reads_the_database(
+    app_factory, settings_factory, neto, auth
+):
+    app = await app_factory(settings_factory(store_cache_seconds=0))
+    headers = auth("credentials:read", stores=["*"])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://broker.test"
+    ) as client:
+        await install_store(client, neto, "shop.example.com", store_id="N1")
+        assert (await client.get("/credentials/N1", headers=headers)).status_code == 200
+        async with app.state.sessionmaker() as session, session.begin():
+            await stores.revoke(session, "N1")
+        assert (await client.get("/credentials/N1", headers=headers)).status_code == 410
+        assert len(app.state.store_cache) == 0
+
+
+async def test_preload_warms_the_cache_with_active_installs(app_factory, settings_factory, neto):
+    first = await app_factory(settings_factory())
+    async with first.state.sessionmaker() as session, session.begin():
+        await stores.insert_many(
+            session,
+            first.state.keyring,
+            [
+                {"store_id": f"P{n}", "store_domain": f"p{n}.example.com",
+                 "auth_method": "api_key", "secret": {"username": "u", "api_key": f"k{n}"}}
+                for n in range(25)
+            ],
+        )  # fmt: skip
+    second = await app_factory(settings_factory())
+    for _ in range(100):
+        if len(second.state.store_cache) == 25:
+            break
+        await asyncio.sleep(0.02)
+    assert len(second.state.store_cache) == 25
