@@ -168,7 +168,8 @@ def credentials_script(token: str, installs: int) -> Path:
 math.randomseed(os.time())
 local headers = {{["Authorization"] = "Bearer {token}"}}
 request = function()
-  return wrk.format("GET", string.format("/credentials/S%06d", math.random(0, {installs - 1})), headers)
+  local path = string.format("/credentials/S%06d", math.random(0, {installs - 1}))
+  return wrk.format("GET", path, headers)
 end
 """,
     )
@@ -182,7 +183,8 @@ math.randomseed(os.time())
 local headers = {{["Authorization"] = "Bearer {token}", ["Content-Type"] = "application/json"}}
 local body = '{{"Filter": {{"SKU": ["SKU-1"], "OutputSelector": ["Name", "Price"]}}}}'
 request = function()
-  return wrk.format("POST", string.format("/invoke/S%06d/GetItem", math.random(0, {installs - 1})), headers, body)
+  local path = string.format("/invoke/S%06d/GetItem", math.random(0, {installs - 1}))
+  return wrk.format("POST", path, headers, body)
 end
 """,
     )
@@ -392,7 +394,7 @@ def main() -> int:
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
-        },  # fmt: skip
+        },
         backend=backend,
         workers=WORKERS,
         duration_seconds=DURATION,
