@@ -48,26 +48,37 @@ HttpDep = Annotated[httpx.AsyncClient, Depends(get_http)]
 SessionMakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
 
 
-async def get_caller(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
-) -> Caller:
-    if credentials is None or credentials.scheme.lower() != "bearer":
+def authenticate(request: Request, scope: str) -> Caller:
+    """Verify the caller's bearer token and require `scope`.
+
+    A plain function so the hot routes (bundles, invoke) can call it without a chain of
+    dependencies; `require_scope` wraps it for every other route.
+    """
+    header = request.headers.get("authorization", "")
+    kind, _, token = header.partition(" ")
+    if kind.lower() != "bearer" or not token.strip():
         raise Unauthorized(headers={"WWW-Authenticate": "Bearer"})
     verifier: TokenVerifier = request.app.state.verifier
     try:
-        caller = verifier.verify(credentials.credentials)
+        caller = verifier.verify(token.strip())
     except Unauthorized as exc:
         exc.headers.setdefault("WWW-Authenticate", 'Bearer error="invalid_token"')
         raise
     request.state.caller = caller.sub
+    caller.require_scope(scope)
     return caller
 
 
+# The OpenAPI security requirement of routes that call `authenticate` themselves.
+BEARER_SECURITY = {"security": [{"CallerJWT": []}]}
+
+
 def require_scope(scope: str) -> Callable[..., Awaitable[Caller]]:
-    async def dependency(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
-        caller.require_scope(scope)
-        return caller
+    async def dependency(
+        request: Request,
+        _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+    ) -> Caller:
+        return authenticate(request, scope)
 
     return dependency
 

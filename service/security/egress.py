@@ -9,6 +9,7 @@ IPv4-mapped, NAT64 and 6to4 spellings of those) unless private egress is allowed
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Callable
@@ -128,6 +129,11 @@ class ApiUrlBuilder:
         self.path_parts = probe.path.split("/")
         if not self.in_host and _PLACEHOLDER not in self.path_parts:
             raise ValueError("{store_domain} must be the host or a whole path segment")
+
+    @functools.lru_cache(maxsize=65536)  # noqa: B019  (one builder per app; bounded)
+    def url_for(self, store_domain: str) -> str:
+        """The URL as text, memoised: building an httpx.URL costs more than a bundle."""
+        return str(self.build(store_domain))
 
     def build(self, store_domain: str) -> httpx.URL:
         if self.in_host:
