@@ -62,6 +62,14 @@ def sealed_values(
     }
 
 
+def reseal(keyring: KeyRing, store_id: str, column: str, sealed: str | None) -> str | None:
+    """The same plaintext sealed again under the primary key (key rotation)."""
+    if sealed is None:
+        return None
+    ctx = _ctx(store_id, column)
+    return keyring.seal(keyring.open(sealed, ctx), ctx)
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class StoreCredentials:
     """What a bundle or an invoke needs, opened. The repr names no secret."""
