@@ -72,7 +72,7 @@ async def key_usage(sessionmaker: async_sessionmaker[AsyncSession], keyring: Key
         rows = await session.execute(
             select(C.key_id, func.count()).where(_holds_sealed()).group_by(C.key_id)
         )
-        counts = {kid: int(n) for kid, n in rows.tuples()}
+        counts = {kid: int(n) for kid, n in rows}
     return KeyUsage(primary=keyring.primary, configured=keyring.kids, counts=counts)
 
 
