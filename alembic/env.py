@@ -1,4 +1,21 @@
-"""Alembic environment: async engine, batch mode on SQLite, the models' metadata."""
+"""Alembic environment: async engine, batch mode on SQLite, the models' metadata.
+
+Migrations run while the old replicas still serve traffic (the Helm hook runs
+`broker migrate` before the new pods start), so on PostgreSQL a migration must never hold
+a lock that blocks reads or writes of a large table for long:
+- `lock_timeout` (below): a DDL statement that cannot get its lock quickly fails instead of
+  queueing, because every query on that table would queue behind it. Rerun the migration.
+- Indexes on existing tables: `CREATE INDEX CONCURRENTLY` / `DROP INDEX CONCURRENTLY`
+  inside `with op.get_context().autocommit_block():` (they cannot run in a transaction);
+  add `if_not_exists=True` so a rerun after a failed build works. See
+  2026_11_29_0001-index_keyset_columns.py.
+- New columns: nullable or with a constant default (no table rewrite); backfill in
+  batches from application code, then add NOT NULL via a `CHECK ... NOT VALID` constraint
+  and `VALIDATE CONSTRAINT` in a later migration.
+- Never change a column's type in place on a large table; add a column, dual-write,
+  backfill, switch, drop.
+SQLite (development, single node) takes the database lock for a migration either way.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +44,14 @@ def database_url() -> str:
     return normalize_database_url(url)
 
 
+# How long one DDL statement may wait for its lock (see the module docstring).
+PG_LOCK_TIMEOUT = "5s"
+
+
 def do_run_migrations(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SET lock_timeout = '{PG_LOCK_TIMEOUT}'")
+        connection.commit()
     context.configure(
         connection=connection,
         target_metadata=metadata,

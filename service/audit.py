@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert
@@ -23,7 +23,6 @@ from service.models import AuditEvent
 
 log = logging.getLogger("broker.audit")
 MAX_BATCH = 500
-TOUCH_EVERY = 60.0  # seconds between last_used_at updates of one store
 
 
 def record(
@@ -50,7 +49,6 @@ class AuditWriter:
         self._sessionmaker = sessionmaker
         self._queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[None]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._touched: dict[str, float] = {}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-writer")
@@ -102,14 +100,7 @@ class AuditWriter:
                         future.set_result(None)
 
     async def _flush(self, rows: list[dict[str, Any]]) -> None:
-        # last_used_at is for operators, not for accounting: once a minute per store is
-        # plenty, and saves an UPDATE on most batches.
-        now = time.monotonic()
-        used = {
-            r["store_id"]: r["at"]
-            for r in rows
-            if r["store_id"] and self._touched.get(r["store_id"], 0.0) < now - TOUCH_EVERY
-        }
+        used: dict[str, datetime] = {r["store_id"]: r["at"] for r in rows if r["store_id"]}
 
         async def work(session: AsyncSession) -> None:
             # Core insert on the table: the ORM's bulk path costs more than the write.
@@ -118,6 +109,3 @@ class AuditWriter:
                 await stores.touch_last_used(session, sorted(used), max(used.values()))
 
         await run_transaction(self._sessionmaker, work)
-        if len(self._touched) > 100_000:
-            self._touched.clear()
-        self._touched.update(dict.fromkeys(used, now))

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from service.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from service.security.crypto import KeyRing
+
+T = TypeVar("T")
 
 app = typer.Typer(help="Neto Token Broker.", no_args_is_help=True, add_completion=False)
 token_app = typer.Typer(help="Caller tokens.", no_args_is_help=True)
@@ -165,5 +172,138 @@ def keys_generate(
     typer.echo(f"{kid}:{generate_key()}")
 
 
+def keyring_or_exit(settings: Settings) -> KeyRing:
+    from service.security.crypto import KeyConfigError, KeyRing
+
+    try:
+        return KeyRing.parse(
+            settings.encryption_keys.get_secret_value() if settings.encryption_keys else ""
+        )
+    except KeyConfigError as exc:
+        typer.secho(f"configuration error: {exc}", err=True, fg="red")
+        raise typer.Exit(2) from None
+
+
+async def _with_database(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    from service.db import create_engine, create_sessionmaker
+
+    engine = create_engine(settings)
+    try:
+        return await work(create_sessionmaker(engine))
+    finally:
+        await engine.dispose()
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=5000, help="Installs re-sealed per transaction.")
+    ] = 200,
+) -> None:
+    """Re-encrypt every stored secret under the primary key (the first of
+    BROKER_ENCRYPTION_KEYS). Safe while the service serves traffic; running it again
+    does nothing. Configure the new key first on every replica ("new:...,old:...")."""
+    import asyncio
+
+    from service import keys
+    from service.errors import BrokerError
+
+    settings = settings_or_exit()
+    keyring = keyring_or_exit(settings)
+    with _progress_bar("re-sealing installs") as progress:
+        try:
+            report = asyncio.run(
+                _with_database(
+                    settings,
+                    lambda sm: keys.rotate(sm, keyring, batch_size=batch_size, progress=progress),
+                )
+            )
+        except BrokerError as exc:
+            typer.secho(f"rotation stopped: {exc.detail}", err=True, fg="red")
+            raise typer.Exit(1) from None
+    if report.total == 0 and report.ok:
+        typer.echo(f"nothing to rotate: every sealed install is under key {report.primary!r}")
+        return
+    typer.echo(
+        f"rotated {report.rotated} installs to key {report.primary!r} "
+        f"({report.cleared} held nothing sealed; {report.changed_concurrently} changed "
+        "concurrently and were left to their writer or re-read)"
+    )
+    for kid, count in sorted(report.missing_keys.items()):
+        typer.secho(
+            f"{count} installs are sealed under key {kid!r}, which is not configured: add it "
+            "to BROKER_ENCRYPTION_KEYS (after the primary) and run this again",
+            fg="red",
+        )
+    if report.damaged:
+        typer.secho(
+            f"{len(report.damaged)} installs could not be opened (tampered with or damaged): "
+            + ", ".join(sorted(report.damaged)[:20]),
+            fg="red",
+        )
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@keys_app.command("check")
+def keys_check() -> None:
+    """Say which keys the stored data needs. Fails when data is sealed under a key that
+    is not configured, or when a configured key (not the primary) seals nothing."""
+    import asyncio
+
+    from service import keys
+    from service.errors import BrokerError
+
+    settings = settings_or_exit()
+    keyring = keyring_or_exit(settings)
+    try:
+        usage = asyncio.run(_with_database(settings, lambda sm: keys.key_usage(sm, keyring)))
+    except BrokerError as exc:
+        typer.secho(f"check failed: {exc.detail}", err=True, fg="red")
+        raise typer.Exit(1) from None
+    for kid in usage.configured:
+        count = usage.counts.get(kid, 0)
+        if kid == usage.primary:
+            typer.echo(f"key {kid!r} (primary): seals {count} installs")
+        elif count:
+            typer.echo(
+                f"key {kid!r}: seals {count} installs; still needed "
+                "(run `broker keys rotate` to move them to the primary)"
+            )
+        else:
+            typer.secho(f"key {kid!r} is unused; remove it from BROKER_ENCRYPTION_KEYS", fg="red")
+    for unknown, count in usage.unknown.items():
+        name = "no key id" if unknown is None else f"key {unknown!r}"
+        typer.secho(
+            f"{count} installs are sealed under {name}, which is not configured: they cannot "
+            "be opened until that key is added back to BROKER_ENCRYPTION_KEYS",
+            fg="red",
+        )
+    if not usage.ok:
+        raise typer.Exit(1)
+    typer.echo("keys ok")
+
+
+@contextmanager
+def _progress_bar(label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on a terminal; nothing when the output is piped or logged."""
+    if not sys.stdout.isatty():
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=False) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -81,7 +82,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
             cur.close()
 
         return engine
-    server_settings = {"application_name": "neto-token-broker"}
+    # JIT compilation only slows the short OLTP queries this service makes (and asyncpg's
+    # type introspection), so it is off for the broker's sessions.
+    server_settings = {"application_name": "neto-token-broker", "jit": "off"}
     if settings.db_statement_timeout_ms:
         server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
         server_settings["idle_in_transaction_session_timeout"] = str(
@@ -102,27 +105,44 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+def _sqlstate(exc: DBAPIError) -> str:
+    orig = exc.orig
+    return str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+
+
 def is_transient(exc: BaseException) -> bool:
     """Lock contention and serialization failures: the same transaction may succeed again."""
     if not isinstance(exc, DBAPIError):
         return False
     text = str(exc.orig).lower() if exc.orig is not None else ""
-    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
     return (
         "database is locked" in text
         or "database table is locked" in text
-        or sqlstate in {"40001", "40P01"}
+        or _sqlstate(exc) in {"40001", "40P01"}  # serialization failure, deadlock
         or "could not serialize access" in text
         or "deadlock detected" in text
     )
 
 
+# PostgreSQL SQLSTATE classes meaning "the database cannot serve this now", not "the query
+# is wrong": connection exceptions (08), insufficient resources such as too many
+# connections (53), operator intervention incl. statement timeout and shutdown (57),
+# lock_timeout (55P03) and idle-in-transaction timeout (25P03).
+_UNAVAILABLE_CLASSES = ("08", "53", "57")
+_UNAVAILABLE_STATES = {"55P03", "25P03"}
+
+
 def is_unavailable(exc: BaseException) -> bool:
-    """The database cannot be reached or answered with a connection-level failure."""
-    if isinstance(exc, (OperationalError, InterfaceError)):
-        return not is_transient(exc)
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+    """The database cannot be reached, is overloaded, or timed the statement out."""
+    if isinstance(exc, PoolTimeout):  # every pooled connection is busy
         return True
+    if isinstance(exc, DBAPIError):
+        if is_transient(exc):
+            return False
+        state = _sqlstate(exc)
+        if state[:2] in _UNAVAILABLE_CLASSES or state in _UNAVAILABLE_STATES:
+            return True
+        return isinstance(exc, (OperationalError, InterfaceError)) or exc.connection_invalidated
     return isinstance(exc, (OSError, ConnectionError, asyncio.TimeoutError))
 
 
@@ -145,7 +165,7 @@ async def run_transaction(
             if is_transient(exc) or is_unavailable(exc):
                 raise ServiceUnavailable() from exc
             raise
-        except (OSError, ConnectionError) as exc:
+        except (OSError, ConnectionError, PoolTimeout) as exc:
             raise ServiceUnavailable() from exc
     raise AssertionError("unreachable")
 

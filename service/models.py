@@ -30,8 +30,12 @@ class Install(SQLModel, table=True):
 
     __tablename__ = "installs"
     __table_args__ = (
+        # GET /installs: newest first, keyset on (installed_at, store_id), with or without
+        # a status filter.
         Index("ix_installs_installed_at_store_id", "installed_at", "store_id"),
-        Index("ix_installs_status_installed_at", "status", "installed_at"),
+        Index("ix_installs_status_installed_at_store_id", "status", "installed_at", "store_id"),
+        # `broker keys rotate` pages through one old key's rows by store id.
+        Index("ix_installs_key_id_store_id", "key_id", "store_id"),
         # The store caches' change feed polls this every second on every replica.
         Index("ix_installs_updated_at", "updated_at"),
     )
@@ -48,7 +52,7 @@ class Install(SQLModel, table=True):
     user_sealed: str | None = Field(default=None, sa_column=Column(Text))
     billing_sealed: str | None = Field(default=None, sa_column=Column(Text))
     # The key id that sealed the three columns above; lets rotation find old rows cheaply.
-    key_id: str | None = Field(default=None, sa_column=Column(String(32), index=True))
+    key_id: str | None = Field(default=None, sa_column=Column(String(32)))
     token_fingerprint: str | None = Field(default=None, sa_column=Column(String(64)))
     installed_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import SecretStr
@@ -16,6 +16,7 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from service.db import utcnow
 from service.errors import StoreNotFound
@@ -23,6 +24,8 @@ from service.models import AuthMethod, Install, InstallStatus
 from service.security.crypto import Context, KeyRing
 
 SEALED_COLUMNS = ("secret_sealed", "user_sealed", "billing_sealed")
+# How stale an install's last-used time may be (it is for operators, not for access).
+LAST_USED_GRANULARITY = timedelta(seconds=60)
 
 
 def fingerprint(secret: str) -> str:
@@ -60,6 +63,14 @@ def sealed_values(
         "billing_sealed": _seal_json(keyring, store_id, "billing_sealed", billing),
         "key_id": keyring.primary,
     }
+
+
+def reseal(keyring: KeyRing, store_id: str, column: str, sealed: str | None) -> str | None:
+    """The same plaintext sealed again under the primary key (key rotation)."""
+    if sealed is None:
+        return None
+    ctx = _ctx(store_id, column)
+    return keyring.seal(keyring.open(sealed, ctx), ctx)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -191,9 +202,23 @@ async def changed_since(session: AsyncSession, since: datetime) -> list[str]:
 
 
 async def touch_last_used(session: AsyncSession, store_ids: list[str], at: datetime) -> None:
+    """Advisory last-used times, kept cheap on the bundle path: a store's row is rewritten
+    at most once per LAST_USED_GRANULARITY (not once per bundle), and on PostgreSQL rows
+    another transaction holds are skipped, so an audit batch never waits on, or deadlocks
+    with, another replica's batch, a revoke, or a key rotation."""
+    store_id, last_used_at = col(Install.store_id), col(Install.last_used_at)
+    due = (
+        select(store_id)
+        .where(
+            store_id.in_(store_ids),
+            or_(last_used_at.is_(None), last_used_at < at - LAST_USED_GRANULARITY),
+        )
+        .order_by(store_id)
+        .with_for_update(skip_locked=True)
+    )
     await session.execute(
         update(Install)
-        .where(Install.store_id.in_(store_ids))  # type: ignore[attr-defined]
+        .where(store_id.in_(due.scalar_subquery()))
         .values(last_used_at=at)
         .execution_options(synchronize_session=False)
     )

@@ -2,10 +2,14 @@
 
 import asyncio
 import time
+from datetime import timedelta
 
 import httpx
+from sqlalchemy import update
 
 from service import stores
+from service.db import utcnow
+from service.models import Install
 from tests.support import install_store
 
 
@@ -18,8 +22,17 @@ async def test_a_revoke_on_another_replica_stops_bundles_within_the_poll_interva
         transport=httpx.ASGITransport(app=app), base_url="http://broker.test"
     ) as client:
         await install_store(client, neto, "shop.example.com", store_id="N1")
-        assert (await client.get("/credentials/N1", headers=headers)).status_code == 200
-        assert len(app.state.store_cache) >= 1, "the bundle should have warmed the cache"
+        # An install older than the change feed's margin: the cache may keep it.
+        async with app.state.sessionmaker() as session, session.begin():
+            await session.execute(update(Install).values(updated_at=utcnow() - timedelta(hours=1)))
+        first = await client.get("/credentials/N1", headers=headers)
+        assert first.status_code == 200
+        # A change that does not go through the feed is not seen: the cache is serving.
+        async with app.state.sessionmaker() as session, session.begin():
+            await session.execute(update(Install).values(store_domain="changed.example.com"))
+        await asyncio.sleep(0.5)
+        cached = await client.get("/credentials/N1", headers=headers)
+        assert cached.json()["store_domain"] == "shop.example.com"
         # Another replica revokes: same database, this process's cache is not told.
         async with app.state.sessionmaker() as session, session.begin():
             await stores.revoke(session, "N1")

@@ -66,6 +66,8 @@ class FakeNeto:
         self.token_requests: list[Seen] = []
         self.api_requests: list[Seen] = []
         self.api_delay = 0.0
+        # Seconds the token endpoint waits before answering (widens race windows).
+        self.token_delay = 0.0
         self.lock = threading.Lock()
         self.app = Starlette(
             routes=[
@@ -86,6 +88,7 @@ class FakeNeto:
             self.token_requests.clear()
             self.api_requests.clear()
             self.api_delay = 0.0
+            self.token_delay = 0.0
 
     def authorize(
         self,
@@ -173,6 +176,8 @@ class FakeNeto:
                 Seen(request.url.path, dict(request.headers), b"", form=form)
             )
             scripted = self.token_responses.popleft() if self.token_responses else None
+        if self.token_delay:
+            await asyncio.sleep(self.token_delay)
         if scripted is not None:
             return await scripted(request)
         if (

@@ -1,0 +1,160 @@
+"""Two real broker processes (`broker serve`) on one database, started once per backend.
+
+They run with production settings from the environment, exactly as a deployment would:
+explicit keys, the database migrated by `broker migrate`, Neto pointing at the loopback
+fake in this test process. PostgreSQL runs when BROKER_TEST_DATABASE_URL is set (CI always
+sets it); SQLite runs too, with both processes on one database file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import httpx
+import pytest
+
+from service.config import normalize_database_url
+from service.security.crypto import generate_key
+from tests.conftest import CLIENT_ID, CLIENT_SECRET, HS_KID, HS_SECRET, RETURN_PREFIX, truncate
+from tests.fakes.neto import FakeNetoServer
+
+# The replicas hold two keys: k2 seals, k1 (the previous key) still opens older rows.
+OLD_KEY = f"k1:{generate_key()}"
+NEW_KEY = f"k2:{generate_key()}"
+STARTUP_SECONDS = 30
+
+
+def broker_command(*args: str) -> list[str]:
+    """The installed `broker` console script of this interpreter's environment."""
+    script = Path(sys.executable).with_name("broker")
+    if script.exists():
+        return [str(script), *args]
+    return [sys.executable, "-m", "service.cli", *args]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def broker_env(database_url: str, neto_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    env.update(
+        BROKER_ENV="production",
+        BROKER_DATABASE_URL=database_url,
+        BROKER_PUBLIC_URL="http://broker.test",
+        BROKER_NETO_CLIENT_ID=CLIENT_ID,
+        BROKER_NETO_CLIENT_SECRET=CLIENT_SECRET,
+        BROKER_NETO_OAUTH_URL=f"{neto_url}/oauth/v2",
+        BROKER_NETO_API_URL_TEMPLATE=f"{neto_url}/{{store_domain}}/do/WS/NetoAPI",
+        BROKER_ENCRYPTION_KEYS=f"{NEW_KEY},{OLD_KEY}",
+        BROKER_JWT_HS256_KEYS=f"{HS_KID}:{HS_SECRET}",
+        BROKER_EGRESS_ALLOW_PRIVATE="true",
+        BROKER_RETURN_URL_PREFIXES=RETURN_PREFIX,
+        BROKER_LOG_LEVEL="WARNING",
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Replica:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log: IO[bytes]
+
+    def log_tail(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # graceful: in-flight requests finish
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def start_replica(name: str, env: dict[str, str], workdir: Path) -> Replica:
+    port = free_port()
+    log_path = workdir / f"replica-{name}.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        broker_command("serve", "--host", "127.0.0.1", "--port", str(port)),
+        env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    return Replica(name, f"http://127.0.0.1:{port}", process, log_path, log)
+
+
+def wait_ready(replica: Replica) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if replica.process.poll() is not None:
+            raise RuntimeError(f"replica {replica.name} exited:\n{replica.log_tail()}")
+        try:
+            if httpx.get(f"{replica.url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"replica {replica.name} did not become ready:\n{replica.log_tail()}")
+
+
+@dataclass
+class Cluster:
+    backend: str
+    database_url: str
+    a: Replica
+    b: Replica
+    env: dict[str, str]
+    workdir: Path
+
+    @property
+    def replicas(self) -> tuple[Replica, Replica]:
+        return self.a, self.b
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+    neto_server: FakeNetoServer,
+) -> Iterator[Cluster]:  # fmt: skip
+    workdir = tmp_path_factory.mktemp(f"replicas-{request.param}")
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{workdir}/broker.db"
+    else:
+        if not os.environ.get("BROKER_TEST_DATABASE_URL"):
+            pytest.skip("PostgreSQL replicas need BROKER_TEST_DATABASE_URL")
+        url = normalize_database_url(os.environ["BROKER_TEST_DATABASE_URL"])
+    env = broker_env(url, neto_server.url)
+    migrated = subprocess.run(
+        broker_command("migrate"), env=env, cwd=workdir, capture_output=True, timeout=60
+    )
+    assert migrated.returncode == 0, migrated.stderr.decode()
+    asyncio.run(truncate(url))
+    a = start_replica("a", env, workdir)
+    b = start_replica("b", env, workdir)
+    try:
+        wait_ready(a)
+        wait_ready(b)
+        yield Cluster(request.param, url, a, b, env, workdir)
+    finally:
+        a.stop()
+        b.stop()
+        asyncio.run(truncate(url))
