@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
+from starlette.convertors import Convertor, register_url_convertor
 
 from service.api.credentials import usable_store
 from service.api.deps import request_id, require_scope
@@ -24,6 +25,22 @@ from service.security.callers import Caller
 from service.store_status import mark_reauth_required
 
 router = APIRouter(tags=["invoke"])
+
+
+class _AnyText(Convertor[str]):
+    """Matches every remaining character, newlines and slashes included, so that any name
+    a caller sends reaches the exact-name check (Starlette's `path` stops at a newline)."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anytext", _AnyText())
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -76,7 +93,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 @router.post(
-    "/invoke/{store_id}/{action:path}",
+    "/invoke/{store_id}/{action:anytext}",
     summary="Call a Neto API action for a store",
     response_class=Response,
     openapi_extra={"requestBody": REQUEST_BODY},
@@ -116,9 +133,8 @@ async def invoke(
     and 5xx; writes never are once sent. Per store: BROKER_STORE_MAX_IN_FLIGHT calls at a
     time, BROKER_STORE_RATE_PER_MINUTE calls a minute, and a pause of
     BROKER_RATE_LIMIT_PAUSE_SECONDS after Neto answers 429."""
-    # Exact names only, decided before anything else. The route's pattern ends in `$`,
-    # which also matches before a trailing newline, so the raw path must end in the name.
-    if action not in ALL_ACTIONS or not request.scope["path"].endswith("/" + action):
+    # Exact names only, decided before anything else upstream-related.
+    if action not in ALL_ACTIONS:
         raise UnknownAction()
     request.state.action = action
     caller.require_store(store_id)
