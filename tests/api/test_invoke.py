@@ -143,9 +143,7 @@ HOSTILE = [
 ]
 
 
-async def test_unknown_and_hostile_action_names_get_404_without_going_upstream(
-    client, neto, auth
-):
+async def test_unknown_and_hostile_action_names_get_404_without_going_upstream(client, neto, auth):
     await installed(client, neto)
     headers = invoker(auth, actions=["*"])
     for name in HOSTILE:
@@ -395,9 +393,7 @@ async def test_redirect_is_not_followed(client, neto, auth):
     assert not neto.stray_requests
 
 
-async def test_oversized_chunked_request_body_is_refused_before_it_is_all_read(
-    client, neto, auth
-):
+async def test_oversized_chunked_request_body_is_refused_before_it_is_all_read(client, neto, auth):
     await installed(client, neto)
     sent = 0
 
@@ -422,9 +418,7 @@ async def test_declared_oversized_body_is_refused_up_front(client, neto, auth):
     assert not neto.api_requests
 
 
-async def test_loopback_store_is_refused_at_connect_time(
-    app_factory, settings_factory, neto, auth
-):
+async def test_loopback_store_is_refused_at_connect_time(app_factory, settings_factory, neto, auth):
     app = await app_factory(settings_factory(egress_allow_private=False))
     async with await client_for(app) as client:
         neto.add_api_key_store("keyshop.example.com", "api-user", "k" * 40)
