@@ -112,7 +112,10 @@ class StoreLimits:
         """One of the store's in-flight slots, waiting briefly for one to free up."""
         slots = self._state(store_id).slots
         try:
-            async with asyncio.timeout(QUEUE_WAIT_SECONDS):
+            if slots.locked():  # only a full store pays for the timer
+                async with asyncio.timeout(QUEUE_WAIT_SECONDS):
+                    await slots.acquire()
+            else:
                 await slots.acquire()
         except TimeoutError:
             raise rate_limited(
