@@ -81,7 +81,7 @@ async def verify_install(
     return VerifyResult(
         store_id=store_id,
         ok=ok,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         upstream_status=upstream_status,
         detail=detail,
     )

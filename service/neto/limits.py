@@ -23,14 +23,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from service import metrics
-from service.errors import RateLimited
+from service.errors import BrokerError, RateLimited
 
 WINDOW_SECONDS = 60.0
 # A short queue absorbs bursts; a long one would only move the wait into callers' timeouts.
 QUEUE_WAIT_SECONDS = 1.0
 
 
-def rate_limited(retry_after: float, detail: str) -> RateLimited:
+def rate_limited(retry_after: float, detail: str) -> BrokerError:
     return RateLimited(detail, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 

@@ -219,7 +219,7 @@ class UpstreamClient:
 
     @staticmethod
     def _backoff_cap(attempt: int) -> float:
-        return min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
+        return min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** (attempt - 1))
 
     def _backoff(self, attempt: int) -> float:
         cap = self._backoff_cap(attempt)
