@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api import credentials, health, installs, oauth
+from service.api import credentials, health, installs, invoke, oauth, verify
 from service.audit import AuditWriter
 from service.config import Settings, load_settings
 from service.db import create_engine, create_sessionmaker, is_transient, is_unavailable
@@ -27,6 +27,7 @@ from service.errors import (
     ValidationFailed,
 )
 from service.middleware import RequestContextMiddleware
+from service.neto.upstream import UpstreamClient
 from service.responses import error_response
 from service.security.callers import TokenVerifier
 from service.security.crypto import KeyRing
@@ -56,6 +57,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     app.state.sessionmaker = sessionmaker
     app.state.http = create_http_client(settings)
+    app.state.upstream = UpstreamClient(app.state.http, app.state.api_urls, settings)
     app.state.store_cache = StoreCache(
         sessionmaker,
         app.state.keyring,
@@ -145,7 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_urls = ApiUrlBuilder(settings.neto_api_url_template)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
-    for module in (health, oauth, installs, credentials):
+    for module in (health, oauth, installs, verify, credentials, invoke):
         app.include_router(module.router)
     return app
 

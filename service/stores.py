@@ -170,13 +170,19 @@ async def upsert(
     return existed
 
 
-async def set_status(session: AsyncSession, store_id: str, status: InstallStatus) -> None:
-    await session.execute(
+async def set_status(session: AsyncSession, store_id: str, status: InstallStatus) -> bool:
+    """Change a live install's status; True if it changed (a revoked install stays so)."""
+    result = await session.execute(
         update(Install)
-        .where(Install.store_id == store_id, Install.status != InstallStatus.revoked.value)  # type: ignore[arg-type]
+        .where(
+            Install.store_id == store_id,  # type: ignore[arg-type]
+            Install.status != InstallStatus.revoked.value,  # type: ignore[arg-type]
+            Install.status != status.value,  # type: ignore[arg-type]
+        )
         .values(status=status.value, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+    return bool(getattr(result, "rowcount", 0))
 
 
 async def revoke(session: AsyncSession, store_id: str) -> Install:

@@ -13,6 +13,7 @@ import functools
 import ipaddress
 import socket
 from collections.abc import Callable
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -97,12 +98,16 @@ def create_http_client(settings: Settings) -> httpx.AsyncClient:
         trust_env=False,
         auto_decompress=False,
         skip_auto_headers=("User-Agent",),
+        # One client serves every store and caller: a cookie from one answer must never
+        # ride along on another store's or caller's request.
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
     transport = AiohttpTransport(client=session, trust_env=False)
     return httpx.AsyncClient(
         transport=transport,
         trust_env=False,
         follow_redirects=False,
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         timeout=httpx.Timeout(
             settings.upstream_deadline_seconds, connect=settings.upstream_connect_timeout_seconds
         ),

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -26,7 +26,13 @@ from urllib.parse import parse_qsl, urlencode
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -68,6 +74,8 @@ class FakeNeto:
         self.api_delay = 0.0
         # Seconds the token endpoint waits before answering (widens race windows).
         self.token_delay = 0.0
+        # Requests to any other path (e.g. where a redirect pointed): should stay empty.
+        self.stray_requests: list[Seen] = []
         self.lock = threading.Lock()
         self.app = Starlette(
             routes=[
@@ -75,6 +83,7 @@ class FakeNeto:
                 Route("/oauth/v2/approve", self.approve, methods=["POST"]),
                 Route("/oauth/v2/token", self.token, methods=["POST"]),
                 Route("/{store_domain}/do/WS/NetoAPI", self.store_api, methods=["POST"]),
+                Route("/{path:path}", self.stray, methods=["GET", "POST", "PUT", "DELETE"]),
             ]
         )
 
@@ -87,6 +96,7 @@ class FakeNeto:
             self.api_responses.clear()
             self.token_requests.clear()
             self.api_requests.clear()
+            self.stray_requests.clear()
             self.api_delay = 0.0
             self.token_delay = 0.0
 
@@ -216,6 +226,86 @@ class FakeNeto:
                 "Ack": "Success",
             }
         )
+
+    async def stray(self, request: Request) -> Response:
+        seen = Seen(request.url.path, dict(request.headers), await request.body())
+        with self.lock:
+            self.stray_requests.append(seen)
+        return JSONResponse({"error": "not a Neto endpoint"}, status_code=404)
+
+
+# -- scripted answers for `api_responses` --------------------------------------------------
+def answer(
+    status: int = 200,
+    body: bytes | dict[str, Any] = b'{"Ack":"Success"}',
+    content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
+) -> Handler:
+    """A fixed answer: the status, body bytes (or JSON) and content type given."""
+    raw = json.dumps(body).encode() if isinstance(body, dict) else body
+
+    async def handler(request: Request) -> Response:
+        return Response(raw, status_code=status, media_type=content_type, headers=headers)
+
+    return handler
+
+
+def redirect(location: str = "/elsewhere", status: int = 302) -> Handler:
+    async def handler(request: Request) -> Response:
+        return RedirectResponse(location, status_code=status)
+
+    return handler
+
+
+def slow_drip(every: float = 0.2, count: int = 300) -> Handler:
+    """A 200 that sends one byte every `every` seconds: each read is quick, the whole is not."""
+
+    async def drip() -> AsyncIterator[bytes]:
+        yield b"{"
+        for _ in range(count):
+            await asyncio.sleep(every)
+            yield b" "
+        yield b"}"
+
+    async def handler(request: Request) -> Response:
+        return StreamingResponse(drip(), media_type="application/json")
+
+    return handler
+
+
+def huge(size: int, *, chunked: bool = False) -> Handler:
+    """A body of `size` bytes, with a Content-Length or (chunked) without one."""
+    block = b" " * (1024 * 1024)
+
+    async def blocks() -> AsyncIterator[bytes]:
+        sent = 0
+        while sent < size:
+            piece = block[: size - sent]
+            sent += len(piece)
+            yield piece
+
+    async def handler(request: Request) -> Response:
+        if chunked:
+            return StreamingResponse(blocks(), media_type="application/json")
+        return Response(b" " * size, media_type="application/json")
+
+    return handler
+
+
+class _DroppedResponse(Response):
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"1000")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b"{", "more_body": True})
+        # The server closes the connection mid-answer: the request was received.
+        raise ConnectionAbortedError("fake Neto drops the connection")
+
+
+def drop_connection() -> Handler:
+    async def handler(request: Request) -> Response:
+        return _DroppedResponse()
+
+    return handler
 
 
 class FakeNetoServer:

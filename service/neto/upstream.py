@@ -1,0 +1,226 @@
+"""The client for a store's Neto API: one POST per call, with the broker's limits.
+
+Built once per app on the shared egress client (httpx's API over aiohttp's transport,
+chosen by measurement; see `bench/transport_probe.py`). What it guarantees:
+
+* The request carries only `NETOAPI_ACTION`, `Content-Type`/`Accept: application/json`,
+  `Accept-Encoding: identity` (so the size cap measures the real body and callers get
+  bytes they can read), the store's auth headers and the request id.
+* One overall deadline (BROKER_UPSTREAM_DEADLINE_SECONDS) covers every attempt, the
+  backoff between them and the reading of the body, so a slow-drip answer cannot
+  outlive it: 504 `upstream_timeout`.
+* The answer is read into memory up to BROKER_MAX_RESPONSE_BYTES (refused by its
+  Content-Length up front, or as soon as the count passes it): 502
+  `upstream_response_too_large`.
+* Read actions are retried on connection failures and 500/502/503/504 with capped
+  exponential backoff and jitter, inside the deadline and the store's budget. A write is
+  retried only when the connection could not be opened (aiohttp's connector error or
+  connect timeout: not one byte was sent); a failure after that is never retried, since
+  Neto may have applied it.
+* Redirects are never followed: a 3xx becomes 502 `upstream_unreachable`, naming it.
+* An upstream 429 pauses the store (see `limits.py`) and answers 429 `rate_limited`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+
+import aiohttp
+import httpx
+
+from service import metrics
+from service.config import Settings
+from service.errors import (
+    UpstreamResponseTooLarge,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from service.neto.actions import is_write
+from service.neto.limits import StoreLimits, rate_limited
+from service.security.egress import ApiUrlBuilder, EgressRefused
+from service.stores import StoreCredentials
+
+log = logging.getLogger("broker.upstream")
+
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+BACKOFF_BASE_SECONDS = 0.1
+BACKOFF_CAP_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    status: int
+    body: bytes
+    content_type: str | None
+    attempts: int
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and what it wraps: httpx-aiohttp re-raises aiohttp's errors `from`."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 8:
+        chain.append(current)
+        if isinstance(current, aiohttp.ClientConnectorError):
+            chain.append(current.os_error)
+        current = current.__cause__
+    return chain
+
+
+def nothing_sent(exc: BaseException) -> bool:
+    """True only when the connection was never opened, so no byte of the request left.
+
+    httpx-aiohttp maps most aiohttp connection errors to one httpx class, so the original
+    aiohttp error decides. A dropped pooled connection or a reset mid-request is not
+    known to be unsent and counts as sent.
+    """
+    return any(
+        isinstance(e, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
+        for e in _causes(exc)
+    )
+
+
+def egress_refused(exc: BaseException) -> bool:
+    return any(isinstance(e, EgressRefused) for e in _causes(exc))
+
+
+class UpstreamClient:
+    def __init__(
+        self, http: httpx.AsyncClient, api_urls: ApiUrlBuilder, settings: Settings
+    ) -> None:
+        self._http = http
+        self._api_urls = api_urls
+        self._deadline = settings.upstream_deadline_seconds
+        self._max_retries = settings.upstream_max_retries
+        self._max_response = settings.max_response_bytes
+        self.limits = StoreLimits(
+            max_in_flight=settings.store_max_in_flight,
+            rate_per_minute=settings.store_rate_per_minute,
+            pause_seconds=settings.rate_limit_pause_seconds,
+        )
+
+    async def call(
+        self, creds: StoreCredentials, action: str, body: bytes, *, request_id: str | None
+    ) -> UpstreamResponse:
+        """Send one action to the store's API under its limits; Neto's answer, or a
+        BrokerError saying why there is none."""
+        store_id = creds.store_id
+        self.limits.admit(store_id)
+        async with self.limits.slot(store_id):
+            # A pause may have begun while this call waited for its slot.
+            self.limits.check_paused(store_id)
+            response = await self._exchange(creds, action, body, request_id)
+        if response.status == 429:
+            pause = self.limits.pause(store_id)
+            fields = {"store_id": store_id, "pause_seconds": pause}
+            log.warning("store paused after Neto 429", extra={"fields": fields})
+            raise rate_limited(pause, "Neto rate-limited this store; retry after the pause.")
+        if 300 <= response.status < 400:
+            raise UpstreamUnreachable(
+                f"The store's Neto API answered with a redirect (HTTP {response.status}), "
+                "which the broker does not follow; check the store's domain."
+            )
+        return response
+
+    async def _exchange(
+        self, creds: StoreCredentials, action: str, body: bytes, request_id: str | None
+    ) -> UpstreamResponse:
+        headers = {
+            "NETOAPI_ACTION": action,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "Accept-Encoding": "identity",
+            **creds.headers,
+        }
+        if request_id:
+            headers["X-Request-ID"] = request_id
+        url = self._api_urls.build(creds.store_domain)
+        retry_reads = not is_write(action)
+        deadline = asyncio.get_running_loop().time() + self._deadline
+        last: UpstreamResponse | None = None
+        attempt = 0
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    attempt += 1
+                    try:
+                        last = await self._attempt(url, headers, body, attempt)
+                    except (httpx.TransportError, aiohttp.ClientError) as exc:
+                        last = None
+                        unsent = nothing_sent(exc)
+                        self._connection_failed(exc, creds, action, unsent)
+                        retryable = retry_reads or unsent
+                    else:
+                        metrics.UPSTREAM.labels(action, str(last.status)).inc()
+                        retryable = retry_reads and last.status in RETRY_STATUSES
+                        if not retryable:
+                            return last
+                    if not (retryable and self._may_retry(attempt, deadline, creds)):
+                        break
+                    await asyncio.sleep(self._backoff(attempt))
+        except _TooLarge:
+            metrics.UPSTREAM.labels(action, "too_large").inc()
+            raise UpstreamResponseTooLarge() from None
+        except TimeoutError:
+            metrics.UPSTREAM.labels(action, "timeout").inc()
+            raise UpstreamTimeout() from None
+        if last is not None:  # a read that kept failing with 5xx: Neto's last answer
+            return last
+        raise UpstreamUnreachable()
+
+    async def _attempt(
+        self, url: httpx.URL, headers: dict[str, str], body: bytes, attempt: int
+    ) -> UpstreamResponse:
+        request = self._http.build_request("POST", url, headers=headers, content=body)
+        response = await self._http.send(request, stream=True)
+        try:
+            length = response.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > self._max_response:
+                raise _TooLarge()
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_raw():
+                size += len(chunk)
+                if size > self._max_response:
+                    raise _TooLarge()
+                chunks.append(chunk)
+        finally:
+            await response.aclose()
+        return UpstreamResponse(
+            response.status_code, b"".join(chunks), response.headers.get("content-type"), attempt
+        )
+
+    def _connection_failed(
+        self, exc: BaseException, creds: StoreCredentials, action: str, unsent: bool
+    ) -> None:
+        metrics.UPSTREAM.labels(action, "connect_error" if unsent else "error").inc()
+        fields = {"store_id": creds.store_id, "action": action, "error_type": type(exc).__name__}
+        if egress_refused(exc):  # permanent: never retried
+            log.warning("upstream address refused by egress rules", extra={"fields": fields})
+            raise UpstreamUnreachable(
+                "The store's API address is not one the broker may connect to."
+            ) from None
+        log.warning("upstream connection failed", extra={"fields": {**fields, "sent": not unsent}})
+
+    def _may_retry(self, attempt: int, deadline: float, creds: StoreCredentials) -> bool:
+        if attempt > self._max_retries:
+            return False
+        # Only if the wait still leaves time for an answer; a retry spends budget too.
+        if asyncio.get_running_loop().time() + self._backoff_cap(attempt) >= deadline:
+            return False
+        return self.limits.try_take(creds.store_id)
+
+    @staticmethod
+    def _backoff_cap(attempt: int) -> float:
+        return min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** (attempt - 1))
+
+    def _backoff(self, attempt: int) -> float:
+        cap = self._backoff_cap(attempt)
+        return cap / 2 + random.uniform(0, cap / 2)  # noqa: S311 (jitter, not a secret)

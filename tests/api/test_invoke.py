@@ -1,0 +1,435 @@
+"""`POST /invoke/{store_id}/{action}` against the fake Neto on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from service import metrics
+from service.models import AuditEvent
+from tests.conftest import CLIENT_ID
+from tests.fakes import neto as fake
+from tests.support import install_store
+
+STORE = "N1001"
+DOMAIN = "shop.example.com"
+MiB = 1024 * 1024
+
+
+def invoker(auth: Any, stores: list[str] | None = None, **kwargs: Any) -> dict[str, str]:
+    return auth("invoke", stores=stores or [STORE], **kwargs)
+
+
+async def installed(client: httpx.AsyncClient, neto: Any, **grant: Any) -> dict[str, Any]:
+    return await install_store(client, neto, DOMAIN, **grant)
+
+
+async def client_for(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://broker.test")
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, f"expected {status} {code}: {response.text}"
+    assert response.json()["error"] == code, response.text
+    assert response.headers["x-broker-error"] == code
+
+
+def upstream_count(action: str, status: str) -> float:
+    value = metrics.UPSTREAM.labels(action, status)._value.get()
+    return float(value)
+
+
+async def audit_events(app: Any, event: str) -> list[AuditEvent]:
+    async with app.state.sessionmaker() as session:
+        rows = await session.execute(select(AuditEvent).where(AuditEvent.event == event))  # type: ignore[arg-type]
+        return list(rows.scalars())
+
+
+# -- forwarding --------------------------------------------------------------------------
+
+
+async def test_forwards_action_auth_headers_and_body_byte_for_byte(client, neto, auth):
+    got = await installed(client, neto)
+    body = b'{"Filter": {"SKU": ["A-1", "\xc3\xa9"],   "Page": 0}}\n'
+    headers = {
+        **invoker(auth),
+        "Content-Type": "application/json",
+        "Cookie": "session=caller-cookie",
+        "X-Forwarded-For": "203.0.113.7",
+        "X-Custom": "do-not-forward",
+        "X-Request-ID": "caller-req-42",
+    }
+    r = await client.post(f"/invoke/{STORE}/GetItem", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["Ack"] == "Success"
+    assert "x-broker-error" not in r.headers
+    assert r.headers["x-request-id"] == "caller-req-42"
+    [seen] = neto.api_requests
+    assert seen.path == f"/{DOMAIN}/do/WS/NetoAPI"
+    assert seen.action == "GetItem"
+    assert seen.body == body
+    assert seen.headers["content-type"] == "application/json"
+    assert seen.headers["accept"] == "application/json"
+    assert seen.headers["x_access_key"] == CLIENT_ID
+    assert seen.headers["x_secret_key"] == got["access_token"]
+    assert seen.headers["x-request-id"] == "caller-req-42"
+    for leaked in ("authorization", "cookie", "x-forwarded-for", "x-custom"):
+        assert leaked not in seen.headers, f"caller header {leaked} reached Neto"
+    assert not neto.stray_requests
+
+
+async def test_api_key_store_is_called_with_its_key(client, neto, auth):
+    neto.add_api_key_store("keyshop.example.com", "api-user", "k" * 40)
+    r = await client.post(
+        "/installs/api-key",
+        json={"store_id": "K77", "store_domain": "keyshop.example.com",
+              "username": "api-user", "api_key": "k" * 40},
+        headers=auth("installs:admin"),
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    r = await client.post("/invoke/K77/GetWarehouse", json={}, headers=invoker(auth, ["K77"]))
+    assert r.status_code == 200, r.text
+    [seen] = neto.api_requests
+    assert seen.path == "/keyshop.example.com/do/WS/NetoAPI"
+    assert seen.headers["netoapi_username"] == "api-user"
+    assert seen.headers["netoapi_key"] == "k" * 40
+    assert "x_secret_key" not in seen.headers
+
+
+async def test_neto_status_body_and_content_type_come_back_unchanged(client, neto, auth):
+    await installed(client, neto)
+    raw = b'<?xml version="1.0"?><Error>odd</Error>'
+    neto.api_responses.append(fake.answer(400, raw, "text/xml; charset=utf-8"))
+    r = await client.post(f"/invoke/{STORE}/GetOrder", json={}, headers=invoker(auth))
+    assert r.status_code == 400
+    assert r.content == raw
+    assert r.headers["content-type"] == "text/xml; charset=utf-8"
+    assert "x-broker-error" not in r.headers
+
+
+async def test_non_json_request_body_is_refused(client, neto, auth):
+    await installed(client, neto)
+    headers = {**invoker(auth), "Content-Type": "application/x-www-form-urlencoded"}
+    r = await client.post(f"/invoke/{STORE}/GetItem", content=b"a=1", headers=headers)
+    assert_error(r, 415, "unsupported_media_type")
+    assert not neto.api_requests
+
+
+# -- which calls are allowed -------------------------------------------------------------
+
+HOSTILE = [
+    "getitem",
+    "GETITEM",
+    "GetItem%0D%0AX-Injected:%201",
+    "GetItem%0A",
+    "GetItem%00",
+    "Get%20Item",
+    "GetItem%20",
+    "%20GetItem",
+    "GetItem/extra",
+    "GetItem%2F..%2FAddItem",
+    "..%2F..%2Fadmin",
+    "GetProduct",
+    "DeleteItem",
+    "A" * 5000,
+    "%C3%A9%E2%80%AE",
+    "GetItem;x=1",
+]
+
+
+async def test_unknown_and_hostile_action_names_get_404_without_going_upstream(client, neto, auth):
+    await installed(client, neto)
+    headers = invoker(auth, actions=["*"])
+    for name in HOSTILE:
+        r = await client.post(f"/invoke/{STORE}/{name}", json={}, headers=headers)
+        assert r.status_code == 404, f"{name[:40]!r}: {r.status_code} {r.text[:200]}"
+        assert r.json()["error"] == "unknown_action", name[:40]
+        assert r.headers["x-broker-error"] == "unknown_action"
+        assert "X-Injected" not in r.headers
+    assert not neto.api_requests
+
+
+async def test_unknown_action_is_decided_before_the_store(client, neto, auth):
+    r = await client.post("/invoke/NOPE/getItem", json={}, headers=invoker(auth, ["NOPE"]))
+    assert_error(r, 404, "unknown_action")
+
+
+async def test_write_needs_a_grant(client, neto, auth):
+    await installed(client, neto)
+    body = {"Item": [{"SKU": "A-1", "Name": "New"}]}
+    r = await client.post(f"/invoke/{STORE}/UpdateItem", json=body, headers=invoker(auth))
+    assert_error(r, 403, "action_not_allowed")
+    r = await client.post(
+        f"/invoke/{STORE}/AddItem", json=body, headers=invoker(auth, actions=["Update*"])
+    )
+    assert_error(r, 403, "action_not_allowed")
+    assert not neto.api_requests
+    r = await client.post(
+        f"/invoke/{STORE}/UpdateItem", json=body, headers=invoker(auth, actions=["Update*"])
+    )
+    assert r.status_code == 200, r.text
+    assert [s.action for s in neto.api_requests] == ["UpdateItem"]
+
+
+async def test_scope_and_tenant_isolation(client, neto, auth):
+    await installed(client, neto)
+    await install_store(client, neto, "other.example.com", store_id="N2002")
+    r = await client.post("/invoke/N2002/GetItem", json={}, headers=invoker(auth, [STORE]))
+    assert_error(r, 403, "store_not_allowed")
+    r = await client.post(
+        f"/invoke/{STORE}/GetItem", json={}, headers=auth("credentials:read", stores=["*"])
+    )
+    assert_error(r, 403, "forbidden")
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={})
+    assert_error(r, 401, "unauthorized")
+    assert not neto.api_requests
+
+
+async def test_unknown_and_revoked_stores(client, neto, auth):
+    r = await client.post("/invoke/N9999/GetItem", json={}, headers=invoker(auth, ["N9999"]))
+    assert_error(r, 404, "store_not_found")
+    await installed(client, neto)
+    r = await client.delete(f"/installs/{STORE}", headers=auth("installs:admin"))
+    assert r.status_code == 200, r.text
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    assert_error(r, 410, "store_revoked")
+    assert not neto.api_requests
+
+
+# -- retries -----------------------------------------------------------------------------
+
+
+async def test_read_is_retried_after_a_500(client, neto, auth):
+    await installed(client, neto)
+    neto.api_responses.append(fake.answer(500, b"oops"))
+    r = await client.post(f"/invoke/{STORE}/GetCustomer", json={}, headers=invoker(auth))
+    assert r.status_code == 200, r.text
+    assert [s.action for s in neto.api_requests] == ["GetCustomer", "GetCustomer"]
+
+
+async def test_read_gives_netos_last_answer_when_retries_run_out(client, neto, auth):
+    await installed(client, neto)
+    for _ in range(3):
+        neto.api_responses.append(fake.answer(503, b"busy", "text/plain"))
+    r = await client.post(f"/invoke/{STORE}/GetCustomer", json={}, headers=invoker(auth))
+    assert r.status_code == 503
+    assert r.content == b"busy"
+    assert len(neto.api_requests) == 3  # the first try and BROKER_UPSTREAM_MAX_RETRIES=2
+
+
+async def test_write_is_not_retried_after_a_500(client, neto, auth):
+    await installed(client, neto)
+    neto.api_responses.append(fake.answer(500, b"oops", "text/plain"))
+    r = await client.post(
+        f"/invoke/{STORE}/AddOrder", json={"Order": [{}]}, headers=invoker(auth, actions=["Add*"])
+    )
+    assert r.status_code == 500
+    assert r.content == b"oops"
+    assert "x-broker-error" not in r.headers
+    assert len(neto.api_requests) == 1
+
+
+async def test_dropped_connection_retries_a_read_but_not_a_write(client, neto, auth):
+    await installed(client, neto)
+    neto.api_responses.append(fake.drop_connection())
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    assert r.status_code == 200, r.text
+    assert len(neto.api_requests) == 2
+    neto.api_requests.clear()
+    neto.api_responses.append(fake.drop_connection())
+    r = await client.post(
+        f"/invoke/{STORE}/AddItem", json={"Item": [{}]}, headers=invoker(auth, actions=["Add*"])
+    )
+    assert_error(r, 502, "upstream_unreachable")
+    assert len(neto.api_requests) == 1, "a write that reached Neto was sent again"
+
+
+async def test_write_is_retried_when_the_connection_never_opened(
+    app_factory, settings_factory, neto, auth, client
+):
+    """Nothing was sent when the connect fails: retrying a write is safe then."""
+    await installed(client, neto)
+    with socket_closed_port() as port:
+        app = await app_factory(
+            settings_factory(neto_api_url_template=f"http://127.0.0.1:{port}/{{store_domain}}/x")
+        )
+        before = upstream_count("AddItem", "connect_error")
+        async with await client_for(app) as c:
+            r = await c.post(
+                f"/invoke/{STORE}/AddItem", json={}, headers=invoker(auth, actions=["AddItem"])
+            )
+    assert_error(r, 502, "upstream_unreachable")
+    assert upstream_count("AddItem", "connect_error") - before == 3
+
+
+class socket_closed_port:
+    """A loopback port nobody listens on (bound, never listening: connects are refused)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return int(self.sock.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+# -- rate limits -------------------------------------------------------------------------
+
+
+async def test_upstream_429_answers_rate_limited_and_pauses_the_store(client, neto, auth):
+    await installed(client, neto)
+    before = metrics.RATE_LIMIT_PAUSES.labels("upstream_429")._value.get()
+    neto.api_responses.append(fake.answer(429, b"slow down"))
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    assert_error(r, 429, "rate_limited")
+    assert r.headers["retry-after"] == "60"
+    r = await client.post(f"/invoke/{STORE}/GetOrder", json={}, headers=invoker(auth))
+    assert_error(r, 429, "rate_limited")
+    assert 59 <= int(r.headers["retry-after"]) <= 60
+    assert len(neto.api_requests) == 1, "a call during the pause went upstream"
+    assert metrics.RATE_LIMIT_PAUSES.labels("upstream_429")._value.get() == before + 1
+
+
+async def test_own_budget_per_store(app_factory, settings_factory, neto, auth):
+    app = await app_factory(settings_factory(store_rate_per_minute=2))
+    async with await client_for(app) as client:
+        await installed(client, neto)
+        await install_store(client, neto, "other.example.com", store_id="N2002")
+        for _ in range(2):
+            r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+            assert r.status_code == 200, r.text
+        r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+        assert_error(r, 429, "rate_limited")
+        assert 1 <= int(r.headers["retry-after"]) <= 60
+        # Another store has its own budget.
+        r = await client.post("/invoke/N2002/GetItem", json={}, headers=invoker(auth, ["N2002"]))
+        assert r.status_code == 200, r.text
+    assert len(neto.api_requests) == 3
+
+
+async def test_in_flight_cap_per_store(app_factory, settings_factory, neto, auth):
+    app = await app_factory(settings_factory(store_max_in_flight=1))
+    async with await client_for(app) as client:
+        await installed(client, neto)
+        neto.api_delay = 1.3  # longer than the broker's 1 s wait for a slot
+        first, second = await asyncio.gather(
+            client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth)),
+            client.post(f"/invoke/{STORE}/GetOrder", json={}, headers=invoker(auth)),
+        )
+    statuses = sorted([first.status_code, second.status_code])
+    assert statuses == [200, 429], (first.text, second.text)
+    assert len(neto.api_requests) == 1
+
+
+# -- Neto refusing the credentials -------------------------------------------------------
+
+
+async def test_upstream_401_marks_the_store_reauth_required(app, client, neto, auth):
+    await installed(client, neto)
+    neto.api_responses.append(fake.answer(401, b'{"Ack":"Error"}'))
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    assert_error(r, 502, "upstream_unauthorized")
+    assert len(neto.api_requests) == 1, "a 401 must not be retried"
+    r = await client.get(f"/installs/{STORE}", headers=auth("installs:read"))
+    assert r.json()["status"] == "reauth_required"
+    r = await client.get(f"/credentials/{STORE}", headers=auth("credentials:read", stores=["*"]))
+    assert_error(r, 409, "store_reauth_required")
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    assert_error(r, 409, "store_reauth_required")
+    [event] = await audit_events(app, "install.reauth_required")
+    assert event.store_id == STORE
+    assert event.details == {"action": "GetItem", "upstream_status": 401}
+    assert len(neto.api_requests) == 1
+
+
+async def test_upstream_403_also_needs_reauth(client, neto, auth):
+    await installed(client, neto)
+    neto.api_responses.append(fake.answer(403, b"{}"))
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    assert_error(r, 502, "upstream_unauthorized")
+
+
+# -- sizes, time, redirects, egress ------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_40_mib_answer_is_refused(client, neto, auth, chunked):
+    await installed(client, neto)
+    neto.api_responses.append(fake.huge(40 * MiB, chunked=chunked))
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    assert_error(r, 502, "upstream_response_too_large")
+    assert len(neto.api_requests) == 1
+
+
+async def test_slow_drip_answer_hits_the_deadline(app_factory, settings_factory, neto, auth):
+    app = await app_factory(settings_factory(upstream_deadline_seconds=1.0))
+    async with await client_for(app) as client:
+        await installed(client, neto)
+        neto.api_responses.append(fake.slow_drip(every=0.1, count=200))
+        started = time.monotonic()
+        r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+        elapsed = time.monotonic() - started
+    assert_error(r, 504, "upstream_timeout")
+    assert elapsed < 1.5, f"the 1 s deadline took {elapsed:.2f} s"
+
+
+async def test_redirect_is_not_followed(client, neto, auth):
+    await installed(client, neto)
+    neto.api_responses.append(fake.redirect("/elsewhere/do/WS/NetoAPI", 307))
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    assert_error(r, 502, "upstream_unreachable")
+    assert "redirect" in r.json()["detail"]
+    assert "location" not in r.headers
+    assert len(neto.api_requests) == 1
+    assert not neto.stray_requests
+
+
+async def test_oversized_chunked_request_body_is_refused_before_it_is_all_read(client, neto, auth):
+    await installed(client, neto)
+    sent = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(64):  # 64 MiB offered
+            sent += 1
+            yield b" " * MiB
+
+    r = await client.post(f"/invoke/{STORE}/GetItem", content=body(), headers=invoker(auth))
+    assert_error(r, 413, "payload_too_large")
+    assert sent <= 10, f"the broker read {sent} MiB of an 8 MiB-capped body"
+    assert not neto.api_requests
+
+
+async def test_declared_oversized_body_is_refused_up_front(client, neto, auth):
+    await installed(client, neto)
+    r = await client.post(
+        f"/invoke/{STORE}/GetItem", content=b" " * (8 * MiB + 1), headers=invoker(auth)
+    )
+    assert_error(r, 413, "payload_too_large")
+    assert not neto.api_requests
+
+
+async def test_loopback_store_is_refused_at_connect_time(app_factory, settings_factory, neto, auth):
+    app = await app_factory(settings_factory(egress_allow_private=False))
+    async with await client_for(app) as client:
+        neto.add_api_key_store("keyshop.example.com", "api-user", "k" * 40)
+        r = await client.post(
+            "/installs/api-key",
+            json={"store_id": "K77", "store_domain": "keyshop.example.com",
+                  "username": "api-user", "api_key": "k" * 40},
+            headers=auth("installs:admin"),
+        )  # fmt: skip
+        assert r.status_code == 201, r.text
+        r = await client.post("/invoke/K77/GetItem", json={}, headers=invoker(auth, ["K77"]))
+    assert_error(r, 502, "upstream_unreachable")
+    assert "not one the broker may connect to" in r.json()["detail"]
+    assert not neto.api_requests
