@@ -37,3 +37,11 @@ lint: install-test
 	$(BIN)/ruff check service tests
 	$(BIN)/ruff format --check service tests
 	$(BIN)/mypy service
+
+## make openapi: regenerate openapi/openapi.json from the code (no environment needed)
+openapi: install
+	$(BIN)/python -m service.openapi_export openapi/openapi.json
+
+## make demo: the broker on http://localhost:8000 wired to a local Neto emulator on :8001
+demo: install-test
+	$(BIN)/python scripts/demo.py
