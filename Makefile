@@ -43,5 +43,5 @@ openapi: install
 	$(BIN)/python -m service.openapi_export openapi/openapi.json
 
 ## make demo: the broker on http://localhost:8000 wired to a local Neto emulator on :8001
-demo: install-test
+demo: install
 	$(BIN)/python scripts/demo.py
