@@ -24,7 +24,7 @@ DEFAULT_PATH = Path("openapi") / "openapi.json"
 
 def document() -> dict[str, Any]:
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         env="development",
         database_url="sqlite+aiosqlite:///:memory:",
         encryption_keys=SecretStr(f"export:{generate_key()}"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -10,8 +11,8 @@ from sqlalchemy import text
 
 from service import metrics, stores
 from service.db import SessionDep
-from service.schemas import ErrorBody
 
+log = logging.getLogger("broker.metrics")
 router = APIRouter(tags=["health"])
 
 METRICS_EXAMPLE = """\
@@ -73,13 +74,18 @@ async def readyz(request: Request) -> Response:
             "description": "Prometheus text exposition format",
             "content": {"text/plain": {"example": METRICS_EXAMPLE}},
         },
-        503: {"model": ErrorBody, "description": "The database does not answer"},
     },
 )
 async def metrics_text(session: SessionDep) -> Response:
     """Requests by route template and status with latency, upstream calls by action and
     outcome, bundles issued, rate-limit pauses, and installs by status (read from the
     database at scrape time). With `--workers N` any worker reports all workers' sums."""
-    metrics.set_installs(await stores.count_by_status(session))
+    try:
+        async with asyncio.timeout(2):
+            metrics.set_installs(await stores.count_by_status(session))
+    except Exception:
+        # A database outage is exactly when the request metrics matter: serve them, and
+        # leave the installs gauge at its last reading.
+        log.warning("installs gauge not refreshed: the database did not answer")
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)

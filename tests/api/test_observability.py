@@ -96,5 +96,6 @@ async def test_readyz_is_503_with_the_envelope_when_the_database_does_not_answer
         assert body["checks"] == {"keys": True, "database": False}
         assert (await client.get("/healthz")).status_code == 200, "liveness does not need a DB"
         metrics = await client.get("/metrics")
-        assert metrics.status_code == 503, "installs cannot be counted without the database"
-        assert metrics.json()["error"] == "service_unavailable"
+        assert metrics.status_code == 200, "an outage is when request metrics matter most"
+        assert value(metrics.text, "broker_requests_total", method="GET", route="/readyz",
+                     status="503") >= 1  # fmt: skip
