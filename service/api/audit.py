@@ -9,13 +9,13 @@ from fastapi import APIRouter, Depends, Query
 from service import audit
 from service.api.cursors import decode_cursor, encode_cursor
 from service.api.deps import require_scope
-from service.api.installs import ERRORS
+from service.api.installs import ERRORS, no_store
 from service.db import SessionDep
 from service.errors import BadRequest
 from service.schemas import AuditEventOut, AuditPage, ErrorBody
 from service.security.callers import Caller
 
-router = APIRouter(tags=["audit"])
+router = APIRouter(tags=["audit"], dependencies=[Depends(no_store)])
 
 
 def audit_key(cursor: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import SecretStr
 
 from service import audit, install_flow, stores
@@ -27,7 +27,13 @@ from service.security.callers import Caller
 from service.security.crypto import KeyRing
 from service.security.domains import normalize_store_domain
 
-router = APIRouter(prefix="/installs", tags=["installs"])
+
+async def no_store(response: Response) -> None:
+    """Operator answers carry merchants' names and addresses: no cache may keep them."""
+    response.headers["Cache-Control"] = "no-store"
+
+
+router = APIRouter(prefix="/installs", tags=["installs"], dependencies=[Depends(no_store)])
 
 StoreId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 ERRORS: dict[int | str, dict[str, Any]] = {

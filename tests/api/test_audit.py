@@ -20,6 +20,7 @@ async def register(client, auth, store_id, sub="ops-bob"):
 async def events(client, auth, **params):
     response = await client.get("/audit", params=params, headers=auth(READ))
     assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "no-store"
     return response.json()
 
 

@@ -163,6 +163,7 @@ async def test_detail_shows_everything_but_the_token(client, neto, auth):
     digest = hashlib.sha256(got["access_token"].encode()).hexdigest()[:16]
     assert body["token_fingerprint"] == f"sha256:{digest}"
     assert got["access_token"] not in response.text
+    assert response.headers["cache-control"] == "no-store"
 
 
 async def test_detail_of_an_unknown_or_malformed_store(client, auth):

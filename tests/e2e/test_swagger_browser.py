@@ -43,6 +43,7 @@ async def test_swagger_ui_authorises_and_lists_installs_offline(
     origin = urlsplit(server.url)
     seen: list[str] = []
     api_calls: list[tuple[str, str | None]] = []
+    errors: list[str] = []  # console errors include blocked (CSP) loads
 
     def record(request: Request) -> None:
         seen.append(request.url)
@@ -56,7 +57,9 @@ async def test_swagger_ui_authorises_and_lists_installs_offline(
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 1400})
             page.on("request", record)
-            await page.goto(f"{server.url}/docs", wait_until="networkidle")
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(f"{server.url}/docs")
             await expect(page.locator(".swagger-ui .info .title")).to_contain_text(
                 "Neto Token Broker"
             )
@@ -90,5 +93,6 @@ async def test_swagger_ui_authorises_and_lists_installs_offline(
     offsite = [url for url in seen if urlsplit(url).scheme in ("http", "https", "ws", "wss")
                and urlsplit(url).netloc != origin.netloc]  # fmt: skip
     assert not offsite, f"the page left the broker's origin: {offsite}"
+    assert not errors, f"the page logged errors: {errors}"
     assert f"{server.url}/docs/static/swagger-ui-bundle.js" in seen
     assert api_calls == [(f"{server.url}/installs?limit=50", f"Bearer {jwt}")]
