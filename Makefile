@@ -38,6 +38,14 @@ lint: install-test
 	$(BIN)/ruff format --check service tests
 	$(BIN)/mypy service
 
+## make openapi: regenerate openapi/openapi.json from the code (no environment needed)
+openapi: install
+	$(BIN)/python -m service.openapi_export openapi/openapi.json
+
+## make demo: the broker on http://localhost:8000 wired to a local Neto emulator on :8001
+demo: install
+	$(BIN)/python scripts/demo.py
+
 ## make bench: hot paths beside their ceilings (see docs/performance.md)
 bench: install-test
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

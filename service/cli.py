@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import shutil
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from service.config import ConfigError, Settings, load_settings
+from service.models import Install, InstallStatus
 
 if TYPE_CHECKING:
     from service.security.crypto import KeyRing
@@ -53,13 +59,30 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
-    """Run the API with uvicorn (ASGI app service.main:app)."""
-    import uvicorn
-
+    """Run the API with uvicorn (ASGI app service.main:app). With --workers N, /metrics
+    on any worker reports the sum over all workers."""
     from service import logs
 
     settings = settings_or_exit()
     logs.configure(settings.log_level)
+    # Several workers: each counts in its own memory, so a scrape would see one worker.
+    # prometheus_client's multiprocess mode shares the values through files in this
+    # directory (set before the workers start; emptied per run). An operator-set
+    # PROMETHEUS_MULTIPROC_DIR is used as given and must start empty.
+    own_metrics_dir = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_metrics_dir = tempfile.mkdtemp(prefix="broker-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_metrics_dir
+    try:
+        _run_uvicorn(host, port, workers)
+    finally:
+        if own_metrics_dir:
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
+
+
+def _run_uvicorn(host: str, port: int, workers: int) -> None:
+    import uvicorn
+
     uvicorn.run(
         "service.main:app",
         host=host,
@@ -194,6 +217,34 @@ async def _with_database(settings: Settings, work: Callable[[Any], Awaitable[T]]
         await engine.dispose()
 
 
+INSTALL_COLUMNS = ("STORE ID", "DOMAIN", "AUTH", "STATUS", "INSTALLED", "LAST USED")
+
+
+def _when(at: datetime | None) -> str:
+    return at.strftime("%Y-%m-%d %H:%M") if at else "never"
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain text table: stable under pipes, greps and narrow terminals alike."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+    return "\n".join(
+        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in (header, *rows)
+    )
+
+
+async def _read_installs(
+    settings: Settings, status: str | None, search: str | None, limit: int
+) -> list[Install]:
+    from service import stores
+
+    async def work(sessionmaker: Any) -> list[Install]:
+        async with sessionmaker() as session:
+            return await stores.page(session, status=status, q=search, after=None, limit=limit)
+
+    return await _with_database(settings, work)
+
+
 @keys_app.command("rotate")
 def keys_rotate(
     batch_size: Annotated[
@@ -299,6 +350,45 @@ def _progress_bar(label: str) -> Iterator[Callable[[int, int], None] | None]:
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+@installs_app.command("list")
+def installs_list(
+    status: Annotated[
+        InstallStatus | None, typer.Option(help="Only installs with this status.")
+    ] = None,
+    search: Annotated[
+        str | None, typer.Option("--search", "-q", help="Store id or domain substring.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many rows.")] = 50,
+) -> None:
+    """Print a table of installs, newest first (times in UTC). Never shows a secret."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    settings = settings_or_exit()
+    try:
+        rows = asyncio.run(
+            _read_installs(settings, status.value if status else None, search, limit + 1)
+        )
+    except (SQLAlchemyError, OSError) as exc:
+        typer.secho(
+            f"cannot read installs ({type(exc).__name__}): is BROKER_DATABASE_URL reachable "
+            "and migrated (`broker migrate`)?",
+            err=True,
+            fg="red",
+        )
+        raise typer.Exit(1) from None
+    more = len(rows) > limit
+    rows = rows[:limit]
+    table = [
+        (i.store_id, i.store_domain, i.auth_method, i.status, _when(i.installed_at),
+         _when(i.last_used_at))
+        for i in rows
+    ]  # fmt: skip
+    if table:
+        typer.echo(format_table(INSTALL_COLUMNS, table))
+    noun = "install" if len(rows) == 1 else "installs"
+    typer.echo(f"{len(rows)} {noun}" + (" shown; more exist (raise --limit)" if more else ""))
 
 
 def main() -> None:

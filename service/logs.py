@@ -39,5 +39,10 @@ def configure(level: str = "INFO") -> None:
         logger.propagate = True
     # The broker writes its own access line, with the request id and caller.
     logging.getLogger("uvicorn.access").disabled = True
-    # SQL statements at DEBUG would include parameters; they never go to the log.
+    # SQL statements at DEBUG would include parameters (sealed values, hashes); they never
+    # go to the log. aiosqlite's DEBUG lines repr each call with its parameters too.
     logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
+    # httpx logs every URL it fetches at INFO, query string included: a URL must never be
+    # how a secret reaches the log. The broker's own lines and metrics record upstream calls.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

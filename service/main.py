@@ -13,7 +13,8 @@ from fastapi.responses import Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api import credentials, health, installs, invoke, oauth, verify
+from service.api import audit as audit_api
+from service.api import credentials, docs, health, installs, invoke, oauth, verify
 from service.audit import AuditWriter
 from service.config import Settings, load_settings
 from service.db import create_engine, create_sessionmaker, is_transient, is_unavailable
@@ -139,6 +140,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # /docs is served by service.api.docs from packaged assets, never a CDN.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
+        openapi_tags=docs.TAGS,
     )
     app.state.settings = settings
     # Parsed once here: a bad key fails start-up, and no request parses a key.
@@ -147,7 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_urls = ApiUrlBuilder(settings.neto_api_url_template)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
-    for module in (health, oauth, installs, verify, credentials, invoke):
+    for module in (health, oauth, installs, verify, credentials, invoke, audit_api, docs):
         app.include_router(module.router)
     return app
 

@@ -1,8 +1,27 @@
-"""Prometheus metrics. Label values are route templates and fixed names, never ids."""
+"""Prometheus metrics. Label values are route templates and fixed names, never ids.
+
+With several worker processes (`broker serve --workers N`) each worker counts in its own
+memory, so one scrape would see one worker. `broker serve` therefore runs the workers in
+prometheus_client's multiprocess mode: PROMETHEUS_MULTIPROC_DIR (set before the workers
+start) holds every worker's values and a scrape of any worker reports their sum.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 REQUESTS = Counter(
     "broker_requests_total", "HTTP requests by route and status", ["method", "route", "status"]
@@ -22,8 +41,28 @@ RATE_LIMIT_PAUSES = Counter(
     "Stores paused after Neto answered 429 or budget ran out",
     ["reason"],
 )
+# Read from the database on every scrape (not counted in memory), so every replica and
+# worker reports the same truth; "mostrecent" picks the scraping worker's fresh reading.
+INSTALLS = Gauge(
+    "broker_installs", "Installs by status", ["status"], multiprocess_mode="mostrecent"
+)
 
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
     REQUESTS.labels(method, route, str(status)).inc()
     LATENCY.labels(method, route).observe(seconds)
+
+
+def set_installs(counts: dict[str, int]) -> None:
+    for status, count in counts.items():
+        INSTALLS.labels(status).set(count)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text a scrape gets: this process's registry, or every worker's in
+    multiprocess mode."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -7,6 +7,57 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+# Whole-object examples: Swagger UI shows them as the response's "Example Value".
+_CURSOR = "WyIyMDI2LTAxLTAyVDAzOjA0OjA1KzAwOjAwIiwiTjEyMzQ1Il0"
+_SUMMARY_EXAMPLE: dict[str, Any] = {
+    "store_id": "N12345",
+    "store_domain": "shop.example.com.au",
+    "auth_method": "oauth",
+    "status": "active",
+    "installed_at": "2026-01-02T03:04:05Z",
+    "updated_at": "2026-01-02T03:04:05Z",
+    "last_used_at": "2026-01-05T09:30:00Z",
+}
+_DETAIL_EXAMPLE: dict[str, Any] = {
+    **_SUMMARY_EXAMPLE,
+    "scope": "api user address",
+    "timezone": "Australia/Brisbane",
+    "user": {"id": "42", "first_name": "Mia", "last_name": "Merchant", "email": "mia@shop.au"},
+    "billing_address": {
+        "street1": "123 Sample St",
+        "city": "Brisbane",
+        "state": "Queensland",
+        "post_code": "4000",
+        "country_code": "AU",
+    },
+    "revoked_at": None,
+    "token_fingerprint": "sha256:9f86d081884c7d65",
+}
+_STARTED_EXAMPLE: dict[str, Any] = {
+    "authorize_url": "https://apps.getneto.com/oauth/v2/auth?client_id=...&response_type=code"
+    "&redirect_uri=...&store_domain=shop.example.com.au&state=...",
+    "state_expires_at": "2026-01-02T03:14:05Z",
+}
+_BUNDLE_EXAMPLE: dict[str, Any] = {
+    "bundle_id": "bnd_3q2x9yS0c8VbqkzE5l0wXg",
+    "store_id": "N12345",
+    "store_domain": "shop.example.com.au",
+    "auth_method": "oauth",
+    "api_url": "https://shop.example.com.au/do/WS/NetoAPI",
+    "headers": {"X_ACCESS_KEY": "<client id>", "X_SECRET_KEY": "<access token>"},
+    "issued_at": "2026-01-02T03:04:05Z",
+    "expires_at": "2026-01-02T03:09:05Z",
+}
+_AUDIT_EXAMPLE: dict[str, Any] = {
+    "id": 42,
+    "at": "2026-01-02T03:04:05Z",
+    "event": "bundle.issued",
+    "actor": "orders-service",
+    "store_id": "N12345",
+    "request_id": "req_5f2a9c0e1b7d4a3f9e8c7b6a",
+    "details": {"bundle_id": "bnd_3q2x9yS0c8VbqkzE5l0wXg"},
+}
+
 
 class ErrorBody(BaseModel):
     error: str = Field(examples=["store_not_found"])
@@ -27,6 +78,7 @@ class InstallStart(BaseModel):
 
 
 class InstallStarted(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_STARTED_EXAMPLE]})
     authorize_url: str = Field(
         examples=["https://apps.getneto.com/oauth/v2/auth?client_id=...&state=..."]
     )
@@ -54,6 +106,7 @@ class ApiKeyInstall(BaseModel):
 
 
 class InstallSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_SUMMARY_EXAMPLE]})
     store_id: str = Field(examples=["N12345"])
     store_domain: str = Field(examples=["shop.example.com.au"])
     auth_method: Literal["oauth", "api_key"]
@@ -64,6 +117,7 @@ class InstallSummary(BaseModel):
 
 
 class InstallDetail(InstallSummary):
+    model_config = ConfigDict(json_schema_extra={"examples": [_DETAIL_EXAMPLE]})
     scope: str | None = Field(default=None, examples=["api user address"])
     timezone: str | None = Field(default=None, examples=["Australia/Brisbane"])
     user: dict[str, Any] | None = Field(
@@ -80,6 +134,9 @@ class InstallDetail(InstallSummary):
 
 
 class InstallPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [_SUMMARY_EXAMPLE], "next_cursor": _CURSOR}]}
+    )
     items: list[InstallSummary]
     next_cursor: str | None = Field(
         default=None, description="Pass as `cursor` for the next page; null on the last page."
@@ -87,6 +144,7 @@ class InstallPage(BaseModel):
 
 
 class Bundle(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_BUNDLE_EXAMPLE]})
     bundle_id: str = Field(examples=["bnd_3q2x9yS0c8VbqkzE5l0wXg"])
     store_id: str
     store_domain: str
@@ -100,6 +158,19 @@ class Bundle(BaseModel):
 
 
 class VerifyResult(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "store_id": "N12345",
+                    "ok": True,
+                    "status": "active",
+                    "upstream_status": 200,
+                    "detail": "Neto accepted the stored credentials (GetCurrencySettings).",
+                }
+            ]
+        }
+    )
     store_id: str
     ok: bool
     status: Literal["active", "reauth_required", "revoked"]
@@ -108,6 +179,7 @@ class VerifyResult(BaseModel):
 
 
 class AuditEventOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_AUDIT_EXAMPLE]})
     id: int
     at: datetime
     event: str = Field(examples=["bundle.issued"])
@@ -118,5 +190,10 @@ class AuditEventOut(BaseModel):
 
 
 class AuditPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [_AUDIT_EXAMPLE], "next_cursor": "WzQxXQ"}]}
+    )
     items: list[AuditEventOut]
-    next_cursor: str | None = None
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; null on the last page."
+    )

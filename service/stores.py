@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -238,28 +238,39 @@ async def page(
     after: tuple[datetime, str] | None,
     limit: int,
 ) -> list[Install]:
-    """Newest first by (installed_at, store_id): a keyset that new installs cannot shift."""
+    """Newest first by (installed_at, store_id): a keyset that new installs cannot shift
+    (a reinstall keeps its first install time, so it does not move either)."""
     stmt = select(Install)
     if status:
-        stmt = stmt.where(Install.status == status)  # type: ignore[arg-type]
+        stmt = stmt.where(col(Install.status) == status)
     if q:
         pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        # ILIKE (lower() LIKE lower() on SQLite): "n1001" finds "N1001" on both backends.
         stmt = stmt.where(
             or_(
-                Install.store_id.like(pattern, escape="\\"),  # type: ignore[attr-defined]
-                Install.store_domain.like(pattern, escape="\\"),  # type: ignore[attr-defined]
+                col(Install.store_id).ilike(pattern, escape="\\"),
+                col(Install.store_domain).ilike(pattern, escape="\\"),
             )
         )
     if after is not None:
         at, sid = after
         stmt = stmt.where(
             or_(
-                Install.installed_at < at,  # type: ignore[operator]
-                and_(Install.installed_at == at, Install.store_id < sid),  # type: ignore[arg-type,operator]
+                col(Install.installed_at) < at,
+                and_(col(Install.installed_at) == at, col(Install.store_id) < sid),
             )
         )
-    stmt = stmt.order_by(Install.installed_at.desc(), Install.store_id.desc()).limit(limit)  # type: ignore[attr-defined]
-    return list((await session.execute(stmt)).scalars())
+    stmt = stmt.order_by(col(Install.installed_at).desc(), col(Install.store_id).desc())
+    return list((await session.execute(stmt.limit(limit))).scalars())
+
+
+async def count_by_status(session: AsyncSession) -> dict[str, int]:
+    """Installs per status, every status present (zero included): one GROUP BY."""
+    stmt = select(col(Install.status), func.count()).group_by(col(Install.status))
+    counts = {status.value: 0 for status in InstallStatus}
+    for status, count in await session.execute(stmt):
+        counts[status] = count
+    return counts
 
 
 async def insert_many(

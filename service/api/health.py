@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import text
 
+from service import metrics, stores
+from service.db import SessionDep
+
+log = logging.getLogger("broker.metrics")
 router = APIRouter(tags=["health"])
+
+METRICS_EXAMPLE = """\
+# HELP broker_requests_total HTTP requests by route and status
+# TYPE broker_requests_total counter
+broker_requests_total{method="GET",route="/credentials/{store_id}",status="200"} 1027.0
+# HELP broker_installs Installs by status
+# TYPE broker_installs gauge
+broker_installs{status="active"} 412.0
+broker_installs{status="reauth_required"} 3.0
+broker_installs{status="revoked"} 17.0
+"""
 
 
 @router.get("/healthz", summary="The process is up")
@@ -50,7 +65,27 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(body)
 
 
-@router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
-async def metrics() -> Response:
-    """Prometheus text exposition format."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format",
+            "content": {"text/plain": {"example": METRICS_EXAMPLE}},
+        },
+    },
+)
+async def metrics_text(session: SessionDep) -> Response:
+    """Requests by route template and status with latency, upstream calls by action and
+    outcome, bundles issued, rate-limit pauses, and installs by status (read from the
+    database at scrape time). With `--workers N` any worker reports all workers' sums."""
+    try:
+        async with asyncio.timeout(2):
+            metrics.set_installs(await stores.count_by_status(session))
+    except Exception:
+        # A database outage is exactly when the request metrics matter: serve them, and
+        # leave the installs gauge at its last reading.
+        log.warning("installs gauge not refreshed: the database did not answer")
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import SecretStr
 
 from service import audit, install_flow, stores
+from service.api.cursors import decode_cursor, encode_cursor
 from service.api.deps import KeyRingDep, SettingsDep, request_id, require_scope
 from service.db import SessionDep
 from service.errors import BadRequest
-from service.models import AuthMethod, Install
+from service.models import AuthMethod, Install, InstallStatus
 from service.schemas import (
     ApiKeyInstall,
     ErrorBody,
@@ -29,7 +27,13 @@ from service.security.callers import Caller
 from service.security.crypto import KeyRing
 from service.security.domains import normalize_store_domain
 
-router = APIRouter(prefix="/installs", tags=["installs"])
+
+async def no_store(response: Response) -> None:
+    """Operator answers carry merchants' names and addresses: no cache may keep them."""
+    response.headers["Cache-Control"] = "no-store"
+
+
+router = APIRouter(prefix="/installs", tags=["installs"], dependencies=[Depends(no_store)])
 
 StoreId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 # Typed as FastAPI's `responses` parameter, so the dicts can be merged and passed on.
@@ -41,21 +45,19 @@ ERRORS: Responses = {
 NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "No install for this store"}}
 
 
-def encode_cursor(install: Install) -> str:
-    raw = json.dumps([install.installed_at.isoformat(), install.store_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def install_cursor(install: Install) -> str:
+    return encode_cursor(install.installed_at.isoformat(), install.store_id)
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
+def install_key(cursor: str) -> tuple[datetime, str]:
+    at, store_id = decode_cursor(cursor, 2)
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, store_id = json.loads(raw)
-        parsed = datetime.fromisoformat(at)
-        if parsed.tzinfo is None or not isinstance(store_id, str):
-            raise ValueError
-        return parsed, store_id
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise BadRequest("The cursor is not one this API issued.") from None
+        parsed = datetime.fromisoformat(at) if isinstance(at, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None or not isinstance(store_id, str):
+        raise BadRequest("The cursor is not one this API issued.")
+    return parsed, store_id
 
 
 def detail_of(install: Install, keyring: KeyRing) -> InstallDetail:
@@ -157,13 +159,13 @@ async def list_installs(
 ) -> InstallPage:
     """Installs newest first. Pages are keyed on (install time, store id), so installs
     added while paging neither repeat nor hide others."""
-    after = decode_cursor(cursor) if cursor else None
+    after = install_key(cursor) if cursor else None
     rows = await stores.page(session, status=status, q=q, after=after, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     return InstallPage(
         items=[InstallSummary.model_validate(row, from_attributes=True) for row in rows],
-        next_cursor=encode_cursor(rows[-1]) if more and rows else None,
+        next_cursor=install_cursor(rows[-1]) if more and rows else None,
     )
 
 
@@ -189,9 +191,16 @@ async def revoke_install(
     keyring: KeyRingDep,
     caller: Annotated[Caller, Depends(require_scope("installs:admin"))],
 ) -> InstallDetail:
-    """Destroys the stored secret and marks the store revoked. Bundles and invokes for it
-    stop on this replica at once and on every other within BROKER_STORE_CACHE_SECONDS."""
+    """Destroys the stored secret (token or API key) and marks the store `revoked`; the
+    user and billing address stay for the record. Bundles and invokes for it answer 410
+    `store_revoked` on this replica at once and on every other within
+    BROKER_STORE_CACHE_SECONDS. Revoking a revoked store changes nothing. To use the store
+    again, the merchant reinstalls (or an operator re-registers its API key)."""
     request.state.store_id = store_id
+    existing = await stores.require(session, store_id)
+    if existing.status == InstallStatus.revoked:
+        # DELETE is idempotent: a second revoke changes nothing and audits nothing.
+        return detail_of(existing, keyring)
     install = await stores.revoke(session, store_id)
     audit.record(
         session, "install.revoked", actor=caller.sub, store_id=store_id,

@@ -1,0 +1,101 @@
+"""/metrics and /readyz."""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import install_store
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_count_installs_by_status_from_the_database(client, neto, auth):
+    await install_store(client, neto, "one.example.com", store_id="N1")
+    await install_store(client, neto, "two.example.com", store_id="N2")
+    await install_store(client, neto, "three.example.com", store_id="N3")
+    await client.delete("/installs/N3", headers=auth("installs:admin"))
+
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert value(response.text, "broker_installs", status="active") == 2
+    assert value(response.text, "broker_installs", status="revoked") == 1
+    assert value(response.text, "broker_installs", status="reauth_required") == 0
+
+
+async def test_metrics_label_requests_by_route_template_never_by_id(client, neto, auth):
+    await install_store(client, neto, "shop.example.com", store_id="N7001")
+    before = (await client.get("/metrics")).text
+    headers = auth("credentials:read", stores=["N7001"])
+    for _ in range(3):
+        assert (await client.get("/credentials/N7001", headers=headers)).status_code == 200
+    assert (await client.get("/credentials/N404", headers=auth("credentials:read", stores=["*"]))
+            ).status_code == 404  # fmt: skip
+    after = (await client.get("/metrics")).text
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    route = "/credentials/{store_id}"
+    assert delta("broker_requests_total", method="GET", route=route, status="200") == 3
+    assert delta("broker_requests_total", method="GET", route=route, status="404") == 1
+    assert delta("broker_request_duration_seconds_count", method="GET", route=route) == 4
+    assert delta("broker_bundles_issued_total", auth_method="oauth") == 3
+    assert "N7001" not in after and "N404" not in after
+    # Every family the issue names is exposed (upstream and pause counters once used).
+    for family in ("broker_upstream_requests", "broker_rate_limit_pauses"):
+        assert re.search(rf"^# TYPE {family}_total counter$|^# TYPE {family} counter$", after,
+                         re.M), family  # fmt: skip
+
+
+async def test_unmatched_paths_share_one_label(client):
+    for n in range(3):
+        await client.get(f"/no/such/path/{n}")
+    text = (await client.get("/metrics")).text
+    assert "/no/such/path" not in text
+    assert value(text, "broker_requests_total", method="GET", route="unmatched", status="404") >= 3
+
+
+async def test_readyz_is_200_when_the_database_answers(client):
+    response = await client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "checks": {"keys": True, "database": True}}
+
+
+async def test_readyz_is_503_with_the_envelope_when_the_database_does_not_answer(
+    app_factory, settings_factory, database_url, tmp_path
+):
+    import httpx
+
+    if database_url.startswith("sqlite"):
+        dead = f"sqlite+aiosqlite:///{tmp_path}/no/such/dir/broker.db"
+    else:
+        dead = "postgresql+asyncpg://postgres@127.0.0.1:1/broker"  # nothing listens on port 1
+    app = await app_factory(settings_factory(database_url=dead))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as client:
+        response = await client.get("/readyz")
+        assert response.status_code == 503
+        assert response.headers["x-broker-error"] == "service_unavailable"
+        body = response.json()
+        assert body["error"] == "service_unavailable"
+        assert body["request_id"] == response.headers["x-request-id"]
+        assert "database" in body["detail"]
+        assert body["checks"] == {"keys": True, "database": False}
+        assert (await client.get("/healthz")).status_code == 200, "liveness does not need a DB"
+        metrics = await client.get("/metrics")
+        assert metrics.status_code == 200, "an outage is when request metrics matter most"
+        assert value(metrics.text, "broker_requests_total", method="GET", route="/readyz",
+                     status="503") >= 1  # fmt: skip

@@ -1,0 +1,113 @@
+"""End-to-end fixtures: the broker as a real `broker serve` process on a loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.config import Settings
+from tests.conftest import truncate
+
+
+@dataclass
+class BrokerProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def broker_env(settings: Settings, public_url: str) -> dict[str, str]:
+    """The environment `broker serve` reads, from a test Settings object."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("BROKER_") and k != "PROMETHEUS_MULTIPROC_DIR"}  # fmt: skip
+    secret = settings.neto_client_secret.get_secret_value() if settings.neto_client_secret else ""
+    env.update(
+        BROKER_ENV="production",
+        BROKER_DATABASE_URL=settings.database_url,
+        BROKER_PUBLIC_URL=public_url,
+        BROKER_NETO_CLIENT_ID=settings.neto_client_id or "",
+        BROKER_NETO_CLIENT_SECRET=secret,
+        BROKER_NETO_OAUTH_URL=settings.neto_oauth_url,
+        BROKER_NETO_API_URL_TEMPLATE=settings.neto_api_url_template,
+        BROKER_ENCRYPTION_KEYS=settings.encryption_keys.get_secret_value(),  # type: ignore[union-attr]
+        BROKER_JWT_HS256_KEYS=settings.jwt_hs256_keys.get_secret_value(),  # type: ignore[union-attr]
+        BROKER_EGRESS_ALLOW_PRIVATE="true",
+    )
+    return env
+
+
+@pytest.fixture
+def broker_server(
+    settings: Settings, database_url: str, tmp_path: Path
+) -> Iterator[Callable[..., BrokerProcess]]:
+    """start(workers=1, **env) runs `broker serve` and waits until /readyz answers 200."""
+    started: list[BrokerProcess] = []
+
+    def start(workers: int = 1, **extra_env: str) -> BrokerProcess:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**broker_env(settings, url), **extra_env}
+        log = tmp_path / f"broker-{port}.log"
+        broker = str(Path(sys.executable).with_name("broker"))
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [broker, "serve", "--host", "127.0.0.1", "--port", str(port),
+                 "--workers", str(workers)],
+                env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        server = BrokerProcess(url, process, log)
+        started.append(server)
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"broker exited with {process.returncode}:\n{server.output()}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    return server
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"broker not ready after 30 s:\n{server.output()}")
+            time.sleep(0.1)
+
+    yield start
+    for server in started:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+    import asyncio
+
+    asyncio.run(truncate(database_url))
+
+
+def metric(text: str, name: str, **labels: Any) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
