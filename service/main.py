@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import openapi
 from service.api import credentials, health, installs, oauth
 from service.audit import AuditWriter
 from service.config import Settings, load_settings
@@ -138,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     for module in (health, oauth, installs, credentials):
         app.include_router(module.router)
+    openapi.install(app)
     return app
 
 

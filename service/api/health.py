@@ -50,7 +50,12 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(body)
 
 
-@router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 async def metrics() -> Response:
     """Prometheus text exposition format."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
