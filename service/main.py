@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service import openapi
 from service.api import credentials, health, installs, oauth
 from service.audit import AuditWriter
+from service.body_limit import JsonBodyMiddleware
 from service.config import Settings, load_settings
 from service.db import create_engine, create_sessionmaker, is_transient, is_unavailable
 from service.errors import (
@@ -136,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.verifier = TokenVerifier(settings)
     app.state.api_urls = ApiUrlBuilder(settings.neto_api_url_template)
     install_error_handlers(app)
+    app.add_middleware(JsonBodyMiddleware, max_bytes=settings.max_json_bytes)
     app.add_middleware(RequestContextMiddleware)
     for module in (health, oauth, installs, credentials):
         app.include_router(module.router)

@@ -30,28 +30,35 @@ class StoreCache:
         self._client_id = client_id
         self._ttl = ttl_seconds
         self._entries: dict[str, tuple[float, stores.StoreCredentials]] = {}
+        # Bumped by every invalidation. A read that overlapped one is served but not
+        # cached: it may have seen the row before a revoke committed, and caching it would
+        # hand out the revoked token for another TTL after the revoke has answered.
+        self._epoch = 0
 
     async def get(self, store_id: str) -> stores.StoreCredentials | None:
         now = time.monotonic()
         hit = self._entries.get(store_id)
         if hit is not None and hit[0] > now:
             return hit[1]
+        epoch = self._epoch
         async with self._sessionmaker() as session:
             install = await stores.get(session, store_id)
         if install is None:
             self._entries.pop(store_id, None)
             return None
         creds = stores.open_credentials(self._keyring, install, self._client_id)
-        if self._ttl > 0:
+        if self._ttl > 0 and epoch == self._epoch:
             if len(self._entries) >= MAX_ENTRIES:
                 self._evict(now)
             self._entries[store_id] = (now + self._ttl, creds)
         return creds
 
     def invalidate(self, store_id: str) -> None:
+        self._epoch += 1
         self._entries.pop(store_id, None)
 
     def clear(self) -> None:
+        self._epoch += 1
         self._entries.clear()
 
     def _evict(self, now: float) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,9 +19,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db import utcnow
-from service.errors import StoreNotFound
+from service.errors import StoreNotFound, StoreSecretUnreadable
 from service.models import AuthMethod, Install, InstallStatus
-from service.security.crypto import Context, KeyRing
+from service.security.crypto import Context, KeyRing, SealError
+
+log = logging.getLogger("broker.stores")
 
 SEALED_COLUMNS = ("secret_sealed", "user_sealed", "billing_sealed")
 
@@ -41,9 +44,22 @@ def _seal_json(keyring: KeyRing, store_id: str, column: str, value: Any) -> str 
 
 
 def _open_json(keyring: KeyRing, store_id: str, column: str, sealed: str | None) -> Any:
+    """Open a sealed column, or raise StoreSecretUnreadable after telling operators loudly.
+
+    A failure here is never the caller's fault and never transient: the row was tampered
+    with, a ciphertext was copied from another store's row, or its key is not configured.
+    """
     if sealed is None:
         return None
-    return json.loads(keyring.open(sealed, _ctx(store_id, column)))
+    try:
+        return json.loads(keyring.open(sealed, _ctx(store_id, column)))
+    except SealError as exc:
+        log.error(
+            "a sealed column cannot be opened: tampered with, copied from another row, or "
+            "sealed under a key that is not configured",
+            extra={"fields": {"store_id": store_id, "column": column, "reason": str(exc)}},
+        )
+        raise StoreSecretUnreadable() from None
 
 
 def sealed_values(
@@ -93,12 +109,27 @@ def open_credentials(keyring: KeyRing, install: Install, client_id: str | None) 
     )
 
 
-def open_profile(keyring: KeyRing, install: Install) -> tuple[Any, Any]:
-    """The merchant's user info and billing address, for operators."""
-    return (
-        _open_json(keyring, install.store_id, "user_sealed", install.user_sealed),
-        _open_json(keyring, install.store_id, "billing_sealed", install.billing_sealed),
-    )
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """What operators see of the sealed columns: user and billing address, and whether
+    every sealed column still opens (False means tampered with or copied, see the log)."""
+
+    user: Any
+    billing: Any
+    readable: bool
+
+
+def open_profile(keyring: KeyRing, install: Install) -> Profile:
+    """The merchant's user info and billing address, for operators. Also opens the secret
+    (and drops it at once) so an unreadable row shows up in GET /installs/{store_id}."""
+    opened: dict[str, Any] = {}
+    readable = True
+    for column in SEALED_COLUMNS:
+        try:
+            opened[column] = _open_json(keyring, install.store_id, column, getattr(install, column))
+        except StoreSecretUnreadable:
+            readable = False
+    return Profile(opened.get("user_sealed"), opened.get("billing_sealed"), readable)
 
 
 async def get(session: AsyncSession, store_id: str) -> Install | None:

@@ -46,6 +46,11 @@ async def usable_store(request: Request, store_id: str) -> StoreCredentials:
         404: {"model": ErrorBody, "description": "No install for this store"},
         409: {"model": ErrorBody, "description": "The store must be re-authorised"},
         410: {"model": ErrorBody, "description": "The install was revoked"},
+        500: {
+            "model": ErrorBody,
+            "description": "`store_secret_unreadable`: the stored secret does not open with "
+            "the configured keys (tampered with or copied from another row)",
+        },
     },
 )
 async def credentials(

@@ -86,6 +86,8 @@ async def callback(
         request_id=request_id(request),
     )  # fmt: skip
     request.state.store_id = done.store_id
+    # A reinstall replaced the token: stop serving the old one from this replica's cache.
+    request.app.state.store_cache.invalidate(done.store_id)
     if done.return_url:
         target = install_flow.add_query(done.return_url, store_id=done.store_id, status="installed")
         return RedirectResponse(target, status_code=302, headers=PAGE_HEADERS)
