@@ -130,6 +130,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # No 307 to the slash-less path: its Location is built from the Host header (an
+        # open redirect) and it is not the envelope. A trailing slash is a plain 404.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     # Parsed once here: a bad key fails start-up, and no request parses a key.
