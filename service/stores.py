@@ -213,13 +213,20 @@ async def revoke(session: AsyncSession, store_id: str) -> Install:
     return install
 
 
-async def touch_last_used(session: AsyncSession, store_ids: list[str], at: datetime) -> None:
-    await session.execute(
+async def touch_last_used(session: AsyncSession, store_ids: list[str], at: datetime) -> set[str]:
+    """Stamp the stores' last use; returns those not revoked. The row write waits for a
+    concurrent revoke of the same row, so the answer is the committed truth."""
+    result = await session.execute(
         update(Install)
-        .where(Install.store_id.in_(store_ids))  # type: ignore[attr-defined]
+        .where(
+            Install.store_id.in_(store_ids),  # type: ignore[attr-defined]
+            Install.status != InstallStatus.revoked.value,  # type: ignore[arg-type]
+        )
         .values(last_used_at=at)
+        .returning(Install.store_id)  # type: ignore[arg-type]
         .execution_options(synchronize_session=False)
     )
+    return set(result.scalars())
 
 
 async def page(

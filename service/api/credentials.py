@@ -69,6 +69,7 @@ async def credentials(
         actor=caller.sub,
         store_id=store_id,
         request_id=request_id(request),
+        unless_revoked=True,  # a revoke that commits first wins: 410, no bundle
         bundle_id=bundle_id,
     )
     now = utcnow().replace(microsecond=0)
