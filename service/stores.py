@@ -17,6 +17,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from service.db import utcnow
 from service.errors import StoreNotFound, StoreSecretUnreadable
@@ -223,7 +224,7 @@ async def touch_last_used(session: AsyncSession, store_ids: list[str], at: datet
             Install.status != InstallStatus.revoked.value,  # type: ignore[arg-type]
         )
         .values(last_used_at=at)
-        .returning(Install.store_id)  # type: ignore[arg-type]
+        .returning(col(Install.store_id))
         .execution_options(synchronize_session=False)
     )
     return set(result.scalars())
