@@ -4,6 +4,11 @@ Changes record their event in their own transaction (`record`). Bundles, the hot
 go through the `AuditWriter`: concurrent requests' events are inserted together in one
 transaction (group commit), and each request waits for its event to be committed before
 it answers, so no bundle leaves the broker unaudited.
+
+A bundle's event is written with `unless_revoked=True`: its commit is the bundle's moment
+of issue, and it commits only if the store is not revoked at that moment (the revoke and
+the batch both write the install's row, so the database orders them). A bundle that read
+the store just before a revoke, and would have left just after it, is refused instead.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from sqlmodel import col
 
 from service import stores
 from service.db import run_transaction, utcnow
+from service.errors import StoreRevoked
 from service.models import AuditEvent
 
 log = logging.getLogger("broker.audit")
@@ -48,7 +54,9 @@ class AuditWriter:
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         self._sessionmaker = sessionmaker
-        self._queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[None]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[dict[str, Any], bool, asyncio.Future[None]]] = (
+            asyncio.Queue()
+        )
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -68,9 +76,11 @@ class AuditWriter:
         actor: str,
         store_id: str | None,
         request_id: str | None,
+        unless_revoked: bool = False,
         **details: Any,
     ) -> None:
-        """Returns once the event is committed; raises if it could not be."""
+        """Returns once the event is committed; raises if it could not be, and
+        StoreRevoked if `unless_revoked` and the store was revoked before the commit."""
         row = {
             "at": utcnow(),
             "event": event,
@@ -80,7 +90,7 @@ class AuditWriter:
             "details": details,
         }
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put((row, future))
+        await self._queue.put((row, unless_revoked, future))
         await future
 
     async def _run(self) -> None:
@@ -89,27 +99,36 @@ class AuditWriter:
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self._flush([row for row, _ in batch])
+                live = await self._flush([(row, guarded) for row, guarded, _ in batch])
             except Exception as exc:  # the waiting requests answer 503
                 log.warning("audit batch failed", extra={"fields": {"size": len(batch)}})
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
             else:
-                for _, future in batch:
-                    if not future.done():
+                for row, guarded, future in batch:
+                    if future.done():
+                        continue
+                    if guarded and row["store_id"] not in live:
+                        future.set_exception(StoreRevoked())
+                    else:
                         future.set_result(None)
 
-    async def _flush(self, rows: list[dict[str, Any]]) -> None:
-        used: dict[str, datetime] = {r["store_id"]: r["at"] for r in rows if r["store_id"]}
+    async def _flush(self, batch: list[tuple[dict[str, Any], bool]]) -> set[str]:
+        """Insert the batch; returns the store ids that were not revoked at commit."""
+        used: dict[str, datetime] = {r["store_id"]: r["at"] for r, _ in batch if r["store_id"]}
 
-        async def work(session: AsyncSession) -> None:
-            # Core insert on the table: the ORM's bulk path costs more than the write.
-            await session.execute(insert(AuditEvent.__table__), rows)  # type: ignore[attr-defined]
+        async def work(session: AsyncSession) -> set[str]:
+            live: set[str] = set()
             if used:
-                await stores.touch_last_used(session, sorted(used), max(used.values()))
+                live = await stores.touch_last_used(session, sorted(used), max(used.values()))
+            rows = [row for row, guarded in batch if not guarded or row["store_id"] in live]
+            if rows:
+                # Core insert on the table: the ORM bulk path costs more than the write.
+                await session.execute(insert(AuditEvent.__table__), rows)  # type: ignore[attr-defined]
+            return live
 
-        await run_transaction(self._sessionmaker, work)
+        return await run_transaction(self._sessionmaker, work)
 
 
 async def page(

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(10, ge=0)
     db_statement_timeout_ms: int = Field(5000, ge=0)
     log_level: str = "INFO"
+    # Cap on JSON request bodies of the broker's own routes (not /invoke), checked before
+    # parsing.
+    max_json_bytes: int = Field(64 * 1024, ge=1024, le=8 * 1024 * 1024)
 
     @field_validator("public_url", "neto_oauth_url")
     @classmethod

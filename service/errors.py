@@ -72,4 +72,12 @@ UpstreamResponseTooLarge = _error(
 )
 UpstreamTimeout = _error("upstream_timeout", 504, "The store's Neto API did not answer in time.")
 InternalError = _error("internal_error", 500, "The broker hit an unexpected error.")
+# A sealed column of the store's row does not open with the configured keys: tampered
+# with, copied from another row, or sealed under a key id that is no longer configured.
+StoreSecretUnreadable = _error(
+    "store_secret_unreadable",
+    500,
+    "The store's stored credentials cannot be opened; an operator must check the key "
+    "configuration and reinstall or re-register the store.",
+)
 InstallDenied = _error("install_denied", 400, "The merchant did not approve the install on Neto.")

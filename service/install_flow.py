@@ -30,7 +30,9 @@ def check_return_url(settings: Settings, url: str | None) -> str | None:
     """Only absolute http(s) URLs under an operator-allowed prefix: no open redirect."""
     if url is None or url == "":
         return None
-    if any(ord(ch) < 0x21 or ch == "\\" for ch in url):
+    # Printable ASCII only: a URL percent-encodes the rest, and DEL, NEL or U+2028 have
+    # no business in a Location header.
+    if any(not 0x21 <= ord(ch) < 0x7F or ch == "\\" for ch in url):
         raise BadRequest("return_url contains characters that are not allowed.")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:

@@ -13,9 +13,11 @@ from fastapi.responses import Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import openapi
 from service.api import audit as audit_api
 from service.api import credentials, docs, health, installs, invoke, oauth, verify
 from service.audit import AuditWriter
+from service.body_limit import JsonBodyMiddleware
 from service.config import Settings, load_settings
 from service.db import create_engine, create_sessionmaker, is_transient, is_unavailable
 from service.errors import (
@@ -145,6 +147,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
         openapi_tags=docs.TAGS,
+        # No 307 to the slash-less path: its Location is built from the Host header (an
+        # open redirect) and it is not the envelope. A trailing slash is a plain 404.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     # Parsed once here: a bad key fails start-up, and no request parses a key.
@@ -152,9 +157,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.verifier = TokenVerifier(settings)
     app.state.api_urls = ApiUrlBuilder(settings.neto_api_url_template)
     install_error_handlers(app)
+    app.add_middleware(JsonBodyMiddleware, max_bytes=settings.max_json_bytes)
     app.add_middleware(RequestContextMiddleware)
     for module in (health, oauth, installs, verify, credentials, invoke, audit_api, docs):
         app.include_router(module.router)
+    openapi.install(app)
     return app
 
 

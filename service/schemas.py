@@ -131,6 +131,14 @@ class InstallDetail(InstallSummary):
         description="sha256 prefix of the stored token or API key; never the secret itself.",
         examples=["sha256:9f86d081884c7d65"],
     )
+    secret_readable: bool = Field(
+        default=True,
+        description="False when a sealed column of this install does not open with the "
+        "configured keys (tampered with, copied from another store's row, or sealed under a "
+        "key that is no longer configured). Bundles and invokes then fail with "
+        "`store_secret_unreadable`; the broker logs the store id at ERROR. Fix the key "
+        "configuration, or reinstall / re-register the store.",
+    )
 
 
 class InstallPage(BaseModel):

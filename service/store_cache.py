@@ -54,6 +54,10 @@ class StoreCache:
         self._max = max_entries
         self._entries: dict[str, stores.StoreCredentials] = {}
         self._trusted_until = 0.0
+        # Bumped by every invalidation. A read that overlapped one is served but not
+        # cached: it may have seen the row before a revoke committed, and caching it would
+        # hand out the revoked token after the revoke has answered.
+        self._epoch = 0
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -79,17 +83,24 @@ class StoreCache:
             hit = self._entries.get(store_id)
             if hit is not None:
                 return hit
+        epoch = self._epoch
         async with self._sessionmaker() as session:
             install = await stores.get(session, store_id)
         if install is None:
             self._entries.pop(store_id, None)
             return None
         creds = stores.open_credentials(self._keyring, install, self._client_id)
-        self._put(creds)
+        if epoch == self._epoch:
+            self._put(creds)
         return creds
 
     def invalidate(self, store_id: str) -> None:
+        self._epoch += 1
         self._entries.pop(store_id, None)
+
+    def clear(self) -> None:
+        self._epoch += 1
+        self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -107,6 +118,8 @@ class StoreCache:
     async def _refresh(self, since: object) -> None:
         async with self._sessionmaker() as session:
             changed = await stores.changed_since(session, since)  # type: ignore[arg-type]
+        if changed:
+            self._epoch += 1
         for store_id in changed:
             self._entries.pop(store_id, None)
         self._trusted_until = time.monotonic() + 2 * self._poll
@@ -127,6 +140,7 @@ class StoreCache:
         after = ""
         try:
             while len(self._entries) < self._max:
+                epoch = self._epoch
                 async with self._sessionmaker() as session:
                     rows = list(
                         (
@@ -143,6 +157,9 @@ class StoreCache:
                     )
                 if not rows:
                     break
+                if epoch != self._epoch:  # something changed meanwhile: re-read this batch
+                    await asyncio.sleep(self._poll / 4)
+                    continue
                 for install in rows:
                     if install.store_id not in self._entries and len(self._entries) < self._max:
                         self._entries[install.store_id] = stores.open_credentials(

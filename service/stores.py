@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from pydantic import SecretStr
@@ -19,13 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from service.db import utcnow
-from service.errors import StoreNotFound
+from service.errors import StoreNotFound, StoreSecretUnreadable
 from service.models import AuthMethod, Install, InstallStatus
-from service.security.crypto import Context, KeyRing
+from service.security.crypto import Context, KeyRing, SealError
+
+log = logging.getLogger("broker.stores")
 
 SEALED_COLUMNS = ("secret_sealed", "user_sealed", "billing_sealed")
 # How stale an install's last-used time may be (it is for operators, not for access).
-LAST_USED_GRANULARITY = timedelta(seconds=60)
 
 
 def fingerprint(secret: str) -> str:
@@ -44,9 +46,22 @@ def _seal_json(keyring: KeyRing, store_id: str, column: str, value: Any) -> str 
 
 
 def _open_json(keyring: KeyRing, store_id: str, column: str, sealed: str | None) -> Any:
+    """Open a sealed column, or raise StoreSecretUnreadable after telling operators loudly.
+
+    A failure here is never the caller's fault and never transient: the row was tampered
+    with, a ciphertext was copied from another store's row, or its key is not configured.
+    """
     if sealed is None:
         return None
-    return json.loads(keyring.open(sealed, _ctx(store_id, column)))
+    try:
+        return json.loads(keyring.open(sealed, _ctx(store_id, column)))
+    except SealError as exc:
+        log.error(
+            "a sealed column cannot be opened: tampered with, copied from another row, or "
+            "sealed under a key that is not configured",
+            extra={"fields": {"store_id": store_id, "column": column, "reason": str(exc)}},
+        )
+        raise StoreSecretUnreadable() from None
 
 
 def sealed_values(
@@ -104,12 +119,27 @@ def open_credentials(keyring: KeyRing, install: Install, client_id: str | None) 
     )
 
 
-def open_profile(keyring: KeyRing, install: Install) -> tuple[Any, Any]:
-    """The merchant's user info and billing address, for operators."""
-    return (
-        _open_json(keyring, install.store_id, "user_sealed", install.user_sealed),
-        _open_json(keyring, install.store_id, "billing_sealed", install.billing_sealed),
-    )
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """What operators see of the sealed columns: user and billing address, and whether
+    every sealed column still opens (False means tampered with or copied, see the log)."""
+
+    user: Any
+    billing: Any
+    readable: bool
+
+
+def open_profile(keyring: KeyRing, install: Install) -> Profile:
+    """The merchant's user info and billing address, for operators. Also opens the secret
+    (and drops it at once) so an unreadable row shows up in GET /installs/{store_id}."""
+    opened: dict[str, Any] = {}
+    readable = True
+    for column in SEALED_COLUMNS:
+        try:
+            opened[column] = _open_json(keyring, install.store_id, column, getattr(install, column))
+        except StoreSecretUnreadable:
+            readable = False
+    return Profile(opened.get("user_sealed"), opened.get("billing_sealed"), readable)
 
 
 async def get(session: AsyncSession, store_id: str) -> Install | None:
@@ -207,27 +237,20 @@ async def changed_since(session: AsyncSession, since: datetime) -> list[str]:
     return list(result.scalars())
 
 
-async def touch_last_used(session: AsyncSession, store_ids: list[str], at: datetime) -> None:
-    """Advisory last-used times, kept cheap on the bundle path: a store's row is rewritten
-    at most once per LAST_USED_GRANULARITY (not once per bundle), and on PostgreSQL rows
-    another transaction holds are skipped, so an audit batch never waits on, or deadlocks
-    with, another replica's batch, a revoke, or a key rotation."""
-    store_id, last_used_at = col(Install.store_id), col(Install.last_used_at)
-    due = (
-        select(store_id)
-        .where(
-            store_id.in_(store_ids),
-            or_(last_used_at.is_(None), last_used_at < at - LAST_USED_GRANULARITY),
-        )
-        .order_by(store_id)
-        .with_for_update(skip_locked=True)
-    )
-    await session.execute(
+async def touch_last_used(session: AsyncSession, store_ids: list[str], at: datetime) -> set[str]:
+    """Stamp the stores' last use; returns those not revoked. The row write waits for a
+    concurrent revoke of the same row, so the answer is the committed truth."""
+    result = await session.execute(
         update(Install)
-        .where(store_id.in_(due.scalar_subquery()))
+        .where(
+            Install.store_id.in_(store_ids),  # type: ignore[attr-defined]
+            Install.status != InstallStatus.revoked.value,  # type: ignore[arg-type]
+        )
         .values(last_used_at=at)
+        .returning(col(Install.store_id))
         .execution_options(synchronize_session=False)
     )
+    return set(result.scalars())
 
 
 async def page(

@@ -44,6 +44,11 @@ async def usable_store(request: Request, store_id: str) -> StoreCredentials:
         404: {"model": ErrorBody, "description": "No install for this store"},
         409: {"model": ErrorBody, "description": "The store must be re-authorised"},
         410: {"model": ErrorBody, "description": "The install was revoked"},
+        500: {
+            "model": ErrorBody,
+            "description": "`store_secret_unreadable`: the stored secret does not open with "
+            "the configured keys (tampered with or copied from another row)",
+        },
     },
     openapi_extra=BEARER_SECURITY,
 )
@@ -61,6 +66,7 @@ async def credentials(request: Request, store_id: StoreId) -> JSONResponse:
         actor=caller.sub,
         store_id=store_id,
         request_id=request_id(request),
+        unless_revoked=True,  # a revoke that commits first wins: 410, no bundle
         bundle_id=bundle_id,
     )
     now = utcnow().replace(microsecond=0)

@@ -61,7 +61,7 @@ def install_key(cursor: str) -> tuple[datetime, str]:
 
 
 def detail_of(install: Install, keyring: KeyRing) -> InstallDetail:
-    user, billing = stores.open_profile(keyring, install)
+    profile = stores.open_profile(keyring, install)
     return InstallDetail(
         store_id=install.store_id,
         store_domain=install.store_domain,
@@ -72,8 +72,9 @@ def detail_of(install: Install, keyring: KeyRing) -> InstallDetail:
         last_used_at=install.last_used_at,
         scope=install.scope,
         timezone=install.timezone,
-        user=user,
-        billing_address=billing,
+        user=profile.user,
+        billing_address=profile.billing,
+        secret_readable=profile.readable,
         revoked_at=install.revoked_at,
         token_fingerprint=install.token_fingerprint,
     )
@@ -140,10 +141,11 @@ async def register_api_key(
         store_domain=domain,
         auth_method="api_key",
     )
-    # Commit before dropping the cached copy, so no request can re-cache the old key.
+    install = await stores.require(session, body.store_id)
+    # Committed before the cached copy is dropped, so no request re-caches the old key.
     await session.commit()
     request.app.state.store_cache.invalidate(body.store_id)
-    return detail_of(await stores.require(session, body.store_id), keyring)
+    return detail_of(install, keyring)
 
 
 @router.get("", summary="List installs, newest first", responses=ERRORS)

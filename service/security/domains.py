@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+import idna
+
 from service.errors import InvalidStoreDomain
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -39,8 +41,12 @@ def normalize_store_domain(raw: str) -> str:
         )
     text = text.rstrip(".") if text.endswith(".") and not text.endswith("..") else text
     try:
-        ascii_host = text.encode("idna").decode("ascii").lower()
-    except UnicodeError:
+        # IDNA 2008 with UTS #46 non-transitional mapping, as browsers and registries
+        # resolve names today. Python's "idna" codec is IDNA 2003: it folds "straße" into
+        # "strasse" and drops zero-width joiners, turning a look-alike into someone else's
+        # real domain (where the store's token would then be sent).
+        ascii_host = idna.encode(text, uts46=True, transitional=False).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
         raise InvalidStoreDomain("store_domain is not a valid international host name") from None
     if len(ascii_host) > 253:
         raise InvalidStoreDomain("store_domain is longer than 253 characters")

@@ -103,9 +103,11 @@ def test_rotate_moves_every_install_to_the_primary_key_and_check_says_which_keys
         assert after[sid].key_id == "k2" and sealed_kids(after[sid]) == {"k2"}, sid
         creds = stores.open_credentials(new_only, after[sid], "client")
         assert creds.headers["X_SECRET_KEY"] == f"tok-{sid}"
-        assert stores.open_profile(new_only, after[sid]) == (USER, BILLING)
+        profile = stores.open_profile(new_only, after[sid])
+        assert (profile.user, profile.billing, profile.readable) == (USER, BILLING, True)
     assert after["S900"].key_id == "k2" and after["S900"].secret_sealed is None
-    assert stores.open_profile(new_only, after["S900"]) == (USER, BILLING)
+    profile = stores.open_profile(new_only, after["S900"])
+    assert (profile.user, profile.billing, profile.readable) == (USER, BILLING, True)
     assert after["S901"].key_id is None and sealed_kids(after["S901"]) == set()
 
     unused = run_cli(db, both, "keys", "check")
