@@ -1,8 +1,9 @@
-"""A fast fake Neto store API for the benchmark: a bare asyncio HTTP/1.1 server that
-answers every POST with a small GetItem response, optionally after a delay.
+"""A fast fake Neto store API for the benchmark: a bare ASGI app on uvicorn with the same
+server settings as the broker and the ceiling (uvloop, httptools), answering every POST
+with a small GetItem response, optionally after a delay.
 
-It parses just enough HTTP (request line, headers, Content-Length body) to keep
-connections alive, so it costs the benchmark as little CPU as possible.
+The direct-to-upstream figure is what a caller gets talking to such a server itself; the
+broker's /invoke is measured against it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import asyncio
 import json
 from typing import Any
 
+import uvicorn
+
 BODY = json.dumps(
     {
         "Item": [{"ID": "1", "SKU": "SKU-1", "Name": "Benchmark item", "Price": "10.00"}],
@@ -19,53 +22,23 @@ BODY = json.dumps(
         "Ack": "Success",
     }
 ).encode()
-RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-    + str(len(BODY)).encode()
-    + b"\r\n\r\n"
-    + BODY
-)
+HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
 
 
-class Upstream(asyncio.Protocol):
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self.buffer = b""
-        self.transport: Any = None
+def make_app(delay: float) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:  # drain the request body
+            message = await receive()
+            more = message.get("more_body", False)
+        if delay:
+            await asyncio.sleep(delay)
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        await send({"type": "http.response.body", "body": BODY})
 
-    def connection_made(self, transport: Any) -> None:  # uvloop's is not an asyncio.Transport
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while True:
-            head_end = self.buffer.find(b"\r\n\r\n")
-            if head_end < 0:
-                return
-            length = 0
-            for line in self.buffer[:head_end].split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value.strip())
-            end = head_end + 4 + length
-            if len(self.buffer) < end:
-                return
-            self.buffer = self.buffer[end:]
-            if self.delay:
-                asyncio.get_running_loop().call_later(self.delay, self._reply)
-            else:
-                self._reply()
-
-    def _reply(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(RESPONSE)
-
-
-async def serve(host: str, port: int, delay: float) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Upstream(delay), host, port, backlog=4096)
-    async with server:
-        await server.serve_forever()
+    return app
 
 
 def main() -> None:
@@ -74,13 +47,17 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay", type=float, default=0.0)
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(serve(args.host, args.port, args.delay))
+    uvicorn.run(
+        make_app(args.delay),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        backlog=4096,
+    )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from service.models import AuditEvent
 
 log = logging.getLogger("broker.audit")
 MAX_BATCH = 500
+LINGER_SECONDS = 0.002
 
 
 def record(
@@ -96,6 +97,9 @@ class AuditWriter:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            # Linger a moment so concurrent requests share the transaction: a commit costs
+            # far more than a row, and small batches would make every bundle pay for one.
+            await asyncio.sleep(LINGER_SECONDS)
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
@@ -119,13 +123,15 @@ class AuditWriter:
         used: dict[str, datetime] = {r["store_id"]: r["at"] for r, _ in batch if r["store_id"]}
 
         async def work(session: AsyncSession) -> set[str]:
+            # Core statements on the session's connection: the ORM execution path costs
+            # more than the writes themselves on this, the busiest transaction.
+            conn = await session.connection()
             live: set[str] = set()
             if used:
-                live = await stores.touch_last_used(session, sorted(used), max(used.values()))
+                live = await stores.touch_last_used(conn, sorted(used), max(used.values()))
             rows = [row for row, guarded in batch if not guarded or row["store_id"] in live]
             if rows:
-                # Core insert on the table: the ORM bulk path costs more than the write.
-                await session.execute(insert(AuditEvent.__table__), rows)  # type: ignore[attr-defined]
+                await conn.execute(insert(AuditEvent.__table__), rows)  # type: ignore[attr-defined]
             return live
 
         return await run_transaction(self._sessionmaker, work)

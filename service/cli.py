@@ -90,8 +90,9 @@ def _run_uvicorn(host: str, port: int, workers: int) -> None:
         workers=workers,
         log_config=None,
         access_log=False,
-        proxy_headers=True,
-        forwarded_allow_ips="*",
+        # The broker never uses the client's address (callers are identified by their
+        # token), so X-Forwarded-* parsing would be work on every request for nothing.
+        proxy_headers=False,
         server_header=False,
         timeout_graceful_shutdown=30,
         loop="uvloop" if sys.platform != "win32" else "asyncio",

@@ -34,7 +34,7 @@ from service.neto.upstream import UpstreamClient
 from service.responses import error_response
 from service.security.callers import TokenVerifier
 from service.security.crypto import KeyRing
-from service.security.egress import ApiUrlBuilder, create_http_client
+from service.security.egress import ApiUrlBuilder, create_http_client, create_session
 from service.store_cache import StoreCache
 
 log = logging.getLogger("broker")
@@ -59,8 +59,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     sessionmaker = create_sessionmaker(engine)
     app.state.engine = engine
     app.state.sessionmaker = sessionmaker
-    app.state.http = create_http_client(settings)
-    app.state.upstream = UpstreamClient(app.state.http, app.state.api_urls, settings)
+    session = create_session(settings)
+    app.state.http = create_http_client(session, settings)
+    app.state.upstream = UpstreamClient(session, app.state.api_urls, settings)
     app.state.store_cache = StoreCache(
         sessionmaker,
         app.state.keyring,
@@ -150,6 +151,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # No 307 to the slash-less path: its Location is built from the Host header (an
         # open redirect) and it is not the envelope. A trailing slash is a plain 404.
         redirect_slashes=False,
+        # The broker exports Prometheus metrics itself; FastAPI's native OpenTelemetry
+        # hook would otherwise look up the global providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     # Parsed once here: a bad key fails start-up, and no request parses a key.
@@ -159,7 +163,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(JsonBodyMiddleware, max_bytes=settings.max_json_bytes)
     app.add_middleware(RequestContextMiddleware)
-    for module in (health, oauth, installs, verify, credentials, invoke, audit_api, docs):
+    # The hot routes first: a request is matched against the routes in this order.
+    for module in (credentials, invoke, health, oauth, installs, verify, audit_api, docs):
         app.include_router(module.router)
     openapi.install(app)
     return app

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlmodel import col
 
 from service.db import utcnow
@@ -237,18 +237,18 @@ async def changed_since(session: AsyncSession, since: datetime) -> list[str]:
     return list(result.scalars())
 
 
-async def touch_last_used(session: AsyncSession, store_ids: list[str], at: datetime) -> set[str]:
+async def touch_last_used(conn: AsyncConnection, store_ids: list[str], at: datetime) -> set[str]:
     """Stamp the stores' last use; returns those not revoked. The row write waits for a
     concurrent revoke of the same row, so the answer is the committed truth."""
-    result = await session.execute(
-        update(Install)
+    table = Install.__table__  # Core, not the ORM's bulk-update path: this is per batch
+    result = await conn.execute(
+        update(table)  # type: ignore[arg-type]
         .where(
-            Install.store_id.in_(store_ids),  # type: ignore[attr-defined]
-            Install.status != InstallStatus.revoked.value,  # type: ignore[arg-type]
+            table.c.store_id.in_(store_ids),  # type: ignore[attr-defined]
+            table.c.status != InstallStatus.revoked.value,  # type: ignore[attr-defined]
         )
         .values(last_used_at=at)
-        .returning(col(Install.store_id))
-        .execution_options(synchronize_session=False)
+        .returning(table.c.store_id)  # type: ignore[attr-defined]
     )
     return set(result.scalars())
 

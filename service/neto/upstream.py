@@ -1,7 +1,9 @@
 """The client for a store's Neto API: one POST per call, with the broker's limits.
 
-Built once per app on the shared egress client (httpx's API over aiohttp's transport,
-chosen by measurement; see `bench/transport_probe.py`). What it guarantees:
+Built once per app on the shared aiohttp session (`security/egress.py`: egress rules at
+connect time, no cookies, no proxies). It calls aiohttp directly: httpx's client layer on
+top measured more CPU per request than the whole aiohttp request (docs/performance.md).
+What it guarantees:
 
 * The request carries only `NETOAPI_ACTION`, `Content-Type`/`Accept: application/json`,
   `Accept-Encoding: identity` (so the size cap measures the real body and callers get
@@ -24,12 +26,13 @@ chosen by measurement; see `bench/transport_probe.py`). What it guarantees:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from dataclasses import dataclass
 
 import aiohttp
-import httpx
+import yarl
 
 from service import metrics
 from service.config import Settings
@@ -46,6 +49,7 @@ from service.stores import StoreCredentials
 log = logging.getLogger("broker.upstream")
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
+READ_CHUNK = 64 * 1024
 BACKOFF_BASE_SECONDS = 0.1
 BACKOFF_CAP_SECONDS = 2.0
 
@@ -63,7 +67,7 @@ class _TooLarge(Exception):
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
-    """The exception and what it wraps: httpx-aiohttp re-raises aiohttp's errors `from`."""
+    """The exception and what it wraps (a connector error carries the OS error)."""
     chain: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and len(chain) < 8:
@@ -74,13 +78,16 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return chain
 
 
+@functools.lru_cache(maxsize=65536)
+def _yarl_url(url: str) -> yarl.URL:
+    """Parsed once per store: the URL is built from validated parts already."""
+    return yarl.URL(url, encoded=True)
+
+
 def nothing_sent(exc: BaseException) -> bool:
     """True only when the connection was never opened, so no byte of the request left.
-
-    httpx-aiohttp maps most aiohttp connection errors to one httpx class, so the original
-    aiohttp error decides. A dropped pooled connection or a reset mid-request is not
-    known to be unsent and counts as sent.
-    """
+    A dropped pooled connection or a reset mid-request is not known to be unsent and
+    counts as sent."""
     return any(
         isinstance(e, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
         for e in _causes(exc)
@@ -93,10 +100,14 @@ def egress_refused(exc: BaseException) -> bool:
 
 class UpstreamClient:
     def __init__(
-        self, http: httpx.AsyncClient, api_urls: ApiUrlBuilder, settings: Settings
+        self, session: aiohttp.ClientSession, api_urls: ApiUrlBuilder, settings: Settings
     ) -> None:
-        self._http = http
+        self._session = session
         self._api_urls = api_urls
+        # The deadline is enforced around the whole call; aiohttp only bounds the connect.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.upstream_connect_timeout_seconds
+        )
         self._deadline = settings.upstream_deadline_seconds
         self._max_retries = settings.upstream_max_retries
         self._max_response = settings.max_response_bytes
@@ -141,7 +152,7 @@ class UpstreamClient:
         }
         if request_id:
             headers["X-Request-ID"] = request_id
-        url = self._api_urls.build(creds.store_domain)
+        url = _yarl_url(self._api_urls.url_for(creds.store_domain))
         retry_reads = not is_write(action)
         deadline = asyncio.get_running_loop().time() + self._deadline
         last: UpstreamResponse | None = None
@@ -152,7 +163,7 @@ class UpstreamClient:
                     attempt += 1
                     try:
                         last = await self._attempt(url, headers, body, attempt)
-                    except (httpx.TransportError, aiohttp.ClientError) as exc:
+                    except (aiohttp.ClientError, OSError) as exc:
                         last = None
                         unsent = nothing_sent(exc)
                         self._connection_failed(exc, creds, action, unsent)
@@ -176,26 +187,24 @@ class UpstreamClient:
         raise UpstreamUnreachable()
 
     async def _attempt(
-        self, url: httpx.URL, headers: dict[str, str], body: bytes, attempt: int
+        self, url: yarl.URL, headers: dict[str, str], body: bytes, attempt: int
     ) -> UpstreamResponse:
-        request = self._http.build_request("POST", url, headers=headers, content=body)
-        response = await self._http.send(request, stream=True)
-        try:
-            length = response.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > self._max_response:
+        async with self._session.post(
+            url, data=body, headers=headers, allow_redirects=False, timeout=self._timeout
+        ) as response:
+            length = response.content_length
+            if length is not None and length > self._max_response:
                 raise _TooLarge()
             chunks: list[bytes] = []
             size = 0
-            async for chunk in response.aiter_raw():
+            async for chunk in response.content.iter_chunked(READ_CHUNK):
                 size += len(chunk)
                 if size > self._max_response:
                     raise _TooLarge()
                 chunks.append(chunk)
-        finally:
-            await response.aclose()
-        return UpstreamResponse(
-            response.status_code, b"".join(chunks), response.headers.get("content-type"), attempt
-        )
+            return UpstreamResponse(
+                response.status, b"".join(chunks), response.headers.get("Content-Type"), attempt
+            )
 
     def _connection_failed(
         self, exc: BaseException, creds: StoreCredentials, action: str, unsent: bool

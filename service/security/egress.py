@@ -79,12 +79,9 @@ def socket_factory(allow_private: bool) -> Callable[[Any], socket.socket]:
     return factory
 
 
-def create_http_client(settings: Settings) -> httpx.AsyncClient:
-    """The one shared upstream client. Call inside the running event loop (lifespan).
-
-    httpx's API on aiohttp's transport: measured several times faster than httpx's own
-    transport for a passthrough under concurrency (see docs/performance.md).
-    """
+def create_session(settings: Settings) -> aiohttp.ClientSession:
+    """The one shared aiohttp session every upstream call rides on. Call inside the
+    running event loop (lifespan)."""
     connector = aiohttp.TCPConnector(
         limit=0,  # per-store limits are enforced by the broker itself
         limit_per_host=0,
@@ -93,7 +90,7 @@ def create_http_client(settings: Settings) -> httpx.AsyncClient:
         enable_cleanup_closed=True,
         socket_factory=socket_factory(settings.egress_allow_private),
     )
-    session = aiohttp.ClientSession(
+    return aiohttp.ClientSession(
         connector=connector,
         trust_env=False,
         auto_decompress=False,
@@ -102,6 +99,15 @@ def create_http_client(settings: Settings) -> httpx.AsyncClient:
         # ride along on another store's or caller's request.
         cookie_jar=aiohttp.DummyCookieJar(),
     )
+
+
+def create_http_client(session: aiohttp.ClientSession, settings: Settings) -> httpx.AsyncClient:
+    """httpx's API over the shared aiohttp session, for the OAuth token exchange.
+
+    The /invoke passthrough calls the session directly: per request, httpx's client layer
+    (request and response models, cookie extraction, redirect and auth hooks) measured
+    more CPU than the whole aiohttp request (see docs/performance.md).
+    """
     transport = AiohttpTransport(client=session, trust_env=False)
     return httpx.AsyncClient(
         transport=transport,
