@@ -53,6 +53,13 @@ def observe_request(method: str, route: str, status: int, seconds: float) -> Non
     LATENCY.labels(method, route).observe(seconds)
 
 
+STORE_CACHE_ENTRIES = Gauge(
+    "broker_store_cache_entries",
+    "Opened store credentials held in memory (summed over workers)",
+    multiprocess_mode="livesum",
+)
+
+
 def set_installs(counts: dict[str, int]) -> None:
     for status, count in counts.items():
         INSTALLS.labels(status).set(count)

@@ -9,6 +9,7 @@ import secrets
 import time
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
@@ -55,6 +56,9 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:
+            # The caller hung up mid-request: nobody to answer, nothing went wrong here.
+            status = 499
         except Exception:
             log.exception("unhandled error", extra={"fields": {"request_id": request_id}})
             if not response_started:

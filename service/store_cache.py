@@ -19,12 +19,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service import stores
+from service import metrics, stores
 from service.db import utcnow
 from service.models import Install, InstallStatus
 from service.security.crypto import KeyRing
@@ -33,7 +33,7 @@ log = logging.getLogger("broker.store_cache")
 
 # Changes are re-read this far back on every poll: covers clock skew between replicas and
 # transactions that commit a while after they stamped updated_at.
-CHANGE_MARGIN = timedelta(seconds=30)
+CHANGE_MARGIN = timedelta(seconds=10)
 PRELOAD_BATCH = 1000
 
 
@@ -115,19 +115,23 @@ class StoreCache:
                 del self._entries[key]
         self._entries[creds.store_id] = creds
 
-    async def _refresh(self, since: object) -> None:
+    async def _refresh(self, since: datetime) -> None:
         async with self._sessionmaker() as session:
-            changed = await stores.changed_since(session, since)  # type: ignore[arg-type]
-        if changed:
-            self._epoch += 1
-        for store_id in changed:
-            self._entries.pop(store_id, None)
+            changed = await stores.changed_since(session, since)
+        # Every poll re-reads the whole look-back margin; a cached copy is dropped only if
+        # it predates the change, so a mass change (an import, a key rotation) empties
+        # the cache once rather than on every poll for the next few seconds.
+        for store_id, updated_at in changed:
+            entry = self._entries.get(store_id)
+            if entry is not None and entry.updated_at < updated_at:
+                del self._entries[store_id]
         self._trusted_until = time.monotonic() + 2 * self._poll
 
     async def _poll_loop(self) -> None:
         while True:
             await asyncio.sleep(self._poll)
             started = utcnow()
+            metrics.STORE_CACHE_ENTRIES.set(len(self._entries))
             try:
                 await self._refresh(started - CHANGE_MARGIN)
             except Exception as exc:  # the cache lapses on its own; requests read the DB

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -88,34 +89,57 @@ def reseal(keyring: KeyRing, store_id: str, column: str, sealed: str | None) -> 
     return keyring.seal(keyring.open(sealed, ctx), ctx)
 
 
+# Header names by auth method: (who, secret).
+_HEADER_NAMES = {
+    AuthMethod.oauth.value: ("X_ACCESS_KEY", "X_SECRET_KEY"),
+    AuthMethod.api_key.value: ("NETOAPI_USERNAME", "NETOAPI_KEY"),
+}
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class StoreCredentials:
-    """What a bundle or an invoke needs, opened. The repr names no secret."""
+    """What a bundle or an invoke needs, opened. The repr names no secret.
+
+    Kept lean (one is cached per store): the two header values, not a dict of headers,
+    and the row's updated_at so the change feed can tell a stale copy from a fresh one.
+    """
 
     store_id: str
     store_domain: str
     auth_method: str
     status: str
-    headers: dict[str, str]
+    updated_at: datetime
+    who: str | None  # the OAuth client id, or the API-key username
+    secret: str | None  # the access token or API key; None once revoked
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self.secret is None:
+            return {}
+        who, secret = _HEADER_NAMES[self.auth_method]
+        return {who: self.who or "", secret: self.secret}
 
     def __repr__(self) -> str:
         return f"StoreCredentials(store_id={self.store_id!r}, status={self.status!r})"
 
 
 def open_credentials(keyring: KeyRing, install: Install, client_id: str | None) -> StoreCredentials:
-    headers: dict[str, str] = {}
+    who = secret = None
     if install.secret_sealed is not None:
-        secret = _open_json(keyring, install.store_id, "secret_sealed", install.secret_sealed)
+        opened = _open_json(keyring, install.store_id, "secret_sealed", install.secret_sealed)
         if install.auth_method == AuthMethod.oauth:
-            headers = {"X_ACCESS_KEY": client_id or "", "X_SECRET_KEY": secret["access_token"]}
+            who, secret = client_id, opened["access_token"]
         else:
-            headers = {"NETOAPI_USERNAME": secret["username"], "NETOAPI_KEY": secret["api_key"]}
+            who, secret = opened["username"], opened["api_key"]
     return StoreCredentials(
         store_id=install.store_id,
         store_domain=install.store_domain,
-        auth_method=install.auth_method,
-        status=install.status,
-        headers=headers,
+        # Interned: a hundred thousand cached copies of "active" cost nothing.
+        auth_method=sys.intern(install.auth_method),
+        status=sys.intern(install.status),
+        updated_at=install.updated_at,
+        who=who,
+        secret=secret,
     )
 
 
@@ -229,12 +253,14 @@ async def revoke(session: AsyncSession, store_id: str) -> Install:
     return install
 
 
-async def changed_since(session: AsyncSession, since: datetime) -> list[str]:
-    """Store ids whose install changed at or after `since` (the caches' change feed)."""
+async def changed_since(session: AsyncSession, since: datetime) -> list[tuple[str, datetime]]:
+    """(store id, updated_at) of installs changed at or after `since`: the caches' change
+    feed. Core select of two columns: after a mass change this returns many rows."""
+    table = Install.__table__
     result = await session.execute(
-        select(Install.store_id).where(Install.updated_at >= since)  # type: ignore[arg-type,operator]
+        select(table.c.store_id, table.c.updated_at).where(table.c.updated_at >= since)  # type: ignore[attr-defined]
     )
-    return list(result.scalars())
+    return [(row[0], row[1]) for row in result]
 
 
 async def touch_last_used(conn: AsyncConnection, store_ids: list[str], at: datetime) -> set[str]:

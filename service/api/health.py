@@ -78,8 +78,9 @@ async def readyz(request: Request) -> Response:
 )
 async def metrics_text(session: SessionDep) -> Response:
     """Requests by route template and status with latency, upstream calls by action and
-    outcome, bundles issued, rate-limit pauses, and installs by status (read from the
-    database at scrape time). With `--workers N` any worker reports all workers' sums."""
+    outcome, bundles issued, rate-limit pauses, store-cache entries, and installs by status
+    (read from the database at scrape time). With `--workers N` any worker reports all
+    workers' sums."""
     try:
         async with asyncio.timeout(2):
             metrics.set_installs(await stores.count_by_status(session))

@@ -80,3 +80,31 @@ async def test_preload_warms_the_cache_with_active_installs(app_factory, setting
             break
         await asyncio.sleep(0.02)
     assert len(second.state.store_cache) == 25
+
+
+async def test_a_mass_change_empties_the_cache_once_not_on_every_poll(
+    app_factory, settings_factory, neto, auth
+):
+    app = await app_factory(settings_factory(store_cache_seconds=0.1))
+    async with app.state.sessionmaker() as session, session.begin():
+        await stores.insert_many(
+            session,
+            app.state.keyring,
+            [
+                {"store_id": f"M{n}", "store_domain": f"m{n}.example.com",
+                 "auth_method": "api_key", "secret": {"username": "u", "api_key": f"k{n}"}}
+                for n in range(20)
+            ],
+        )  # fmt: skip
+    await asyncio.sleep(0.3)  # the feed has reported the import
+    headers = auth("credentials:read", stores=["*"])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://broker.test"
+    ) as client:
+        for n in range(20):
+            assert (await client.get(f"/credentials/M{n}", headers=headers)).status_code == 200
+    cached = len(app.state.store_cache)
+    assert cached >= 18, cached  # a poll may have overlapped a read or two
+    # The rows stay inside the feed's 30 s look-back, but were already acted on.
+    await asyncio.sleep(0.6)
+    assert len(app.state.store_cache) >= cached
