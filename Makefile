@@ -34,8 +34,8 @@ test: install-test
 
 ## make lint: ruff and mypy
 lint: install-test
-	$(BIN)/ruff check service tests
-	$(BIN)/ruff format --check service tests
+	$(BIN)/ruff check service tests bench scripts alembic
+	$(BIN)/ruff format --check service tests bench scripts alembic
 	$(BIN)/mypy service
 
 ## make openapi: regenerate openapi/openapi.json from the code (no environment needed)

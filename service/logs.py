@@ -30,7 +30,7 @@ def configure(level: str = "INFO") -> None:
     """Route every logger (ours, uvicorn's, alembic's) through one JSON handler on stderr."""
     # No caller frame walk, thread or process lookups per record: none of them is logged,
     # and on the request path they cost more than formatting the line.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

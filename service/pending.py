@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from service.db import utcnow
 from service.errors import InvalidState, StateExpired
@@ -52,7 +53,9 @@ async def create(
     )
     session.add(pending)
     # Housekeeping on the write path keeps the table small without a scheduler.
-    await session.execute(delete(PendingInstall).where(PendingInstall.expires_at < now - RETENTION))
+    await session.execute(
+        delete(PendingInstall).where(col(PendingInstall.expires_at) < now - RETENTION)
+    )
     await session.flush()
     return state, pending
 
@@ -64,16 +67,16 @@ async def claim(session: AsyncSession, state: str, code: str) -> PendingInstall:
     result = await session.execute(
         update(PendingInstall)
         .where(
-            PendingInstall.state_hash == state_hash,
-            PendingInstall.consumed_at.is_(None),  # type: ignore[union-attr]
-            PendingInstall.expires_at > now,
+            col(PendingInstall.state_hash) == state_hash,
+            col(PendingInstall.consumed_at).is_(None),
+            col(PendingInstall.expires_at) > now,
             or_(
-                PendingInstall.claimed_at.is_(None),  # type: ignore[union-attr]
-                PendingInstall.claimed_at < now - CLAIM_LEASE,  # type: ignore[operator]
+                col(PendingInstall.claimed_at).is_(None),
+                col(PendingInstall.claimed_at) < now - CLAIM_LEASE,
             ),
             or_(
-                PendingInstall.claim_code_hash.is_(None),  # type: ignore[union-attr]
-                PendingInstall.claim_code_hash != code_hash,
+                col(PendingInstall.claim_code_hash).is_(None),
+                col(PendingInstall.claim_code_hash) != code_hash,
             ),
         )
         .values(claimed_at=now, claim_code_hash=code_hash)
@@ -82,7 +85,7 @@ async def claim(session: AsyncSession, state: str, code: str) -> PendingInstall:
     row = (
         await session.execute(
             select(PendingInstall)
-            .where(PendingInstall.state_hash == state_hash)
+            .where(col(PendingInstall.state_hash) == state_hash)
             .execution_options(populate_existing=True)
         )
     ).scalar_one_or_none()
@@ -104,7 +107,7 @@ async def release(session: AsyncSession, pending_id: int) -> None:
     """Nothing was stored: let the state be claimed again (with a new code)."""
     await session.execute(
         update(PendingInstall)
-        .where(PendingInstall.id == pending_id, PendingInstall.consumed_at.is_(None))  # type: ignore[union-attr]
+        .where(col(PendingInstall.id) == pending_id, col(PendingInstall.consumed_at).is_(None))
         .values(claimed_at=None)
         .execution_options(synchronize_session=False)
     )
@@ -113,7 +116,7 @@ async def release(session: AsyncSession, pending_id: int) -> None:
 async def consume(session: AsyncSession, pending_id: int, store_id: str, at: datetime) -> None:
     await session.execute(
         update(PendingInstall)
-        .where(PendingInstall.id == pending_id)
+        .where(col(PendingInstall.id) == pending_id)
         .values(consumed_at=at, store_id=store_id)
         .execution_options(synchronize_session=False)
     )

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
 
 from service import metrics, stores
 from service.db import utcnow
@@ -151,8 +152,8 @@ class StoreCache:
                             await session.execute(
                                 select(Install)
                                 .where(
-                                    Install.store_id > after,  # type: ignore[arg-type,operator]
-                                    Install.status == InstallStatus.active.value,  # type: ignore[arg-type]
+                                    col(Install.store_id) > after,
+                                    col(Install.status) == InstallStatus.active.value,
                                 )
                                 .order_by(Install.store_id)
                                 .limit(PRELOAD_BATCH)

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import Table, and_, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -27,6 +27,8 @@ from service.security.crypto import Context, KeyRing, SealError
 
 log = logging.getLogger("broker.stores")
 
+# The installs table for Core statements on the hot paths.
+INSTALLS: Table = Install.__table__  # type: ignore[attr-defined]
 SEALED_COLUMNS = ("secret_sealed", "user_sealed", "billing_sealed")
 # How stale an install's last-used time may be (it is for operators, not for access).
 
@@ -169,7 +171,7 @@ def open_profile(keyring: KeyRing, install: Install) -> Profile:
 async def get(session: AsyncSession, store_id: str) -> Install | None:
     result = await session.execute(
         select(Install)
-        .where(Install.store_id == store_id)  # type: ignore[arg-type]
+        .where(col(Install.store_id) == store_id)
         .execution_options(populate_existing=True)
     )
     return result.scalar_one_or_none()
@@ -217,7 +219,8 @@ async def upsert(
         "revoked_at": None,
         **sealed_values(keyring, store_id, secret=secret, user=user, billing=billing),
     }
-    dialect_insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    dialect = session.get_bind().dialect.name
+    dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
     stmt = dialect_insert(Install).values(**values)
     update_cols = {k: stmt.excluded[k] for k in values if k not in ("store_id", "installed_at")}
     await session.execute(stmt.on_conflict_do_update(index_elements=["store_id"], set_=update_cols))
@@ -229,9 +232,9 @@ async def set_status(session: AsyncSession, store_id: str, status: InstallStatus
     result = await session.execute(
         update(Install)
         .where(
-            Install.store_id == store_id,  # type: ignore[arg-type]
-            Install.status != InstallStatus.revoked.value,  # type: ignore[arg-type]
-            Install.status != status.value,  # type: ignore[arg-type]
+            col(Install.store_id) == store_id,
+            col(Install.status) != InstallStatus.revoked.value,
+            col(Install.status) != status.value,
         )
         .values(status=status.value, updated_at=utcnow())
         .execution_options(synchronize_session=False)
@@ -256,9 +259,9 @@ async def revoke(session: AsyncSession, store_id: str) -> Install:
 async def changed_since(session: AsyncSession, since: datetime) -> list[tuple[str, datetime]]:
     """(store id, updated_at) of installs changed at or after `since`: the caches' change
     feed. Core select of two columns: after a mass change this returns many rows."""
-    table = Install.__table__
+    table = INSTALLS
     result = await session.execute(
-        select(table.c.store_id, table.c.updated_at).where(table.c.updated_at >= since)  # type: ignore[attr-defined]
+        select(table.c.store_id, table.c.updated_at).where(table.c.updated_at >= since)
     )
     return [(row[0], row[1]) for row in result]
 
@@ -266,15 +269,15 @@ async def changed_since(session: AsyncSession, since: datetime) -> list[tuple[st
 async def touch_last_used(conn: AsyncConnection, store_ids: list[str], at: datetime) -> set[str]:
     """Stamp the stores' last use; returns those not revoked. The row write waits for a
     concurrent revoke of the same row, so the answer is the committed truth."""
-    table = Install.__table__  # Core, not the ORM's bulk-update path: this is per batch
+    table = INSTALLS  # Core, not the ORM's bulk-update path: this runs per batch
     result = await conn.execute(
-        update(table)  # type: ignore[arg-type]
+        update(table)
         .where(
-            table.c.store_id.in_(store_ids),  # type: ignore[attr-defined]
-            table.c.status != InstallStatus.revoked.value,  # type: ignore[attr-defined]
+            table.c.store_id.in_(store_ids),
+            table.c.status != InstallStatus.revoked.value,
         )
         .values(last_used_at=at)
-        .returning(table.c.store_id)  # type: ignore[attr-defined]
+        .returning(table.c.store_id)
     )
     return set(result.scalars())
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 from fastapi import Depends, Request, Security
@@ -70,7 +70,7 @@ def authenticate(request: Request, scope: str) -> Caller:
 
 
 # The OpenAPI security requirement of routes that call `authenticate` themselves.
-BEARER_SECURITY = {"security": [{"CallerJWT": []}]}
+BEARER_SECURITY: dict[str, Any] = {"security": [{"CallerJWT": []}]}
 
 
 def require_scope(scope: str) -> Callable[..., Awaitable[Caller]]:
