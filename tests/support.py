@@ -107,3 +107,28 @@ async def audit_rows(app: Any) -> list[dict[str, Any]]:
         if isinstance(row["details"], str):
             row["details"] = json.loads(row["details"])
     return rows
+
+
+async def register_api_key_store(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    store_id: str,
+    domain: str | None = None,
+    *,
+    username: str = "api-user",
+    api_key: str = "api-key-" + "k" * 24,
+) -> dict[str, Any]:
+    """Register an API-key store through the API (`headers`: an installs:admin token)."""
+    response = await client.post(
+        "/installs/api-key",
+        json={
+            "store_id": store_id,
+            "store_domain": domain or f"{store_id.lower()}.example.com",
+            "username": username,
+            "api_key": api_key,
+        },
+        headers=headers,
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body

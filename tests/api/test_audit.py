@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from tests.support import install_store
+from tests.support import install_store, register_api_key_store
 
 READ = "installs:read"
 
 
 async def register(client, auth, store_id, sub="ops-bob"):
-    response = await client.post(
-        "/installs/api-key",
-        json={"store_id": store_id, "store_domain": f"{store_id.lower()}.example.com",
-              "username": "api-user", "api_key": "audit-test-key-" + "a" * 16},
-        headers=auth("installs:admin", sub=sub),
-    )  # fmt: skip
-    assert response.status_code == 201, response.text
+    await register_api_key_store(
+        client, auth("installs:admin", sub=sub), store_id, api_key="audit-test-key-" + "a" * 16
+    )
 
 
 async def events(client, auth, **params):

@@ -10,24 +10,13 @@ from sqlalchemy import select
 
 from service import stores
 from service.models import AuditEvent, AuthMethod
-from tests.support import install_store
+from tests.support import install_store, register_api_key_store
 
 ADMIN = "installs:admin"
 
 
 async def register(client, auth, store_id, domain=None, api_key="key-" + "k" * 20):
-    response = await client.post(
-        "/installs/api-key",
-        json={
-            "store_id": store_id,
-            "store_domain": domain or f"{store_id.lower()}.example.com",
-            "username": "api-user",
-            "api_key": api_key,
-        },
-        headers=auth(ADMIN),
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
+    return await register_api_key_store(client, auth(ADMIN), store_id, domain, api_key=api_key)
 
 
 async def seed_at(app, store_id, at, domain=None):

@@ -15,7 +15,7 @@ from service import metrics
 from service.models import AuditEvent
 from tests.conftest import CLIENT_ID
 from tests.fakes import neto as fake
-from tests.support import install_store
+from tests.support import install_store, register_api_key_store
 
 STORE = "N1001"
 DOMAIN = "shop.example.com"
@@ -86,13 +86,9 @@ async def test_forwards_action_auth_headers_and_body_byte_for_byte(client, neto,
 
 async def test_api_key_store_is_called_with_its_key(client, neto, auth):
     neto.add_api_key_store("keyshop.example.com", "api-user", "k" * 40)
-    r = await client.post(
-        "/installs/api-key",
-        json={"store_id": "K77", "store_domain": "keyshop.example.com",
-              "username": "api-user", "api_key": "k" * 40},
-        headers=auth("installs:admin"),
-    )  # fmt: skip
-    assert r.status_code == 201, r.text
+    await register_api_key_store(
+        client, auth("installs:admin"), "K77", "keyshop.example.com", api_key="k" * 40
+    )
     r = await client.post("/invoke/K77/GetWarehouse", json={}, headers=invoker(auth, ["K77"]))
     assert r.status_code == 200, r.text
     [seen] = neto.api_requests
@@ -422,13 +418,9 @@ async def test_loopback_store_is_refused_at_connect_time(app_factory, settings_f
     app = await app_factory(settings_factory(egress_allow_private=False))
     async with await client_for(app) as client:
         neto.add_api_key_store("keyshop.example.com", "api-user", "k" * 40)
-        r = await client.post(
-            "/installs/api-key",
-            json={"store_id": "K77", "store_domain": "keyshop.example.com",
-                  "username": "api-user", "api_key": "k" * 40},
-            headers=auth("installs:admin"),
-        )  # fmt: skip
-        assert r.status_code == 201, r.text
+        await register_api_key_store(
+            client, auth("installs:admin"), "K77", "keyshop.example.com", api_key="k" * 40
+        )
         r = await client.post("/invoke/K77/GetItem", json={}, headers=invoker(auth, ["K77"]))
     assert_error(r, 502, "upstream_unreachable")
     assert "not one the broker may connect to" in r.json()["detail"]

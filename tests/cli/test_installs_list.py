@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from service.cli import app
 from tests.conftest import ENC_KEY, HS_KID, HS_SECRET
+from tests.support import register_api_key_store
 
 COMMANDS = [
     [], ["serve"], ["migrate"], ["token"], ["token", "mint"], ["keys"], ["keys", "generate"],
@@ -36,13 +37,10 @@ async def run_cli(database_url: str, *args: str):
 
 
 async def register(client, auth, store_id, domain):
-    response = await client.post(
-        "/installs/api-key",
-        json={"store_id": store_id, "store_domain": domain, "username": "u",
-              "api_key": "cli-secret-key-" + "z" * 12},
-        headers=auth("installs:admin"),
+    await register_api_key_store(
+        client, auth("installs:admin"), store_id, domain, username="u",
+        api_key="cli-secret-key-" + "z" * 12,
     )  # fmt: skip
-    assert response.status_code == 201, response.text
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "broker")
