@@ -19,6 +19,8 @@ chosen by measurement; see `bench/transport_probe.py`). What it guarantees:
   Neto may have applied it.
 * Redirects are never followed: a 3xx becomes 502 `upstream_unreachable`, naming it.
 * An upstream 429 pauses the store (see `limits.py`) and answers 429 `rate_limited`.
+* With a `fence`, the store's credentials are re-checked right before every attempt (after
+  any wait for a slot or a backoff), so a store revoked meanwhile is not called again.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -48,6 +51,10 @@ log = logging.getLogger("broker.upstream")
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 BACKOFF_BASE_SECONDS = 0.1
 BACKOFF_CAP_SECONDS = 2.0
+
+
+# Returns the store's credentials as they are now, or raises why it may not be called.
+Fence = Callable[[], Awaitable[StoreCredentials]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +114,13 @@ class UpstreamClient:
         )
 
     async def call(
-        self, creds: StoreCredentials, action: str, body: bytes, *, request_id: str | None
+        self,
+        creds: StoreCredentials,
+        action: str,
+        body: bytes,
+        *,
+        request_id: str | None,
+        fence: Fence | None = None,
     ) -> UpstreamResponse:
         """Send one action to the store's API under its limits; Neto's answer, or a
         BrokerError saying why there is none."""
@@ -116,7 +129,7 @@ class UpstreamClient:
         async with self.limits.slot(store_id):
             # A pause may have begun while this call waited for its slot.
             self.limits.check_paused(store_id)
-            response = await self._exchange(creds, action, body, request_id)
+            response = await self._exchange(creds, action, body, request_id, fence)
         if response.status == 429:
             pause = self.limits.pause(store_id)
             fields = {"store_id": store_id, "pause_seconds": pause}
@@ -130,17 +143,14 @@ class UpstreamClient:
         return response
 
     async def _exchange(
-        self, creds: StoreCredentials, action: str, body: bytes, request_id: str | None
+        self,
+        creds: StoreCredentials,
+        action: str,
+        body: bytes,
+        request_id: str | None,
+        fence: Fence | None,
     ) -> UpstreamResponse:
-        headers = {
-            "NETOAPI_ACTION": action,
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "Accept-Encoding": "identity",
-            **creds.headers,
-        }
-        if request_id:
-            headers["X-Request-ID"] = request_id
+        headers = self._headers(creds, action, request_id)
         url = self._api_urls.build(creds.store_domain)
         retry_reads = not is_write(action)
         deadline = asyncio.get_running_loop().time() + self._deadline
@@ -150,6 +160,12 @@ class UpstreamClient:
             async with asyncio.timeout_at(deadline):
                 while True:
                     attempt += 1
+                    if fence is not None:
+                        current = await fence()  # raises if the store was revoked
+                        if current is not creds:  # reinstalled or rotated meanwhile
+                            creds = current
+                            headers = self._headers(creds, action, request_id)
+                            url = self._api_urls.build(creds.store_domain)
                     try:
                         last = await self._attempt(url, headers, body, attempt)
                     except (httpx.TransportError, aiohttp.ClientError) as exc:
@@ -174,6 +190,19 @@ class UpstreamClient:
         if last is not None:  # a read that kept failing with 5xx: Neto's last answer
             return last
         raise UpstreamUnreachable()
+
+    @staticmethod
+    def _headers(creds: StoreCredentials, action: str, request_id: str | None) -> dict[str, str]:
+        headers = {
+            "NETOAPI_ACTION": action,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "Accept-Encoding": "identity",
+            **creds.headers,
+        }
+        if request_id:
+            headers["X-Request-ID"] = request_id
+        return headers
 
     async def _attempt(
         self, url: httpx.URL, headers: dict[str, str], body: bytes, attempt: int
