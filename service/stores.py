@@ -200,14 +200,31 @@ async def upsert(
     return existed
 
 
-async def set_status(session: AsyncSession, store_id: str, status: InstallStatus) -> bool:
-    """Change a live install's status; True if it changed (a revoked install stays so)."""
+def credentials_fingerprint(creds: StoreCredentials) -> str | None:
+    """The fingerprint of the token or API key these credentials carry."""
+    secret = creds.headers.get("X_SECRET_KEY") or creds.headers.get("NETOAPI_KEY")
+    return fingerprint(secret) if secret else None
+
+
+async def set_status(
+    session: AsyncSession,
+    store_id: str,
+    status: InstallStatus,
+    *,
+    token_fingerprint: str | None = None,
+) -> bool:
+    """Change a live install's status; True if it changed (a revoked install stays so).
+
+    With `token_fingerprint`, only while the install still holds that token: what Neto
+    said about a token says nothing about the one a reinstall has put in its place."""
+    guard = [] if token_fingerprint is None else [Install.token_fingerprint == token_fingerprint]
     result = await session.execute(
         update(Install)
         .where(
             Install.store_id == store_id,  # type: ignore[arg-type]
             Install.status != InstallStatus.revoked.value,  # type: ignore[arg-type]
             Install.status != status.value,  # type: ignore[arg-type]
+            *guard,
         )
         .values(status=status.value, updated_at=utcnow())
         .execution_options(synchronize_session=False)

@@ -24,7 +24,7 @@ from service.schemas import ErrorBody
 from service.security.callers import Caller
 from service.store_cache import StoreCache
 from service.store_status import mark_reauth_required
-from service.stores import StoreCredentials
+from service.stores import StoreCredentials, credentials_fingerprint
 
 router = APIRouter(tags=["invoke"])
 
@@ -166,7 +166,7 @@ async def invoke(
     if answer.status in (401, 403):
         await mark_reauth_required(
             request.app.state, store_id, actor=caller.sub, request_id=rid, action=action,
-            upstream_status=answer.status,
+            upstream_status=answer.status, token_fingerprint=credentials_fingerprint(creds),
         )  # fmt: skip
         raise UpstreamUnauthorized()
     headers = {"content-type": answer.content_type} if answer.content_type else None
