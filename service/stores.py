@@ -102,6 +102,10 @@ class StoreCredentials:
         return f"StoreCredentials(store_id={self.store_id!r}, status={self.status!r})"
 
 
+def _header_safe(value: str) -> bool:
+    return all(" " <= ch <= "~" for ch in value)  # printable ASCII, as registration requires
+
+
 def open_credentials(keyring: KeyRing, install: Install, client_id: str | None) -> StoreCredentials:
     headers: dict[str, str] = {}
     if install.secret_sealed is not None:
@@ -110,6 +114,15 @@ def open_credentials(keyring: KeyRing, install: Install, client_id: str | None) 
             headers = {"X_ACCESS_KEY": client_id or "", "X_SECRET_KEY": secret["access_token"]}
         else:
             headers = {"NETOAPI_USERNAME": secret["username"], "NETOAPI_KEY": secret["api_key"]}
+        if not all(_header_safe(value) for value in headers.values()):
+            # Registration refuses such values; one in the database was put there around
+            # the broker. Used, it would split a header upstream or in a caller's bundle.
+            log.error(
+                "a sealed secret opens to a value that is not a safe header (control or "
+                "non-ASCII characters): refusing to use it",
+                extra={"fields": {"store_id": install.store_id, "column": "secret_sealed"}},
+            )
+            raise StoreSecretUnreadable()
     return StoreCredentials(
         store_id=install.store_id,
         store_domain=install.store_domain,
