@@ -230,7 +230,9 @@ async def set_status(
 
     With `token_fingerprint`, only while the install still holds that token: what Neto
     said about a token says nothing about the one a reinstall has put in its place."""
-    guard = [] if token_fingerprint is None else [Install.token_fingerprint == token_fingerprint]
+    guard = (
+        [] if token_fingerprint is None else [col(Install.token_fingerprint) == token_fingerprint]
+    )
     result = await session.execute(
         update(Install)
         .where(
