@@ -59,6 +59,10 @@ class StoreCache:
         # cached: it may have seen the row before a revoke committed, and caching it would
         # hand out the revoked token after the revoke has answered.
         self._epoch = 0
+        # Per store, how often this replica saw it change (plus every clear): an invoke
+        # that read the store checks it before each attempt upstream (`version`).
+        self._changes: dict[str, int] = {}
+        self._clears = 0
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -95,12 +99,20 @@ class StoreCache:
             self._put(creds)
         return creds
 
+    def version(self, store_id: str) -> int:
+        """Grows whenever this replica learns the store changed (a revoke or reinstall
+        here, or the change feed): a caller holding credentials read at an older version
+        must read them again before using them."""
+        return self._clears + self._changes.get(store_id, 0)
+
     def invalidate(self, store_id: str) -> None:
         self._epoch += 1
         self._entries.pop(store_id, None)
+        self._changes[store_id] = self._changes.get(store_id, 0) + 1
 
     def clear(self) -> None:
         self._epoch += 1
+        self._clears += 1
         self._entries.clear()
 
     def __len__(self) -> int:
@@ -121,11 +133,18 @@ class StoreCache:
             changed = await stores.changed_since(session, since)
         # Every poll re-reads the whole look-back margin; a cached copy is dropped only if
         # it predates the change, so a mass change (an import, a key rotation) empties
-        # the cache once rather than on every poll for the next few seconds.
+        # the cache once rather than on every poll for the next few seconds. In-flight
+        # invokes see the store's version move and re-read it before they send.
+        moved = False
         for store_id, updated_at in changed:
             entry = self._entries.get(store_id)
-            if entry is not None and entry.updated_at < updated_at:
-                del self._entries[store_id]
+            if entry is not None and entry.updated_at >= updated_at:
+                continue  # this copy was read after the change
+            self._entries.pop(store_id, None)
+            self._changes[store_id] = self._changes.get(store_id, 0) + 1
+            moved = True
+        if moved:
+            self._epoch += 1
         self._trusted_until = time.monotonic() + 2 * self._poll
 
     async def _poll_loop(self) -> None:

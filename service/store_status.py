@@ -20,12 +20,17 @@ async def mark_reauth_required(
     request_id: str | None,
     action: str,
     upstream_status: int,
+    token_fingerprint: str | None = None,
 ) -> bool:
     """Neto answered 401/403: flag the store for operators, in its own transaction (the
-    caller's request gets an error either way). Audited once, when the status changes."""
+    caller's request gets an error either way). Audited once, when the status changes.
+    `token_fingerprint` names the refused token: a store reinstalled since (another
+    token) is left active."""
 
     async def work(session: AsyncSession) -> bool:
-        changed = await stores.set_status(session, store_id, InstallStatus.reauth_required)
+        changed = await stores.set_status(
+            session, store_id, InstallStatus.reauth_required, token_fingerprint=token_fingerprint
+        )
         if changed:
             audit.record(
                 session, "install.reauth_required", actor=actor, store_id=store_id,

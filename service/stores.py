@@ -125,6 +125,10 @@ class StoreCredentials:
         return f"StoreCredentials(store_id={self.store_id!r}, status={self.status!r})"
 
 
+def _header_safe(value: str) -> bool:
+    return all(" " <= ch <= "~" for ch in value)  # printable ASCII, as registration requires
+
+
 def open_credentials(keyring: KeyRing, install: Install, client_id: str | None) -> StoreCredentials:
     who = secret = None
     if install.secret_sealed is not None:
@@ -133,6 +137,15 @@ def open_credentials(keyring: KeyRing, install: Install, client_id: str | None) 
             who, secret = client_id, opened["access_token"]
         else:
             who, secret = opened["username"], opened["api_key"]
+        if not all(_header_safe(value) for value in (who, secret) if value is not None):
+            # Registration refuses such values; one in the database was put there around
+            # the broker. Used, it would split a header upstream or in a caller's bundle.
+            log.error(
+                "a sealed secret opens to a value that is not a safe header (control or "
+                "non-ASCII characters): refusing to use it",
+                extra={"fields": {"store_id": install.store_id, "column": "secret_sealed"}},
+            )
+            raise StoreSecretUnreadable()
     return StoreCredentials(
         store_id=install.store_id,
         store_domain=install.store_domain,
@@ -227,14 +240,32 @@ async def upsert(
     return existed
 
 
-async def set_status(session: AsyncSession, store_id: str, status: InstallStatus) -> bool:
-    """Change a live install's status; True if it changed (a revoked install stays so)."""
+def credentials_fingerprint(creds: StoreCredentials) -> str | None:
+    """The fingerprint of the token or API key these credentials carry."""
+    return fingerprint(creds.secret) if creds.secret else None
+
+
+async def set_status(
+    session: AsyncSession,
+    store_id: str,
+    status: InstallStatus,
+    *,
+    token_fingerprint: str | None = None,
+) -> bool:
+    """Change a live install's status; True if it changed (a revoked install stays so).
+
+    With `token_fingerprint`, only while the install still holds that token: what Neto
+    said about a token says nothing about the one a reinstall has put in its place."""
+    guard = (
+        [] if token_fingerprint is None else [col(Install.token_fingerprint) == token_fingerprint]
+    )
     result = await session.execute(
         update(Install)
         .where(
             col(Install.store_id) == store_id,
             col(Install.status) != InstallStatus.revoked.value,
             col(Install.status) != status.value,
+            *guard,
         )
         .values(status=status.value, updated_at=utcnow())
         .execution_options(synchronize_session=False)

@@ -22,7 +22,9 @@ from service.neto.actions import ALL_ACTIONS, READ_ACTIONS, WRITE_ACTIONS, is_wr
 from service.neto.upstream import UpstreamClient
 from service.schemas import ErrorBody
 from service.security.callers import Caller
+from service.store_cache import StoreCache
 from service.store_status import mark_reauth_required
+from service.stores import StoreCredentials, credentials_fingerprint
 
 router = APIRouter(tags=["invoke"])
 
@@ -143,15 +145,28 @@ async def invoke(
     content_type = request.headers.get("content-type")
     if content_type is not None and not _is_json(content_type):
         raise UnsupportedMediaType()
+    cache: StoreCache = request.app.state.store_cache
+    seen = cache.version(store_id)  # read before the credentials: a change during counts
     creds = await usable_store(request, store_id)
     body = await read_body(request, request.app.state.settings.max_request_bytes)
     upstream: UpstreamClient = request.app.state.upstream
     rid = request_id(request)
-    answer = await upstream.call(creds, action, body, request_id=rid)
+
+    async def fence() -> StoreCredentials:
+        # Before each attempt: if this replica saw the store change since it was read (a
+        # revoke, a reinstall), read it again, so a revoked store is never called after
+        # its revoke answered here (410), and a reinstalled one is called with its new token.
+        nonlocal creds, seen
+        if cache.version(store_id) != seen:
+            seen = cache.version(store_id)
+            creds = await usable_store(request, store_id)
+        return creds
+
+    answer = await upstream.call(creds, action, body, request_id=rid, fence=fence)
     if answer.status in (401, 403):
         await mark_reauth_required(
             request.app.state, store_id, actor=caller.sub, request_id=rid, action=action,
-            upstream_status=answer.status,
+            upstream_status=answer.status, token_fingerprint=credentials_fingerprint(creds),
         )  # fmt: skip
         raise UpstreamUnauthorized()
     headers = {"content-type": answer.content_type} if answer.content_type else None

@@ -69,7 +69,10 @@ async def verify_install(
             ok, detail = False, f"Neto answered HTTP {answer.status}; status left unchanged."
     changed = False
     if new_status is not None:
-        changed = await stores.set_status(session, store_id, new_status)
+        # Only if the install still holds the token that was verified (not reinstalled).
+        changed = await stores.set_status(
+            session, store_id, new_status, token_fingerprint=install.token_fingerprint
+        )
     status = new_status.value if new_status is not None else install.status
     audit.record(
         session, "install.verified", actor=caller.sub, store_id=store_id, request_id=rid,

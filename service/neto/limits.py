@@ -107,6 +107,11 @@ class StoreLimits:
         metrics.RATE_LIMIT_PAUSES.labels("upstream_429").inc()
         return self._pause_seconds
 
+    def in_flight(self, store_id: str) -> int:
+        """How many of the store's slots are held now (0 once every call has let go)."""
+        state = self._stores.get(store_id)
+        return 0 if state is None else self._max_in_flight - state.slots._value
+
     @asynccontextmanager
     async def slot(self, store_id: str) -> AsyncIterator[None]:
         """One of the store's in-flight slots, waiting briefly for one to free up."""

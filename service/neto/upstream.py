@@ -21,6 +21,8 @@ What it guarantees:
   Neto may have applied it.
 * Redirects are never followed: a 3xx becomes 502 `upstream_unreachable`, naming it.
 * An upstream 429 pauses the store (see `limits.py`) and answers 429 `rate_limited`.
+* With a `fence`, the store's credentials are re-checked right before every attempt (after
+  any wait for a slot or a backoff), so a store revoked meanwhile is not called again.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import asyncio
 import functools
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -52,6 +55,10 @@ RETRY_STATUSES = frozenset({500, 502, 503, 504})
 READ_CHUNK = 64 * 1024
 BACKOFF_BASE_SECONDS = 0.1
 BACKOFF_CAP_SECONDS = 2.0
+
+
+# Returns the store's credentials as they are now, or raises why it may not be called.
+Fence = Callable[[], Awaitable[StoreCredentials]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +125,13 @@ class UpstreamClient:
         )
 
     async def call(
-        self, creds: StoreCredentials, action: str, body: bytes, *, request_id: str | None
+        self,
+        creds: StoreCredentials,
+        action: str,
+        body: bytes,
+        *,
+        request_id: str | None,
+        fence: Fence | None = None,
     ) -> UpstreamResponse:
         """Send one action to the store's API under its limits; Neto's answer, or a
         BrokerError saying why there is none."""
@@ -127,7 +140,7 @@ class UpstreamClient:
         async with self.limits.slot(store_id):
             # A pause may have begun while this call waited for its slot.
             self.limits.check_paused(store_id)
-            response = await self._exchange(creds, action, body, request_id)
+            response = await self._exchange(creds, action, body, request_id, fence)
         if response.status == 429:
             pause = self.limits.pause(store_id)
             fields = {"store_id": store_id, "pause_seconds": pause}
@@ -141,17 +154,14 @@ class UpstreamClient:
         return response
 
     async def _exchange(
-        self, creds: StoreCredentials, action: str, body: bytes, request_id: str | None
+        self,
+        creds: StoreCredentials,
+        action: str,
+        body: bytes,
+        request_id: str | None,
+        fence: Fence | None,
     ) -> UpstreamResponse:
-        headers = {
-            "NETOAPI_ACTION": action,
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "Accept-Encoding": "identity",
-            **creds.headers,
-        }
-        if request_id:
-            headers["X-Request-ID"] = request_id
+        headers = self._headers(creds, action, request_id)
         url = _yarl_url(self._api_urls.url_for(creds.store_domain))
         retry_reads = not is_write(action)
         deadline = asyncio.get_running_loop().time() + self._deadline
@@ -161,6 +171,12 @@ class UpstreamClient:
             async with asyncio.timeout_at(deadline):
                 while True:
                     attempt += 1
+                    if fence is not None:
+                        current = await fence()  # raises if the store was revoked
+                        if current is not creds:  # reinstalled or rotated meanwhile
+                            creds = current
+                            headers = self._headers(creds, action, request_id)
+                            url = _yarl_url(self._api_urls.url_for(creds.store_domain))
                     try:
                         last = await self._attempt(url, headers, body, attempt)
                     except (aiohttp.ClientError, OSError) as exc:
@@ -185,6 +201,19 @@ class UpstreamClient:
         if last is not None:  # a read that kept failing with 5xx: Neto's last answer
             return last
         raise UpstreamUnreachable()
+
+    @staticmethod
+    def _headers(creds: StoreCredentials, action: str, request_id: str | None) -> dict[str, str]:
+        headers = {
+            "NETOAPI_ACTION": action,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "Accept-Encoding": "identity",
+            **creds.headers,
+        }
+        if request_id:
+            headers["X-Request-ID"] = request_id
+        return headers
 
     async def _attempt(
         self, url: yarl.URL, headers: dict[str, str], body: bytes, attempt: int

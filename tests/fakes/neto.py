@@ -46,6 +46,7 @@ class Seen:
     headers: dict[str, str]
     body: bytes
     form: dict[str, str] = field(default_factory=dict)
+    at: float = field(default_factory=time.monotonic)  # when the whole request had arrived
 
     @property
     def action(self) -> str | None:
