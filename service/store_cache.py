@@ -36,6 +36,8 @@ log = logging.getLogger("broker.store_cache")
 # transactions that commit a while after they stamped updated_at.
 CHANGE_MARGIN = timedelta(seconds=10)
 PRELOAD_BATCH = 1000
+# Per-store change counts kept before they are folded into one base (bounds memory).
+MAX_TRACKED_CHANGES = 100_000
 
 
 class StoreCache:
@@ -108,7 +110,15 @@ class StoreCache:
     def invalidate(self, store_id: str) -> None:
         self._epoch += 1
         self._entries.pop(store_id, None)
+        self._note_change(store_id)
+
+    def _note_change(self, store_id: str) -> None:
         self._changes[store_id] = self._changes.get(store_id, 0) + 1
+        if len(self._changes) > MAX_TRACKED_CHANGES:
+            # Fold every store's count into the shared base, past the largest, so each
+            # version still only grows, and the table starts over empty.
+            self._clears += max(self._changes.values()) + 1
+            self._changes.clear()
 
     def clear(self) -> None:
         self._epoch += 1
@@ -141,7 +151,7 @@ class StoreCache:
             if entry is not None and entry.updated_at >= updated_at:
                 continue  # this copy was read after the change
             self._entries.pop(store_id, None)
-            self._changes[store_id] = self._changes.get(store_id, 0) + 1
+            self._note_change(store_id)
             moved = True
         if moved:
             self._epoch += 1

@@ -28,6 +28,8 @@ from service.errors import BrokerError, RateLimited
 WINDOW_SECONDS = 60.0
 # A short queue absorbs bursts; a long one would only move the wait into callers' timeouts.
 QUEUE_WAIT_SECONDS = 1.0
+# How many stores' state is kept before idle ones are swept out.
+SWEEP_EVERY = 10_000
 
 
 def rate_limited(retry_after: float, detail: str) -> BrokerError:
@@ -55,16 +57,38 @@ class StoreLimits:
         self._rate = rate_per_minute
         self._pause_seconds = pause_seconds
         self._clock = clock
-        # One entry per store that was called; store ids are checked against installs
-        # before they get here, so this is bounded by the number of installs.
+        # One entry per store called within the last window (idle ones are swept out as
+        # the table grows), so memory follows recent traffic, not the number of installs.
         self._stores: dict[str, _StoreState] = {}
+        self._sweep_at = SWEEP_EVERY
 
     def _state(self, store_id: str) -> _StoreState:
         state = self._stores.get(store_id)
         if state is None:
+            if len(self._stores) >= self._sweep_at:
+                self._sweep()
             state = _StoreState(slots=asyncio.Semaphore(self._max_in_flight))
             self._stores[store_id] = state
         return state
+
+    def _sweep(self) -> None:
+        """Forget stores with nothing to remember: no send in the window, no pause, no
+        call in flight. Amortised: the next sweep waits until the table doubles."""
+        now = self._clock()
+        idle = [
+            store_id
+            for store_id, state in self._stores.items()
+            if state.paused_until <= now
+            and (not state.sent or state.sent[-1] <= now - WINDOW_SECONDS)
+            and not state.slots.locked()
+            and state.slots._value == self._max_in_flight
+        ]
+        for store_id in idle:
+            del self._stores[store_id]
+        self._sweep_at = max(SWEEP_EVERY, 2 * len(self._stores))
+
+    def __len__(self) -> int:
+        return len(self._stores)
 
     def check_paused(self, store_id: str) -> None:
         """Raise 429 while the store is paused after an upstream 429."""

@@ -108,3 +108,19 @@ async def test_a_mass_change_empties_the_cache_once_not_on_every_poll(
     # The rows stay inside the feed's 30 s look-back, but were already acted on.
     await asyncio.sleep(0.6)
     assert len(app.state.store_cache) >= cached
+
+
+async def test_store_versions_only_grow_when_the_change_table_is_folded(app, monkeypatch):
+    from service import store_cache
+
+    monkeypatch.setattr(store_cache, "MAX_TRACKED_CHANGES", 3)
+    cache = app.state.store_cache
+    cache.invalidate("A")
+    cache.invalidate("A")
+    seen = {sid: cache.version(sid) for sid in ("A", "B")}
+    for sid in ("B", "C", "D"):  # the fourth store folds the table
+        cache.invalidate(sid)
+    assert cache.version("A") > seen["A"] and cache.version("B") > seen["B"]
+    after = cache.version("A")
+    cache.invalidate("A")
+    assert cache.version("A") > after

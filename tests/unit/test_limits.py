@@ -68,3 +68,21 @@ async def test_in_flight_cap_waits_briefly_then_refuses(monkeypatch):
 async def _enter(limits: StoreLimits) -> bool:
     async with limits.slot("A"):
         return True
+
+
+def test_idle_stores_are_swept_out_but_active_and_paused_ones_are_kept(monkeypatch):
+    monkeypatch.setattr(limits_module, "SWEEP_EVERY", 100)
+    clock = Clock()
+    limits = StoreLimits(max_in_flight=8, rate_per_minute=3, pause_seconds=300, clock=clock)
+    for n in range(100):
+        limits.admit(f"old{n}")
+    limits.pause("old0")  # still paused after the window
+    for _ in range(2):
+        limits.admit("old1")  # its budget of 3 is spent...
+    clock.now += 61  # ...long enough ago for every window to empty
+    limits.admit("busy")  # the 101st store: the table sweeps before it grows
+    assert len(limits) == 2, "only the paused store and the new one remain"
+    with pytest.raises(RateLimited):
+        limits.check_paused("old0")  # the pause survived the sweep
+    for _ in range(3):
+        limits.admit("old1")  # a swept store starts with a fresh budget
