@@ -145,7 +145,6 @@ async def _store(
         store_domain=grant.store_domain,
         auth_method=AuthMethod.oauth,
         secret={"access_token": grant.access_token.get_secret_value(), **grant.extra_secrets},
-        token=grant.access_token,
         scope=grant.scope,
         timezone=grant.timezone,
         user=grant.user,

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import SecretStr
 from sqlalchemy import Table, and_, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -197,6 +196,37 @@ async def require(session: AsyncSession, store_id: str) -> Install:
     return install
 
 
+def _active_row(
+    keyring: KeyRing,
+    *,
+    store_id: str,
+    store_domain: str,
+    auth_method: str,
+    secret: dict[str, Any],
+    scope: str | None,
+    timezone: str | None,
+    user: dict[str, Any] | None,
+    billing: dict[str, Any] | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The columns of an active install, its secrets sealed to its row; the fingerprint
+    is taken from the secret itself (the access token, or the API key)."""
+    token = secret.get("access_token") or secret.get("api_key") or ""
+    return {
+        "store_id": store_id,
+        "store_domain": store_domain,
+        "auth_method": auth_method,
+        "status": InstallStatus.active.value,
+        "scope": scope,
+        "timezone": timezone,
+        "token_fingerprint": fingerprint(token),
+        "installed_at": now,
+        "updated_at": now,
+        "revoked_at": None,
+        **sealed_values(keyring, store_id, secret=secret, user=user, billing=billing),
+    }
+
+
 async def upsert(
     session: AsyncSession,
     keyring: KeyRing,
@@ -205,7 +235,6 @@ async def upsert(
     store_domain: str,
     auth_method: AuthMethod,
     secret: dict[str, Any],
-    token: SecretStr,
     scope: str | None = None,
     timezone: str | None = None,
     user: dict[str, Any] | None = None,
@@ -217,21 +246,19 @@ async def upsert(
     An atomic INSERT .. ON CONFLICT DO UPDATE, so concurrent (re)installs of one store on
     several replicas cannot collide; a reinstall keeps the id and first install time.
     """
-    now = now or utcnow()
     existed = await get(session, store_id) is not None
-    values: dict[str, Any] = {
-        "store_id": store_id,
-        "store_domain": store_domain,
-        "auth_method": auth_method.value,
-        "status": InstallStatus.active.value,
-        "scope": scope,
-        "timezone": timezone,
-        "token_fingerprint": fingerprint(token.get_secret_value()),
-        "installed_at": now,
-        "updated_at": now,
-        "revoked_at": None,
-        **sealed_values(keyring, store_id, secret=secret, user=user, billing=billing),
-    }
+    values = _active_row(
+        keyring,
+        store_id=store_id,
+        store_domain=store_domain,
+        auth_method=auth_method.value,
+        secret=secret,
+        scope=scope,
+        timezone=timezone,
+        user=user,
+        billing=billing,
+        now=now or utcnow(),
+    )
     dialect = session.get_bind().dialect.name
     dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
     stmt = dialect_insert(Install).values(**values)
@@ -362,28 +389,19 @@ async def insert_many(
     """Bulk-create installs (benchmarks, imports): each dict has store_id, store_domain,
     auth_method, secret, and optionally user/billing; sealed exactly like `upsert`."""
     now = utcnow()
-    rows = []
-    for item in installs:
-        secret = item["secret"]
-        token = secret.get("access_token") or secret.get("api_key") or ""
-        rows.append(
-            {
-                "store_id": item["store_id"],
-                "store_domain": item["store_domain"],
-                "auth_method": item["auth_method"],
-                "status": InstallStatus.active.value,
-                "scope": item.get("scope"),
-                "timezone": item.get("timezone"),
-                "token_fingerprint": fingerprint(token),
-                "installed_at": now,
-                "updated_at": now,
-                **sealed_values(
-                    keyring,
-                    item["store_id"],
-                    secret=secret,
-                    user=item.get("user"),
-                    billing=item.get("billing"),
-                ),
-            }
+    rows = [
+        _active_row(
+            keyring,
+            store_id=item["store_id"],
+            store_domain=item["store_domain"],
+            auth_method=item["auth_method"],
+            secret=item["secret"],
+            scope=item.get("scope"),
+            timezone=item.get("timezone"),
+            user=item.get("user"),
+            billing=item.get("billing"),
+            now=now,
         )
+        for item in installs
+    ]
     await session.execute(insert(Install), rows)

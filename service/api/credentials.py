@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -33,6 +33,10 @@ async def usable_store(request: Request, store_id: str) -> StoreCredentials:
     if creds.status == InstallStatus.reauth_required:
         raise StoreReauthRequired()
     return creds
+
+
+def _zulu(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
 
 
 @router.get(
@@ -77,10 +81,8 @@ async def credentials(request: Request, store_id: StoreId) -> JSONResponse:
         "auth_method": creds.auth_method,
         "api_url": request.app.state.api_urls.url_for(creds.store_domain),
         "headers": creds.headers,
-        "issued_at": now.isoformat().replace("+00:00", "Z"),
-        "expires_at": (now + timedelta(seconds=request.app.state.settings.bundle_ttl_seconds))
-        .isoformat()
-        .replace("+00:00", "Z"),
+        "issued_at": _zulu(now),
+        "expires_at": _zulu(now + timedelta(seconds=request.app.state.settings.bundle_ttl_seconds)),
     }
     metrics.BUNDLES.labels(creds.auth_method).inc()
     return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})

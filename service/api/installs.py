@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import SecretStr
 
 from service import audit, install_flow, stores
 from service.api.cursors import decode_cursor, encode_cursor
@@ -121,7 +120,6 @@ async def register_api_key(
     """Stores (or replaces) an API-key store; its key is sealed like an OAuth token, and
     bundles and invoke work for it the same way."""
     domain = normalize_store_domain(body.store_domain)
-    api_key = body.api_key.get_secret_value()
     request.state.store_id = body.store_id
     existed = await stores.upsert(
         session,
@@ -129,8 +127,7 @@ async def register_api_key(
         store_id=body.store_id,
         store_domain=domain,
         auth_method=AuthMethod.api_key,
-        secret={"username": body.username, "api_key": api_key},
-        token=SecretStr(api_key),
+        secret={"username": body.username, "api_key": body.api_key.get_secret_value()},
     )
     audit.record(
         session,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime, timedelta
 
-from pydantic import SecretStr
 from sqlalchemy import select
 
 from service import stores
@@ -26,7 +25,7 @@ async def seed_at(app, store_id, at, domain=None):
             session, app.state.keyring, store_id=store_id,
             store_domain=domain or f"{store_id.lower()}.example.com",
             auth_method=AuthMethod.api_key, secret={"username": "u", "api_key": "k"},
-            token=SecretStr("k"), now=at,
+            now=at,
         )  # fmt: skip
 
 

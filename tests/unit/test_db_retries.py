@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
@@ -96,7 +95,7 @@ async def test_postgresql_serialization_failure_is_retried_without_losing_an_upd
         await stores.upsert(
             session, keyring, store_id="RETRY1", store_domain="retry.example.com",
             auth_method=AuthMethod.api_key, secret={"username": "u", "api_key": "k"},
-            token=SecretStr("k"), scope="x",
+            scope="x",
         )  # fmt: skip
     a_has_read, b_committed = asyncio.Event(), asyncio.Event()
     attempts = 0

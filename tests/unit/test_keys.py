@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 from typer.testing import CliRunner
@@ -49,7 +48,7 @@ async def seed(url: str, spec: str, store_ids: list[str], **kwargs: Any) -> None
             await stores.upsert(
                 session, keyring, store_id=sid, store_domain=f"{sid.lower()}.example.com",
                 auth_method=kwargs.get("auth_method", AuthMethod.oauth),
-                secret={"access_token": f"tok-{sid}"}, token=SecretStr(f"tok-{sid}"),
+                secret={"access_token": f"tok-{sid}"},
                 user=kwargs.get("user", USER), billing=kwargs.get("billing", BILLING),
             )  # fmt: skip
     await engine.dispose()
@@ -168,7 +167,7 @@ async def test_a_row_changed_between_read_and_write_is_left_to_its_writer(db: st
             await stores.upsert(
                 session, keyring, store_id="S002", store_domain="s002.example.com",
                 auth_method=AuthMethod.oauth, secret={"access_token": "fresh"},
-                token=SecretStr("fresh"), user=USER, billing=BILLING,
+                user=USER, billing=BILLING,
             )  # fmt: skip
         async with sessionmaker() as session, session.begin():
             written = await keys._write_batch(session, keyring.primary, batch)
