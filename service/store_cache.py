@@ -21,13 +21,11 @@ import logging
 import time
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlmodel import col
 
 from service import metrics, stores
 from service.db import utcnow
-from service.models import Install, InstallStatus
+from service.errors import StoreSecretUnreadable
 from service.security.crypto import KeyRing
 
 log = logging.getLogger("broker.store_cache")
@@ -176,29 +174,20 @@ class StoreCache:
             while len(self._entries) < self._max:
                 epoch = self._epoch
                 async with self._sessionmaker() as session:
-                    rows = list(
-                        (
-                            await session.execute(
-                                select(Install)
-                                .where(
-                                    col(Install.store_id) > after,
-                                    col(Install.status) == InstallStatus.active.value,
-                                )
-                                .order_by(Install.store_id)
-                                .limit(PRELOAD_BATCH)
-                            )
-                        ).scalars()
-                    )
+                    rows = await stores.active_page(session, after=after, limit=PRELOAD_BATCH)
                 if not rows:
                     break
                 if epoch != self._epoch:  # something changed meanwhile: re-read this batch
                     await asyncio.sleep(self._poll / 4)
                     continue
                 for install in rows:
-                    if install.store_id not in self._entries and len(self._entries) < self._max:
-                        self._entries[install.store_id] = stores.open_credentials(
-                            self._keyring, install, self._client_id
-                        )
+                    if install.store_id in self._entries or len(self._entries) >= self._max:
+                        continue
+                    try:
+                        creds = stores.open_credentials(self._keyring, install, self._client_id)
+                    except StoreSecretUnreadable:
+                        continue  # logged at ERROR; requests for it answer the same error
+                    self._entries[install.store_id] = creds
                 after = rows[-1].store_id
                 await asyncio.sleep(0)  # let requests run between batches
         except Exception as exc:

@@ -314,6 +314,17 @@ async def revoke(session: AsyncSession, store_id: str) -> Install:
     return install
 
 
+async def active_page(session: AsyncSession, *, after: str, limit: int) -> list[Install]:
+    """Active installs with store ids after `after`, in id order (the caches' preload)."""
+    stmt = (
+        select(Install)
+        .where(col(Install.store_id) > after, col(Install.status) == InstallStatus.active.value)
+        .order_by(col(Install.store_id))
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
 async def changed_since(session: AsyncSession, since: datetime) -> list[tuple[str, datetime]]:
     """(store id, updated_at) of installs changed at or after `since`: the caches' change
     feed. Core select of two columns: after a mass change this returns many rows."""

@@ -5,7 +5,7 @@ import time
 from datetime import timedelta
 
 import httpx
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from service import stores
 from service.db import utcnow
@@ -124,3 +124,32 @@ async def test_store_versions_only_grow_when_the_change_table_is_folded(app, mon
     after = cache.version("A")
     cache.invalidate("A")
     assert cache.version("A") > after
+
+
+async def test_preload_skips_an_unreadable_install_and_warms_the_rest(
+    app_factory, settings_factory, neto
+):
+    first = await app_factory(settings_factory())
+    async with first.state.sessionmaker() as session, session.begin():
+        await stores.insert_many(
+            session,
+            first.state.keyring,
+            [
+                {"store_id": f"U{n}", "store_domain": f"u{n}.example.com",
+                 "auth_method": "api_key", "secret": {"username": "u", "api_key": f"k{n}"}}
+                for n in range(5)
+            ],
+        )  # fmt: skip
+        # A secret copied from another store's row: it must not open for U0.
+        copied = (
+            await session.execute(select(Install.secret_sealed).where(Install.store_id == "U1"))
+        ).scalar_one()
+        await session.execute(
+            update(Install).where(Install.store_id == "U0").values(secret_sealed=copied)
+        )
+    second = await app_factory(settings_factory())
+    for _ in range(100):
+        if len(second.state.store_cache) == 4:
+            break
+        await asyncio.sleep(0.02)
+    assert len(second.state.store_cache) == 4, "preload stopped at the unreadable row"
