@@ -40,7 +40,7 @@ lint: install-test
 
 ## make openapi: regenerate openapi/openapi.json from the code (no environment needed)
 openapi: install
-	$(BIN)/python -m service.openapi_export openapi/openapi.json
+	$(BIN)/python -m service.web.openapi_export openapi/openapi.json
 
 ## make demo: the broker on http://localhost:8000 wired to a local Neto emulator on :8001
 demo: install

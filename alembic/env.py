@@ -28,7 +28,9 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-import service.models  # noqa: F401  (registers the tables on the metadata)
+import service.audit.models
+import service.installs.models
+import service.oauth.models  # noqa: F401  (registers the tables on the metadata)
 from service.config import normalize_database_url
 from service.db import metadata
 

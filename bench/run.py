@@ -98,8 +98,8 @@ async def seed(database_url: str, start: int, stop: int) -> None:
 
     from service.config import normalize_database_url
     from service.db import create_sessionmaker
+    from service.installs.repository import insert_many
     from service.security.crypto import KeyRing
-    from service.stores import insert_many
 
     engine = create_async_engine(normalize_database_url(database_url))
     maker = create_sessionmaker(engine)

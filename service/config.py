@@ -30,6 +30,18 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+def kid_pairs(spec: str) -> list[tuple[str, str]]:
+    """`kid:value,kid:value` (the form of every key setting) as pairs, in order. An entry
+    without a colon gives an empty kid, which every caller refuses with its own message."""
+    pairs = []
+    for item in spec.split(","):
+        item = item.strip()
+        if item:
+            kid, sep, value = item.partition(":")
+            pairs.append((kid if sep else "", value.strip()))
+    return pairs
+
+
 class ConfigError(RuntimeError):
     """Raised when the settings cannot run the service safely; names the variable."""
 

@@ -1,18 +1,18 @@
-"""Engine, session factory and the request's session dependency.
+"""Engine, session factory, transactions with retries, and the column types.
 
-The request's session commits when the route succeeds and rolls back when it raises;
-repository code only flushes. Engines are created in the app's lifespan, never at import.
+Engines are created in the app's lifespan, never at import. Repository code only
+flushes; a transaction is committed by `run_transaction` or the request's session
+(`service/web/deps.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import Depends, Request
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.types import DateTime, TypeDecorator
+from sqlmodel import SQLModel
 
 from service.config import Settings
 from service.errors import ServiceUnavailable
@@ -37,6 +38,8 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
+# Every table model (installs, oauth, audit) registers on this one metadata.
+SQLModel.metadata = metadata
 
 T = TypeVar("T")
 
@@ -168,20 +171,3 @@ async def run_transaction(
         except (OSError, ConnectionError, PoolTimeout) as exc:
             raise ServiceUnavailable() from exc
     raise AssertionError("unreachable")
-
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """The request's session: commit on success, roll back on error."""
-    maker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    async with maker() as session:
-        try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
-
-
-# scope="function": commit when the route returns, *before* the response is sent, so a
-# failed commit becomes an error response instead of a success that was never stored.
-SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

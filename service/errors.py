@@ -20,64 +20,238 @@ class BrokerError(Exception):
         super().__init__(self.detail)
 
 
-def _error(code: str, status: int, default: str) -> type[BrokerError]:
-    return type(
-        "".join(part.title() for part in code.split("_")),
-        (BrokerError,),
-        {"code": code, "status": status, "default_detail": default, "__module__": __name__},
+# The contract's codes, one class each, so callers can `raise StoreNotFound()`.
+class Unauthorized(BrokerError):
+    """The bearer token is missing or not valid."""
+
+    code = "unauthorized"
+    status = 401
+    default_detail = "A valid bearer token is required."
+
+
+class Forbidden(BrokerError):
+    """The token lacks the scope the route needs."""
+
+    code = "forbidden"
+    status = 403
+    default_detail = "The token does not grant this operation."
+
+
+class StoreNotAllowed(BrokerError):
+    """The store is not in the token's `stores` claim."""
+
+    code = "store_not_allowed"
+    status = 403
+    default_detail = "The token does not grant this store."
+
+
+class ActionNotAllowed(BrokerError):
+    """The action is not in the token's `actions` grant."""
+
+    code = "action_not_allowed"
+    status = 403
+    default_detail = "The token does not grant this action."
+
+
+class StoreNotFound(BrokerError):
+    """No install exists for the store."""
+
+    code = "store_not_found"
+    status = 404
+    default_detail = "No install exists for this store."
+
+
+class UnknownAction(BrokerError):
+    """The name is not one of the 41 Neto API actions."""
+
+    code = "unknown_action"
+    status = 404
+    default_detail = "That is not a Neto API action."
+
+
+class NotFound(BrokerError):
+    """No route matches the path."""
+
+    code = "not_found"
+    status = 404
+    default_detail = "No such route."
+
+
+class MethodNotAllowed(BrokerError):
+    """The route does not take this method."""
+
+    code = "method_not_allowed"
+    status = 405
+    default_detail = "That method is not allowed here."
+
+
+class StoreRevoked(BrokerError):
+    """The store's install was revoked."""
+
+    code = "store_revoked"
+    status = 410
+    default_detail = "The store's install was revoked."
+
+
+class StoreReauthRequired(BrokerError):
+    """Neto refused the stored credentials; the merchant must re-authorise."""
+
+    code = "store_reauth_required"
+    status = 409
+    default_detail = "The store must be re-authorised by the merchant."
+
+
+class InvalidStoreDomain(BrokerError):
+    """The store domain is not a valid public host name."""
+
+    code = "invalid_store_domain"
+    status = 400
+    default_detail = "The store domain is not valid."
+
+
+class InvalidState(BrokerError):
+    """The install link is unknown, already used, or being completed."""
+
+    code = "invalid_state"
+    status = 400
+    default_detail = "The install link is unknown or already used."
+
+
+class StateExpired(BrokerError):
+    """The install link is past its lifetime."""
+
+    code = "state_expired"
+    status = 400
+    default_detail = "The install link has expired."
+
+
+class ValidationFailed(BrokerError):
+    """The body or a parameter does not fit the schema (422)."""
+
+    code = "validation_error"
+    status = 422
+    default_detail = "The request is not valid."
+
+
+class BadRequest(BrokerError):
+    """The request is malformed before any schema applies (400)."""
+
+    code = "validation_error"
+    status = 400
+    default_detail = "The request is not valid."
+
+
+class PayloadTooLarge(BrokerError):
+    """The request body is over its cap."""
+
+    code = "payload_too_large"
+    status = 413
+    default_detail = "The request body is too large."
+
+
+class UnsupportedMediaType(BrokerError):
+    """The request body is not JSON."""
+
+    code = "unsupported_media_type"
+    status = 415
+    default_detail = "The request body must be application/json."
+
+
+class RateLimited(BrokerError):
+    """The store's budget is used up, or Neto paused it."""
+
+    code = "rate_limited"
+    status = 429
+    default_detail = "Too many requests for this store; retry later."
+
+
+class OAuthNotConfigured(BrokerError):
+    """The add-on's OAuth client is not configured."""
+
+    code = "oauth_not_configured"
+    status = 503
+    default_detail = "Neto OAuth is not configured on this broker."
+
+
+class ServiceUnavailable(BrokerError):
+    """The database cannot serve the request now."""
+
+    code = "service_unavailable"
+    status = 503
+    default_detail = "The broker cannot reach its database; retry shortly."
+
+
+class TokenExchangeFailed(BrokerError):
+    """Neto did not issue a usable access token."""
+
+    code = "token_exchange_failed"
+    status = 502
+    default_detail = "Neto did not issue an access token for this install."
+
+
+class StoreDomainMismatch(BrokerError):
+    """Neto issued the token for another store than requested."""
+
+    code = "store_domain_mismatch"
+    status = 502
+    default_detail = "Neto issued a token for a different store than requested."
+
+
+class UpstreamUnreachable(BrokerError):
+    """The store's API could not be reached (or redirected)."""
+
+    code = "upstream_unreachable"
+    status = 502
+    default_detail = "The store's Neto API is unreachable."
+
+
+class UpstreamUnauthorized(BrokerError):
+    """Neto refused the store's credentials."""
+
+    code = "upstream_unauthorized"
+    status = 502
+    default_detail = "Neto refused the store's credentials; re-authorise the store."
+
+
+class UpstreamResponseTooLarge(BrokerError):
+    """The store's API answered over the response cap."""
+
+    code = "upstream_response_too_large"
+    status = 502
+    default_detail = "The store's Neto API answered with too large a body."
+
+
+class UpstreamTimeout(BrokerError):
+    """The store's API did not answer within the deadline."""
+
+    code = "upstream_timeout"
+    status = 504
+    default_detail = "The store's Neto API did not answer in time."
+
+
+class InternalError(BrokerError):
+    """An unexpected failure inside the broker."""
+
+    code = "internal_error"
+    status = 500
+    default_detail = "The broker hit an unexpected error."
+
+
+class StoreSecretUnreadable(BrokerError):
+    """A sealed column of the store's row does not open with the configured keys: tampered
+    with, copied from another row, or sealed under a key id that is no longer configured."""
+
+    code = "store_secret_unreadable"
+    status = 500
+    default_detail = (
+        "The store's stored credentials cannot be opened; an operator must check the key "
+        "configuration and reinstall or re-register the store."
     )
 
 
-# The contract's codes. Each is a class so callers can `raise StoreNotFound()`.
-Unauthorized = _error("unauthorized", 401, "A valid bearer token is required.")
-Forbidden = _error("forbidden", 403, "The token does not grant this operation.")
-StoreNotAllowed = _error("store_not_allowed", 403, "The token does not grant this store.")
-ActionNotAllowed = _error("action_not_allowed", 403, "The token does not grant this action.")
-StoreNotFound = _error("store_not_found", 404, "No install exists for this store.")
-UnknownAction = _error("unknown_action", 404, "That is not a Neto API action.")
-NotFound = _error("not_found", 404, "No such route.")
-MethodNotAllowed = _error("method_not_allowed", 405, "That method is not allowed here.")
-StoreRevoked = _error("store_revoked", 410, "The store's install was revoked.")
-StoreReauthRequired = _error(
-    "store_reauth_required", 409, "The store must be re-authorised by the merchant."
-)
-InvalidStoreDomain = _error("invalid_store_domain", 400, "The store domain is not valid.")
-InvalidState = _error("invalid_state", 400, "The install link is unknown or already used.")
-StateExpired = _error("state_expired", 400, "The install link has expired.")
-ValidationFailed = _error("validation_error", 422, "The request is not valid.")
-BadRequest = _error("validation_error", 400, "The request is not valid.")
-PayloadTooLarge = _error("payload_too_large", 413, "The request body is too large.")
-UnsupportedMediaType = _error(
-    "unsupported_media_type", 415, "The request body must be application/json."
-)
-RateLimited = _error("rate_limited", 429, "Too many requests for this store; retry later.")
-OAuthNotConfigured = _error(
-    "oauth_not_configured", 503, "Neto OAuth is not configured on this broker."
-)
-ServiceUnavailable = _error(
-    "service_unavailable", 503, "The broker cannot reach its database; retry shortly."
-)
-TokenExchangeFailed = _error(
-    "token_exchange_failed", 502, "Neto did not issue an access token for this install."
-)
-StoreDomainMismatch = _error(
-    "store_domain_mismatch", 502, "Neto issued a token for a different store than requested."
-)
-UpstreamUnreachable = _error("upstream_unreachable", 502, "The store's Neto API is unreachable.")
-UpstreamUnauthorized = _error(
-    "upstream_unauthorized", 502, "Neto refused the store's credentials; re-authorise the store."
-)
-UpstreamResponseTooLarge = _error(
-    "upstream_response_too_large", 502, "The store's Neto API answered with too large a body."
-)
-UpstreamTimeout = _error("upstream_timeout", 504, "The store's Neto API did not answer in time.")
-InternalError = _error("internal_error", 500, "The broker hit an unexpected error.")
-# A sealed column of the store's row does not open with the configured keys: tampered
-# with, copied from another row, or sealed under a key id that is no longer configured.
-StoreSecretUnreadable = _error(
-    "store_secret_unreadable",
-    500,
-    "The store's stored credentials cannot be opened; an operator must check the key "
-    "configuration and reinstall or re-register the store.",
-)
-InstallDenied = _error("install_denied", 400, "The merchant did not approve the install on Neto.")
+class InstallDenied(BrokerError):
+    """The merchant did not approve the install on Neto."""
+
+    code = "install_denied"
+    status = 400
+    default_detail = "The merchant did not approve the install on Neto."

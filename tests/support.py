@@ -98,7 +98,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
 
 async def audit_rows(app: Any) -> list[dict[str, Any]]:
     """Every audit_events row, read from the table itself, oldest first."""
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         result = await session.execute(
             text("SELECT event, actor, store_id, request_id, details FROM audit_events ORDER BY id")
         )

@@ -22,8 +22,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from service import metrics
 from service.errors import BrokerError, RateLimited
+from service.web import metrics
 
 WINDOW_SECONDS = 60.0
 # A short queue absorbs bursts; a long one would only move the wait into callers' timeouts.

@@ -17,10 +17,10 @@ from service.errors import (
     TokenExchangeFailed,
     UpstreamTimeout,
 )
+from service.neto.credentials import is_store_id
 from service.security.domains import normalize_store_domain
 from service.security.egress import EgressRefused
 
-STORE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ERROR_CODE_RE = re.compile(r"^[a-z_]{1,64}$")
 
 
@@ -132,7 +132,7 @@ async def exchange_code(
     store_id = data.get("store_id")
     if isinstance(store_id, int) and not isinstance(store_id, bool):
         store_id = str(store_id)
-    if not isinstance(store_id, str) or not STORE_ID_RE.match(store_id):
+    if not isinstance(store_id, str) or not is_store_id(store_id):
         raise TokenExchangeFailed("Neto's token response carries no usable store id.")
     try:
         domain = normalize_store_domain(data.get("store_domain") or "")

@@ -1,6 +1,6 @@
 """The client for a store's Neto API: one POST per call, with the broker's limits.
 
-Built once per app on the shared aiohttp session (`security/egress.py`: egress rules at
+Built once per app on the shared aiohttp session (`neto/http.py`: egress rules at
 connect time, no cookies, no proxies). It calls aiohttp directly: httpx's client layer on
 top measured more CPU per request than the whole aiohttp request (docs/performance.md).
 What it guarantees:
@@ -28,7 +28,6 @@ What it guarantees:
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -37,7 +36,6 @@ from dataclasses import dataclass
 import aiohttp
 import yarl
 
-from service import metrics
 from service.config import Settings
 from service.errors import (
     UpstreamResponseTooLarge,
@@ -45,9 +43,11 @@ from service.errors import (
     UpstreamUnreachable,
 )
 from service.neto.actions import is_write
+from service.neto.credentials import StoreCredentials
 from service.neto.limits import StoreLimits, rate_limited
-from service.security.egress import ApiUrlBuilder, EgressRefused
-from service.stores import StoreCredentials
+from service.neto.urls import ApiUrlBuilder
+from service.security.egress import EgressRefused
+from service.web import metrics
 
 log = logging.getLogger("broker.upstream")
 
@@ -66,7 +66,6 @@ class UpstreamResponse:
     status: int
     body: bytes
     content_type: str | None
-    attempts: int
 
 
 class _TooLarge(Exception):
@@ -83,12 +82,6 @@ def _causes(exc: BaseException) -> list[BaseException]:
             chain.append(current.os_error)
         current = current.__cause__
     return chain
-
-
-@functools.lru_cache(maxsize=65536)
-def _yarl_url(url: str) -> yarl.URL:
-    """Parsed once per store: the URL is built from validated parts already."""
-    return yarl.URL(url, encoded=True)
 
 
 def nothing_sent(exc: BaseException) -> bool:
@@ -162,7 +155,7 @@ class UpstreamClient:
         fence: Fence | None,
     ) -> UpstreamResponse:
         headers = self._headers(creds, action, request_id)
-        url = _yarl_url(self._api_urls.url_for(creds.store_domain))
+        url = self._api_urls.build(creds.store_domain)
         retry_reads = not is_write(action)
         deadline = asyncio.get_running_loop().time() + self._deadline
         last: UpstreamResponse | None = None
@@ -176,9 +169,9 @@ class UpstreamClient:
                         if current is not creds:  # reinstalled or rotated meanwhile
                             creds = current
                             headers = self._headers(creds, action, request_id)
-                            url = _yarl_url(self._api_urls.url_for(creds.store_domain))
+                            url = self._api_urls.build(creds.store_domain)
                     try:
-                        last = await self._attempt(url, headers, body, attempt)
+                        last = await self._attempt(url, headers, body)
                     except (aiohttp.ClientError, OSError) as exc:
                         last = None
                         unsent = nothing_sent(exc)
@@ -216,7 +209,7 @@ class UpstreamClient:
         return headers
 
     async def _attempt(
-        self, url: yarl.URL, headers: dict[str, str], body: bytes, attempt: int
+        self, url: yarl.URL, headers: dict[str, str], body: bytes
     ) -> UpstreamResponse:
         async with self._session.post(
             url, data=body, headers=headers, allow_redirects=False, timeout=self._timeout
@@ -232,7 +225,7 @@ class UpstreamClient:
                     raise _TooLarge()
                 chunks.append(chunk)
             return UpstreamResponse(
-                response.status, b"".join(chunks), response.headers.get("Content-Type"), attempt
+                response.status, b"".join(chunks), response.headers.get("Content-Type")
             )
 
     def _connection_failed(

@@ -24,7 +24,7 @@ from jose import jwk, jwt
 from jose.backends.base import Key
 from jose.exceptions import JOSEError, JWTClaimsError
 
-from service.config import Settings
+from service.config import Settings, kid_pairs
 from service.errors import ActionNotAllowed, Forbidden, StoreNotAllowed, Unauthorized
 
 MAX_TOKEN_BYTES = 8 * 1024
@@ -52,9 +52,6 @@ class Caller:
     stores: frozenset[str] | None
     actions: tuple[str, ...] | None
     exp: float
-
-    def has_scope(self, scope: str) -> bool:
-        return scope in self.scopes
 
     def require_scope(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -134,12 +131,8 @@ class TokenVerifier:
         self.keys[kid] = (alg, key)
 
     def _load_hs256(self, spec: str) -> None:
-        for item in spec.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            kid, sep, secret = item.partition(":")
-            if not sep or not kid:
+        for kid, secret in kid_pairs(spec):
+            if not kid:
                 raise KeyFileError("BROKER_JWT_HS256_KEYS entries must look like kid:secret")
             if len(secret.encode()) < MIN_HS256_SECRET_BYTES:
                 raise KeyFileError(

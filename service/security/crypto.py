@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from service.config import kid_pairs
+
 VERSION = "v1"
 KID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
@@ -67,18 +69,14 @@ class KeyRing:
     def parse(cls, spec: str) -> KeyRing:
         """Parse `kid:key,kid:key` (key = 32 random bytes, url-safe base64)."""
         pairs: list[tuple[str, bytes]] = []
-        for item in spec.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            kid, sep, encoded = item.partition(":")
-            if not sep or not KID_RE.match(kid):
+        for kid, encoded in kid_pairs(spec):
+            if not KID_RE.match(kid):
                 raise KeyConfigError(
                     "BROKER_ENCRYPTION_KEYS entries must look like kid:key with a kid of "
                     "letters, digits, '_' or '-' (at most 32)"
                 )
             try:
-                key = _b64decode(encoded.strip())
+                key = _b64decode(encoded)
             except (binascii.Error, ValueError):
                 raise KeyConfigError(f"encryption key {kid!r} is not url-safe base64") from None
             if len(key) != 32:

@@ -26,7 +26,7 @@ def registration(**overrides: str) -> dict[str, str]:
 
 async def raw_install_row(app, store_id: str) -> str:
     """The whole installs row as the database holds it, as one text."""
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         result = await session.execute(
             text("SELECT * FROM installs WHERE store_id = :id"), {"id": store_id}
         )
@@ -124,7 +124,7 @@ async def test_invalid_store_domain_is_400(app, client, auth, domain):
         "/installs/api-key", json=registration(store_domain=domain), headers=auth(ADMIN)
     )
     assert_error(r, 400, "invalid_store_domain")
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         count = (await session.execute(text("SELECT COUNT(*) FROM installs"))).scalar_one()
     assert count == 0
 
@@ -163,7 +163,7 @@ async def test_registration_needs_installs_admin(app, client, auth, scope):
         "/installs/api-key", json=registration(), headers=auth(scope, stores=["*"])
     )
     assert_error(r, 403, "forbidden")
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         count = (await session.execute(text("SELECT COUNT(*) FROM installs"))).scalar_one()
     assert count == 0
 
@@ -192,7 +192,7 @@ async def test_install_start_refuses_other_scopes(app, client, auth, scope):
         "/installs/start", json={"store_domain": "shop.example.com"}, headers=auth(scope)
     )
     assert_error(r, 403, "forbidden")
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         count = (await session.execute(text("SELECT COUNT(*) FROM pending_installs"))).scalar_one()
     assert count == 0
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service import stores
-from service.models import InstallStatus
+from service.installs import repository as stores
+from service.installs.models import InstallStatus
 from tests.conftest import AUDIENCE, CLIENT_ID, HS_KID, HS_SECRET
 from tests.support import assert_error, audit_rows, hs256, install_store
 
@@ -91,7 +91,7 @@ async def test_revoked_store_is_410(client, neto, auth):
 
 async def test_store_needing_reauthorisation_is_409(app, client, neto, auth):
     await install_store(client, neto, "shop.example.com", store_id="N1001")
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         await stores.set_status(session, "N1001", InstallStatus.reauth_required)
         await session.commit()
     r = await client.get("/credentials/N1001", headers=auth(READ, stores=["N1001"]))

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from service import stores
-from service.models import AuditEvent, AuthMethod
+from service.audit.models import AuditEvent
+from service.installs import repository as stores
+from service.installs.models import AuthMethod
 from tests.support import install_store, register_api_key_store
 
 ADMIN = "installs:admin"
@@ -20,9 +21,9 @@ async def register(client, auth, store_id, domain=None, api_key="key-" + "k" * 2
 
 async def seed_at(app, store_id, at, domain=None):
     """An install with a chosen install time (for ties), through the repository."""
-    async with app.state.sessionmaker() as session, session.begin():
+    async with app.state.services.sessionmaker() as session, session.begin():
         await stores.upsert(
-            session, app.state.keyring, store_id=store_id,
+            session, app.state.services.keyring, store_id=store_id,
             store_domain=domain or f"{store_id.lower()}.example.com",
             auth_method=AuthMethod.api_key, secret={"username": "u", "api_key": "k"},
             now=at,
@@ -180,7 +181,7 @@ async def test_revoke_destroys_the_secret_audits_and_stops_bundles_at_once(clien
     assert bundle.status_code == 410, "a revoked store's bundle must stop at once"
     assert bundle.json()["error"] == "store_revoked"
 
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         row = await stores.require(session, "N1001")
         assert row.secret_sealed is None
         assert row.status == "revoked"
@@ -197,7 +198,7 @@ async def test_revoking_twice_changes_nothing(client, app, auth):
     second = await client.delete("/installs/N1", headers=auth(ADMIN))
     assert second.status_code == 200
     assert second.json()["revoked_at"] == first["revoked_at"]
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         events = (await session.execute(
             select(AuditEvent).where(AuditEvent.event == "install.revoked")
         )).scalars().all()  # fmt: skip

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from service import metrics
-from service.models import AuditEvent
+from service.audit.models import AuditEvent
+from service.web import metrics
 from tests.conftest import CLIENT_ID
 from tests.fakes import neto as fake
 from tests.support import install_store, register_api_key_store
@@ -46,7 +46,7 @@ def upstream_count(action: str, status: str) -> float:
 
 
 async def audit_events(app: Any, event: str) -> list[AuditEvent]:
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         rows = await session.execute(select(AuditEvent).where(AuditEvent.event == event))  # type: ignore[arg-type]
         return list(rows.scalars())
 

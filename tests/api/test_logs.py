@@ -12,8 +12,8 @@ import logging
 import pytest
 from starlette.responses import JSONResponse
 
-from service import logs
 from service.security.callers import mint
+from service.web import logs
 from tests.conftest import CLIENT_SECRET, ENC_KEY, HS_KID, HS_SECRET
 from tests.support import install_store, start_install
 

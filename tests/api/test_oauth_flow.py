@@ -8,7 +8,8 @@ from sqlalchemy import select, text, update
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from service.db import utcnow
-from service.models import Install, PendingInstall
+from service.installs.models import Install
+from service.oauth.models import PendingInstall
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, RETURN_PREFIX
 from tests.support import install_store, query_of, start_install
 
@@ -16,7 +17,7 @@ DOMAIN = "shop.example.com"
 
 
 async def rows(app, model):
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         return list((await session.execute(select(model))).scalars())
 
 
@@ -38,7 +39,7 @@ async def test_neto_initiated_install_redirects_to_neto_with_every_parameter(cli
     r = await client.get("/oauth/install", params={"store_domain": "Shop.Example.com"})
     assert r.status_code == 302
     location = r.headers["location"]
-    assert location.startswith(f"{app.state.settings.neto_oauth_url}/auth?")
+    assert location.startswith(f"{app.state.services.settings.neto_oauth_url}/auth?")
     q = query_of(location)
     assert q["client_id"] == CLIENT_ID
     assert q["redirect_uri"] == "http://broker.test/oauth/callback"
@@ -65,7 +66,7 @@ async def test_app_initiated_install_returns_the_authorize_url(client, app, auth
     from datetime import datetime
 
     expires = datetime.fromisoformat(body["state_expires_at"])
-    ttl = app.state.settings.state_ttl_seconds
+    ttl = app.state.services.settings.state_ttl_seconds
     assert abs((expires - utcnow()).total_seconds() - ttl) < 10
 
 
@@ -182,7 +183,7 @@ async def test_unknown_state_is_refused(client, neto):
 
 async def test_expired_state_is_refused(client, app, neto):
     q = await start_install(client, DOMAIN)
-    async with app.state.sessionmaker() as session, session.begin():
+    async with app.state.services.sessionmaker() as session, session.begin():
         await session.execute(
             update(PendingInstall).values(expires_at=utcnow() - timedelta(seconds=1))
         )
@@ -307,7 +308,7 @@ async def test_reinstall_keeps_the_id_replaces_the_token_and_reactivates(client,
 async def test_the_database_holds_no_plaintext_token_email_or_address(client, app, neto):
     got = await install_store(client, neto, DOMAIN, store_id="N77")
     values = []
-    async with app.state.engine.connect() as conn:
+    async with app.state.services.engine.connect() as conn:
         for table in ("installs", "pending_installs", "audit_events"):
             for row in (await conn.execute(text(f"SELECT * FROM {table}"))).all():  # noqa: S608
                 values.extend(str(value) for value in row)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from service.openapi_export import DEFAULT_PATH, document
+from service.web.openapi_export import DEFAULT_PATH, document
 from tests.support import ROOT
 
 # The contract's routes that belong in the document (/docs and /openapi.json serve it).

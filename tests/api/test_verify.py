@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from service.models import AuditEvent
+from service.audit.models import AuditEvent
 from service.neto.actions import VERIFY_ACTION
 from tests.fakes import neto as fake
 from tests.support import install_store
@@ -15,7 +15,7 @@ STORE = "N1001"
 
 
 async def verified_events(app: Any) -> list[AuditEvent]:
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         rows = await session.execute(
             select(AuditEvent)
             .where(AuditEvent.event == "install.verified")  # type: ignore[arg-type]

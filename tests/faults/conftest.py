@@ -10,6 +10,6 @@ from tests.faults.injector import DatabaseFaults
 
 @pytest.fixture
 def db_faults(app: Any) -> Iterator[DatabaseFaults]:
-    faults = DatabaseFaults(app.state.engine)
+    faults = DatabaseFaults(app.state.services.engine)
     yield faults
     faults.close()

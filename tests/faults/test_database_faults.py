@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service.models import AuditEvent, Install, PendingInstall
+from service.audit.models import AuditEvent
+from service.installs.models import Install
+from service.oauth.models import PendingInstall
 from tests.conftest import CLIENT_SECRET
 from tests.support import install_store, migrate, start_install
 
@@ -19,7 +21,7 @@ DOMAIN = "shop.example.com"
 
 
 async def rows(app, model):
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         return list((await session.execute(select(model))).scalars())
 
 
@@ -104,7 +106,7 @@ async def test_down_then_back_recovers_without_a_restart_and_readyz_follows(
     client, app, neto, auth, db_faults
 ):
     await install_store(client, neto, DOMAIN, store_id="N1001")
-    app.state.store_cache.clear()
+    app.state.services.store_cache.clear()
     bundle = auth("credentials:read", stores=["N1001"])
     admin = auth("installs:admin")
     assert (await client.get("/readyz")).status_code == 200
@@ -176,7 +178,7 @@ async def test_when_even_the_release_fails_the_claim_lease_frees_the_state(
     from sqlalchemy import update
 
     from service.db import utcnow
-    from service.pending import CLAIM_LEASE
+    from service.oauth.pending import CLAIM_LEASE
 
     q = await start_install(client, DOMAIN)
     first = neto.authorize(DOMAIN, store_id="N1001")
@@ -191,7 +193,7 @@ async def test_when_even_the_release_fails_the_claim_lease_frees_the_state(
     busy = await client.get("/oauth/callback", params={"state": q["state"], "code": second})
     assert busy.status_code == 400, "within the lease the claim still counts as in flight"
     assert len(neto.token_requests) == 1
-    async with app.state.sessionmaker() as session, session.begin():
+    async with app.state.services.sessionmaker() as session, session.begin():
         lapsed = utcnow() - CLAIM_LEASE - timedelta(seconds=1)
         await session.execute(update(PendingInstall).values(claimed_at=lapsed))
     done = await client.get("/oauth/callback", params={"state": q["state"], "code": second})

@@ -174,7 +174,7 @@ async def test_a_burst_of_hung_calls_leaves_other_stores_at_full_speed(
                 async with asyncio.timeout(deadline):  # all of them reach upstream first
                     while len(upstream.received_for(hung)) < BURST:
                         await asyncio.sleep(0.01)
-                assert broker.app.state.upstream.limits.in_flight("H1") == BURST
+                assert broker.app.state.services.upstream.limits.in_flight("H1") == BURST
 
                 latencies: list[float] = []
 
@@ -191,7 +191,7 @@ async def test_a_burst_of_hung_calls_leaves_other_stores_at_full_speed(
             # Nothing is left behind: every slot released, every upstream connection
             # closed (the hung ones by the broker: they cannot be reused), none still
             # acquired in the aiohttp connector, and no task outlives its request.
-            state = broker.app.state
+            state = broker.app.state.services
             assert state.upstream.limits.in_flight("H1") == 0
             assert state.upstream.limits.in_flight("OK1") == 0
             assert await upstream.wait_closed(hung) == 0

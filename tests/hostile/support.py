@@ -9,7 +9,9 @@ from urllib.parse import unquote
 
 from sqlalchemy import func, select
 
-from service.models import AuditEvent, Install, PendingInstall
+from service.audit.models import AuditEvent
+from service.installs.models import Install
+from service.oauth.models import PendingInstall
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class Footprint:
 
 async def footprint(app: Any, neto: Any) -> Footprint:
     """Row counts and Neto's recordings: a refused request must change none of them."""
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         counts = [
             (await session.execute(select(func.count()).select_from(model))).scalar_one()
             for model in (Install, PendingInstall, AuditEvent)

@@ -10,8 +10,8 @@ import json
 import pytest
 from sqlalchemy import update
 
-from service.models import Install
-from service.stores import sealed_values
+from service.installs.models import Install
+from service.installs.sealing import sealed_values
 from tests.hostile.support import footprint, raw_request
 from tests.support import assert_error, install_store
 
@@ -69,10 +69,12 @@ async def test_a_smuggled_crlf_secret_never_becomes_a_header(
         headers=auth("installs:admin"),
     )  # fmt: skip
     assert r.status_code == 201, r.text
-    async with app.state.sessionmaker() as session, session.begin():
-        values = sealed_values(app.state.keyring, "K1", secret=secret, user=None, billing=None)
+    async with app.state.services.sessionmaker() as session, session.begin():
+        values = sealed_values(
+            app.state.services.keyring, "K1", secret=secret, user=None, billing=None
+        )
         await session.execute(update(Install).where(Install.store_id == "K1").values(**values))
-    app.state.store_cache.clear()
+    app.state.services.store_cache.clear()
 
     before = await footprint(app, neto)
     r = await client.post("/invoke/K1/GetItem", json={}, headers=auth("invoke", stores=["K1"]))
@@ -110,7 +112,7 @@ async def test_a_malformed_body_is_forwarded_as_is_without_crashing(
 
 
 async def test_an_oversized_body_is_refused_before_neto(client, app, neto, auth, store):
-    cap = app.state.settings.max_request_bytes
+    cap = app.state.services.settings.max_request_bytes
     before = await footprint(app, neto)
     headers = {**auth("invoke", stores=[STORE]), "Content-Type": "application/json"}
     r = await client.post(f"/invoke/{STORE}/GetItem", content=b" " * (cap + 1), headers=headers)

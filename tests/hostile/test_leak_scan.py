@@ -11,7 +11,9 @@ import json
 from sqlalchemy import select
 from starlette.responses import JSONResponse
 
-from service.models import AuditEvent, Install, PendingInstall
+from service.audit.models import AuditEvent
+from service.installs.models import Install
+from service.oauth.models import PendingInstall
 from tests.conftest import CLIENT_SECRET
 from tests.support import install_store, start_install
 
@@ -81,7 +83,7 @@ async def test_no_secret_reaches_errors_audit_rows_or_metrics(client, app, neto,
     assert (await call("GET", "/credentials/N1001", headers=admin)).status_code == 410
     assert len(errors) >= 8
 
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         audit = [
             json.dumps([e.event, e.actor, e.store_id, e.request_id, e.details])
             for e in (await session.execute(select(AuditEvent))).scalars()

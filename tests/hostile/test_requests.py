@@ -9,7 +9,8 @@ import json
 import pytest
 from sqlalchemy import select
 
-from service.models import Install, PendingInstall
+from service.installs.models import Install
+from service.oauth.models import PendingInstall
 from tests.conftest import RETURN_PREFIX
 from tests.hostile.support import footprint, raw_request
 from tests.support import start_install
@@ -34,7 +35,7 @@ def assert_envelope(response, status: int, code: str) -> dict:
 
 @pytest.mark.parametrize(("path", "scope"), JSON_ROUTES)
 async def test_a_body_over_the_cap_is_refused_before_parsing(client, app, neto, auth, path, scope):
-    cap = app.state.settings.max_json_bytes
+    cap = app.state.services.settings.max_json_bytes
     before = await footprint(app, neto)
     padded = json.dumps({"store_domain": DOMAIN, "return_url": "x" * cap}).encode()
     r = await client.post(
@@ -234,7 +235,7 @@ async def test_a_hostile_store_id_from_neto_never_becomes_a_header(client, app, 
     assert r.status == 502, r.body
     assert r.header("x-broker-error") == "token_exchange_failed"
     assert r.header("location") is None and not r.headers_named("set-cookie")
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         assert not list((await session.execute(select(Install))).scalars())
         pending = (await session.execute(select(PendingInstall))).scalar_one()
         assert pending.consumed_at is None and pending.claimed_at is None, "state not burned"
@@ -295,7 +296,7 @@ async def test_path_traversal_in_ids_is_refused(client, app, neto, token, method
     assert body["error"] in ("not_found", "validation_error", "store_not_found")
     assert r.header("x-broker-error") == body["error"]
     assert await footprint(app, neto) == before, "no bundle, no revoke, no audit row"
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         install = (await session.execute(select(Install))).scalar_one()
         assert install.status == "active"
 

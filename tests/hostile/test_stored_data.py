@@ -8,7 +8,9 @@ import logging
 import pytest
 from sqlalchemy import select, update
 
-from service.models import AuditEvent, Install, PendingInstall
+from service.audit.models import AuditEvent
+from service.installs.models import Install
+from service.oauth.models import PendingInstall
 from tests.hostile.support import footprint
 from tests.support import install_store, query_of, start_install
 
@@ -27,7 +29,7 @@ async def test_a_lookalike_domain_is_a_different_store(client, app, neto, lookal
     r = await client.get("/oauth/install", params={"store_domain": lookalike})
     assert r.status_code == 302
     assert query_of(r.headers["location"])["store_domain"] == encoded
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         pending = (await session.execute(select(PendingInstall))).scalar_one()
     assert pending.store_domain == encoded != REAL
 
@@ -36,7 +38,7 @@ async def test_ss_and_sharp_s_domains_stay_distinct(client, app):
     for domain in ("strasse.example.com", "straße.example.com"):
         r = await client.get("/oauth/install", params={"store_domain": domain})
         assert r.status_code == 302
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         pending = (await session.execute(select(PendingInstall))).scalars()
         domains = {p.store_domain for p in pending}
     assert domains == {"strasse.example.com", "xn--strae-oqa.example.com"}
@@ -59,7 +61,7 @@ async def test_neto_naming_a_lookalike_of_the_started_store_is_a_mix_up(
     r = await client.get("/oauth/callback", params={"state": q["state"], "code": code})
     assert r.status_code == 502 and r.headers["x-broker-error"] == "store_domain_mismatch"
     assert len(neto.token_requests) == 1
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         assert not list((await session.execute(select(Install))).scalars())
 
 
@@ -67,7 +69,7 @@ async def test_neto_naming_a_lookalike_of_the_started_store_is_a_mix_up(
 
 
 async def move_sealed(app, column: str, source: str, target: str) -> None:
-    async with app.state.sessionmaker() as session, session.begin():
+    async with app.state.services.sessionmaker() as session, session.begin():
         query = select(getattr(Install, column)).where(Install.store_id == source)
         sealed = (await session.execute(query)).scalar_one()
         await session.execute(
@@ -79,7 +81,7 @@ async def test_a_secret_copied_from_another_store_fails_loudly(client, app, neto
     a = await install_store(client, neto, "shop-a.example.com", store_id="N1001")
     b = await install_store(client, neto, "shop-b.example.com", store_id="N2002")
     await move_sealed(app, "secret_sealed", "N1001", "N2002")
-    app.state.store_cache.clear()
+    app.state.services.store_cache.clear()
     headers = auth("credentials:read installs:read", stores=["*"])
     before = await footprint(app, neto)
 
@@ -128,10 +130,10 @@ async def test_reinstalling_repairs_an_unreadable_row(client, app, neto, auth):
     await install_store(client, neto, "shop-a.example.com", store_id="N1001")
     await install_store(client, neto, "shop-b.example.com", store_id="N2002")
     await move_sealed(app, "secret_sealed", "N1001", "N2002")
-    app.state.store_cache.clear()
+    app.state.services.store_cache.clear()
     again = await install_store(client, neto, "shop-b.example.com", store_id="N2002")
     r = await client.get("/credentials/N2002", headers=auth("credentials:read", stores=["N2002"]))
     assert r.status_code == 200 and r.json()["headers"]["X_SECRET_KEY"] == again["access_token"]
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         events = [e.event for e in (await session.execute(select(AuditEvent))).scalars()]
     assert events.count("install.reinstalled") == 1

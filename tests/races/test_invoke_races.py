@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import select
 
-from service import keys
-from service.models import Install
+from service.installs import rotation as keys
+from service.installs.models import Install
+from service.installs.sealing import fingerprint
 from service.security.crypto import KeyRing, generate_key
-from service.stores import fingerprint
 from tests.conftest import ENC_KEY
 from tests.fakes import neto as fake
 from tests.support import install_store, start_install
@@ -145,7 +145,7 @@ async def race(client, app, neto, auth, store, domain, revoke_after, reinstall_a
         if started > revoke.finished:
             assert token != old, "a bundle with the revoked token after the revoke answered"
 
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         install = (
             await session.execute(select(Install).where(Install.store_id == store))
         ).scalar_one()
@@ -194,13 +194,15 @@ async def test_key_rotation_during_invoke_traffic_loses_nothing(
 
     workers = [asyncio.create_task(traffic(i)) for i in range(6)]
     await asyncio.sleep(0.05)
-    report = await keys.rotate(app.state.sessionmaker, KeyRing.parse(keyring), batch_size=5)
+    report = await keys.rotate(
+        app.state.services.sessionmaker, KeyRing.parse(keyring), batch_size=5
+    )
     rotating = False
     await asyncio.gather(*workers)
 
     assert report.ok and report.rotated == len(stores), report
     assert set(answers) == {200} and len(answers) >= 100
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         kids = set((await session.execute(select(Install.key_id))).scalars())
     assert kids == {"k2"}
     # Every call carried its store's own token, before, during and after the rotation.
@@ -237,7 +239,7 @@ async def test_a_refusal_of_the_replaced_token_does_not_flag_the_reinstalled_sto
     assert r.status_code == 502 and r.json()["error"] == "upstream_unauthorized", r.text
     assert neto.api_requests[0].headers["x_secret_key"] == old["access_token"]
 
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         install = (await session.execute(select(Install))).scalar_one()
     assert install.status == "active" and install.token_fingerprint == fingerprint(new)
     r = await client.post(

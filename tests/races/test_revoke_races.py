@@ -16,9 +16,10 @@ from datetime import datetime
 import pytest
 from sqlalchemy import select
 
+from service.audit.models import AuditEvent
 from service.db import utcnow
-from service.models import AuditEvent, Install
-from service.stores import fingerprint
+from service.installs.models import Install
+from service.installs.sealing import fingerprint
 from tests.support import install_store, start_install
 
 TASKS, PER_TASK = 6, 10
@@ -107,7 +108,7 @@ async def race(client, app, neto, auth, store, domain, revoke_after, reinstall_a
         if call.started > revoke.finished and call.finished < reinstall.started:
             assert call.status == 410, "after the revoke, before the reinstall: revoked"
 
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         install = (
             await session.execute(select(Install).where(Install.store_id == store))
         ).scalar_one()

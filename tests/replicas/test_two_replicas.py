@@ -15,10 +15,12 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from service import stores
+from service.audit.models import AuditEvent
 from service.config import Settings
 from service.db import create_sessionmaker, utcnow
-from service.models import AuditEvent, Install, PendingInstall
+from service.installs import sealing
+from service.installs.models import Install
+from service.oauth.models import PendingInstall
 from service.security.crypto import KeyRing
 from tests.conftest import truncate
 from tests.fakes.neto import FakeNeto
@@ -188,7 +190,7 @@ async def seed_under_old_key(db: async_sessionmaker[AsyncSession], ids: list[str
         {
             "store_id": sid, "store_domain": f"{sid.lower()}.example.com",
             "auth_method": "oauth", "status": "active", "installed_at": now, "updated_at": now,
-            **stores.sealed_values(
+            **sealing.sealed_values(
                 old, sid, secret={"access_token": f"tok-{sid}"}, user={"id": sid},
                 billing={"city": "Perth"},
             ),
@@ -271,10 +273,10 @@ async def test_key_rotation_while_both_replicas_serve_bundles_loses_nothing(
     for sid in to_revoke:
         assert rows[sid].status == "revoked" and rows[sid].secret_sealed is None, sid
     for sid in to_replace:
-        creds = stores.open_credentials(new_only, rows[sid], None)
+        creds = sealing.open_credentials(new_only, rows[sid], None)
         assert creds.headers["NETOAPI_KEY"] == f"new-{sid}", "a re-registration was overwritten"
     for sid in random.sample(steady, 50):
-        creds = stores.open_credentials(new_only, rows[sid], "x")
+        creds = sealing.open_credentials(new_only, rows[sid], "x")
         assert creds.headers["X_SECRET_KEY"] == f"tok-{sid}"
 
     # The next deploy drops k1; `keys check` confirms nothing needs it any more.

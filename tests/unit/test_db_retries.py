@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from service import stores
 from service.config import Settings, normalize_database_url
 from service.db import create_engine, create_sessionmaker, run_transaction
 from service.errors import ServiceUnavailable
-from service.models import AuthMethod, Install
+from service.installs import repository as stores
+from service.installs.models import AuthMethod, Install
 from service.security.crypto import KeyRing, generate_key
 from tests.support import migrate
 

@@ -11,10 +11,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 from typer.testing import CliRunner
 
-from service import keys, stores
 from service.cli import app as cli
 from service.db import create_sessionmaker
-from service.models import AuthMethod, Install
+from service.installs import repository as stores
+from service.installs import rotation as keys
+from service.installs import sealing
+from service.installs.models import AuthMethod, Install
 from service.security.crypto import KeyRing, generate_key, key_id_of
 from tests.conftest import HS_KID, HS_SECRET, truncate
 
@@ -100,12 +102,12 @@ def test_rotate_moves_every_install_to_the_primary_key_and_check_says_which_keys
     new_only = KeyRing.parse(NEW)  # the old key is no longer needed to open anything
     for sid in active:
         assert after[sid].key_id == "k2" and sealed_kids(after[sid]) == {"k2"}, sid
-        creds = stores.open_credentials(new_only, after[sid], "client")
+        creds = sealing.open_credentials(new_only, after[sid], "client")
         assert creds.headers["X_SECRET_KEY"] == f"tok-{sid}"
-        profile = stores.open_profile(new_only, after[sid])
+        profile = sealing.open_profile(new_only, after[sid])
         assert (profile.user, profile.billing, profile.readable) == (USER, BILLING, True)
     assert after["S900"].key_id == "k2" and after["S900"].secret_sealed is None
-    profile = stores.open_profile(new_only, after["S900"])
+    profile = sealing.open_profile(new_only, after["S900"])
     assert (profile.user, profile.billing, profile.readable) == (USER, BILLING, True)
     assert after["S901"].key_id is None and sealed_kids(after["S901"]) == set()
 
@@ -156,7 +158,8 @@ async def test_a_row_changed_between_read_and_write_is_left_to_its_writer(db: st
 
         def resealed(sid: str, *old: str | None) -> keys._Resealed:
             new = [
-                stores.reseal(keyring, sid, c.key, v) for c, v in zip(keys.SEALED, old, strict=True)
+                sealing.reseal(keyring, sid, c.key, v)
+                for c, v in zip(keys.SEALED, old, strict=True)
             ]
             return keys._Resealed(sid, "k1", (old[0], old[1], old[2]), (new[0], new[1], new[2]))
 
@@ -175,7 +178,7 @@ async def test_a_row_changed_between_read_and_write_is_left_to_its_writer(db: st
 
         now = await rows(db)
         assert now["S001"].secret_sealed is None, "the revoke must not be undone"
-        creds = stores.open_credentials(keyring, now["S002"], "client")
+        creds = sealing.open_credentials(keyring, now["S002"], "client")
         assert creds.headers["X_SECRET_KEY"] == "fresh", "the reinstall must not be overwritten"
 
         # A full run picks up the revoked row's remaining values.

@@ -5,7 +5,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 
-import service.models  # noqa: F401
+import service.audit.models
+import service.installs.models
+import service.oauth.models  # noqa: F401
 from service.db import metadata
 
 

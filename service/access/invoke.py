@@ -1,0 +1,115 @@
+"""`POST /invoke/{store_id}/{action}`: call Neto through the broker, never seeing a token."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import Response
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.requests import ClientDisconnect
+
+from service.access.pipeline import check_action, forward
+from service.errors import UnsupportedMediaType
+from service.neto.actions import READ_ACTIONS, WRITE_ACTIONS
+from service.services import services
+from service.web.api import ERRORS, StoreId, error
+from service.web.body_limit import is_json, read_capped
+from service.web.deps import Caller, require_scope
+
+router = APIRouter(tags=["invoke"])
+
+
+class _AnyText(Convertor[str]):
+    """Matches every remaining character, newlines and slashes included, so that any name
+    a caller sends reaches the exact-name check (Starlette's `path` stops at a newline)."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anytext", _AnyText())
+
+
+REQUEST_BODY = {
+    "required": False,
+    "content": {
+        "application/json": {
+            "schema": {"type": "object", "additionalProperties": True},
+            "examples": {
+                "GetItem": {"value": {"Filter": {"SKU": ["ABC-1"], "OutputSelector": ["Name"]}}},
+                "GetCurrencySettings": {"value": {}},
+            },
+        }
+    },
+}
+ACTION_DOC = (
+    "A Neto API action, spelled exactly. Reads: "
+    + ", ".join(sorted(READ_ACTIONS))
+    + ". Writes (need an `actions` grant): "
+    + ", ".join(sorted(WRITE_ACTIONS))
+    + "."
+)
+
+
+@router.post(
+    "/invoke/{store_id}/{action:anytext}",
+    summary="Call a Neto API action for a store",
+    response_class=Response,
+    openapi_extra={"requestBody": REQUEST_BODY},
+    responses={
+        200: {
+            "description": "Neto's answer: its status, body and content type, unchanged "
+            "(no `X-Broker-Error`). Neto often reports errors as 200 with `Ack: Error`.",
+            "content": {"application/json": {"example": {"Item": [], "Ack": "Success"}}},
+        },
+        **ERRORS,
+        403: error("Missing scope, store or write-action grant"),
+        404: error("No install for this store, or not a Neto action (`unknown_action`)"),
+        409: error("The store must be re-authorised"),
+        410: error("The install was revoked"),
+        413: error("The request body is over BROKER_MAX_REQUEST_BYTES"),
+        415: error("The request body is not JSON"),
+        429: error("The store's budget is used up or Neto paused it; see `Retry-After`"),
+        502: error(
+            "Neto unreachable, refused the credentials (store marked `reauth_required`), "
+            "redirected, or answered over BROKER_MAX_RESPONSE_BYTES"
+        ),
+        504: error("No answer within BROKER_UPSTREAM_DEADLINE_SECONDS"),
+    },
+)
+async def invoke(
+    request: Request,
+    store_id: StoreId,
+    action: Annotated[str, Path(description=ACTION_DOC)],
+    caller: Annotated[Caller, Depends(require_scope("invoke"))],
+) -> Response:
+    """Forwards the JSON body to the store's Neto API with `NETOAPI_ACTION` and the store's
+    credentials, and returns Neto's status, body and content type unchanged. Only
+    `X-Request-ID` of the caller's headers is forwarded.
+
+    Read actions need the `invoke` scope and the store in `stores`; writes also need an
+    `actions` grant (exact name or `Prefix*`). Reads are retried on connection failures
+    and 5xx; writes never are once sent. Per store: BROKER_STORE_MAX_IN_FLIGHT calls at a
+    time, BROKER_STORE_RATE_PER_MINUTE calls a minute, and a pause of
+    BROKER_RATE_LIMIT_PAUSE_SECONDS after Neto answers 429."""
+    check_action(request, caller, store_id, action)
+    content_type = request.headers.get("content-type")
+    if content_type is not None and not is_json(content_type):
+        raise UnsupportedMediaType()
+
+    async def read_body() -> bytes:
+        limit = services(request).settings.max_request_bytes
+        body = await read_capped(request.headers, request.receive, limit)
+        if body is None:
+            raise ClientDisconnect()
+        return body
+
+    answer = await forward(request, caller, store_id, action, read_body)
+    headers = {"content-type": answer.content_type} if answer.content_type else None
+    return Response(answer.body, status_code=answer.status, headers=headers)

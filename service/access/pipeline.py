@@ -1,0 +1,84 @@
+"""The passthrough pipeline every door to Neto shares (`/invoke` today): the store and
+action checks, the store's usable credentials, the revoke fence, the upstream call under
+the store's limits, and what a refusal of the credentials means for the store."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request
+
+from service.errors import (
+    StoreNotFound,
+    StoreReauthRequired,
+    StoreRevoked,
+    UnknownAction,
+    UpstreamUnauthorized,
+)
+from service.installs.models import InstallStatus
+from service.installs.sealing import credentials_fingerprint
+from service.neto.actions import ALL_ACTIONS, is_write
+from service.neto.credentials import StoreCredentials
+from service.neto.upstream import UpstreamResponse
+from service.security.callers import Caller
+from service.services import services
+from service.web.deps import request_id
+
+
+async def usable_store(request: Request, store_id: str) -> StoreCredentials:
+    """The store's opened credentials, or the error that says why it cannot be used."""
+    request.state.store_id = store_id
+    creds = await services(request).store_cache.get(store_id)
+    if creds is None:
+        raise StoreNotFound()
+    if creds.status == InstallStatus.revoked:
+        raise StoreRevoked()
+    if creds.status == InstallStatus.reauth_required:
+        raise StoreReauthRequired()
+    return creds
+
+
+def check_action(request: Request, caller: Caller, store_id: str, action: str) -> None:
+    """Exact action names only, decided before anything else upstream-related; then the
+    caller's grants for the store and the action."""
+    if action not in ALL_ACTIONS:
+        raise UnknownAction()
+    request.state.action = action
+    caller.require_store(store_id)
+    caller.require_action(action, is_write=is_write(action))
+
+
+async def forward(
+    request: Request,
+    caller: Caller,
+    store_id: str,
+    action: str,
+    read_body: Callable[[], Awaitable[bytes]],
+) -> UpstreamResponse:
+    """Send the caller's body to the store's API (`check_action` has passed) and return
+    Neto's answer, or raise the broker's error that says why there is none."""
+    app = services(request)
+    cache = app.store_cache
+    seen = cache.version(store_id)  # read before the credentials: a change during counts
+    creds = await usable_store(request, store_id)
+    body = await read_body()
+    rid = request_id(request)
+
+    async def fence() -> StoreCredentials:
+        # Before each attempt: if this replica saw the store change since it was read (a
+        # revoke, a reinstall), read it again, so a revoked store is never called after
+        # its revoke answered here (410), and a reinstalled one is called with its new token.
+        nonlocal creds, seen
+        if cache.version(store_id) != seen:
+            seen = cache.version(store_id)
+            creds = await usable_store(request, store_id)
+        return creds
+
+    answer = await app.upstream.call(creds, action, body, request_id=rid, fence=fence)
+    if answer.status in (401, 403):
+        await app.installs.mark_reauth_required(
+            store_id, actor=caller.sub, request_id=rid, action=action,
+            upstream_status=answer.status, token_fingerprint=credentials_fingerprint(creds),
+        )  # fmt: skip
+        raise UpstreamUnauthorized()
+    return answer

@@ -1,0 +1,62 @@
+"""The audit log, for operators."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from service.audit import repository
+from service.audit.models import AuditEvent
+from service.audit.schemas import AuditEventOut, AuditPage
+from service.errors import BadRequest
+from service.web.api import ERRORS, error, no_store
+from service.web.cursors import decode_cursor, encode_cursor, split_page
+from service.web.deps import Caller, SessionDep, require_scope
+
+router = APIRouter(tags=["audit"], dependencies=[Depends(no_store)])
+
+
+def audit_cursor(event: AuditEvent) -> str:
+    return encode_cursor(event.id)
+
+
+def audit_key(cursor: str) -> int:
+    (before_id,) = decode_cursor(cursor, 1)
+    if not isinstance(before_id, int) or isinstance(before_id, bool) or before_id < 1:
+        raise BadRequest("The cursor is not one this API issued.")
+    return before_id
+
+
+@router.get(
+    "/audit",
+    summary="Audit events, newest first",
+    responses={**ERRORS, 400: error("A cursor not from this API")},
+)
+async def list_audit(
+    session: SessionDep,
+    _: Annotated[Caller, Depends(require_scope("installs:read"))],
+    store_id: Annotated[str | None, Query(max_length=64, description="exact store id")] = None,
+    actor: Annotated[
+        str | None,
+        Query(max_length=256, description="exact caller `sub`; `neto` for installs Neto started"),
+    ] = None,
+    event: Annotated[
+        str | None, Query(max_length=64, description="exact event name, e.g. `install.revoked`")
+    ] = None,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> AuditPage:
+    """Who did what to which store: installs, re-installs, revocations, verifications and
+    every credential bundle issued (with its `bundle_id`). Never a secret. Pages follow
+    `next_cursor`; events written while paging do not shift later pages."""
+    before_id = audit_key(cursor) if cursor else None
+    rows = await repository.page(
+        session, store_id=store_id, actor=actor, event=event, before_id=before_id,
+        limit=limit + 1,
+    )  # fmt: skip
+    page, next_cursor = split_page(rows, limit, audit_cursor)
+    return AuditPage(
+        items=[AuditEventOut.model_validate(row, from_attributes=True) for row in page],
+        next_cursor=next_cursor,
+    )

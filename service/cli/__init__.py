@@ -1,0 +1,18 @@
+"""The `broker` command: serve, migrate, mint operator tokens, manage keys, list installs.
+
+Each command group lives in its own module; importing them registers their commands."""
+
+from __future__ import annotations
+
+from service.cli import installs, keys, server, tokens
+from service.cli.common import app
+
+__all__ = ["app", "installs", "keys", "main", "server", "tokens"]
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""`broker installs list`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+
+from service.cli.common import installs_app, settings_or_exit, with_database
+from service.config import Settings
+from service.installs.models import Install, InstallStatus
+
+INSTALL_COLUMNS = ("STORE ID", "DOMAIN", "AUTH", "STATUS", "INSTALLED", "LAST USED")
+
+
+def _when(at: datetime | None) -> str:
+    return at.strftime("%Y-%m-%d %H:%M") if at else "never"
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain text table: stable under pipes, greps and narrow terminals alike."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+    return "\n".join(
+        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in (header, *rows)
+    )
+
+
+async def _read_installs(
+    settings: Settings, status: str | None, search: str | None, limit: int
+) -> list[Install]:
+    from service.installs import repository
+
+    async def work(sessionmaker: Any) -> list[Install]:
+        async with sessionmaker() as session:
+            return await repository.page(session, status=status, q=search, after=None, limit=limit)
+
+    return await with_database(settings, work)
+
+
+@installs_app.command("list")
+def installs_list(
+    status: Annotated[
+        InstallStatus | None, typer.Option(help="Only installs with this status.")
+    ] = None,
+    search: Annotated[
+        str | None, typer.Option("--search", "-q", help="Store id or domain substring.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many rows.")] = 50,
+) -> None:
+    """Print a table of installs, newest first (times in UTC). Never shows a secret."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    settings = settings_or_exit()
+    try:
+        rows = asyncio.run(
+            _read_installs(settings, status.value if status else None, search, limit + 1)
+        )
+    except (SQLAlchemyError, OSError) as exc:
+        typer.secho(
+            f"cannot read installs ({type(exc).__name__}): is BROKER_DATABASE_URL reachable "
+            "and migrated (`broker migrate`)?",
+            err=True,
+            fg="red",
+        )
+        raise typer.Exit(1) from None
+    more = len(rows) > limit
+    rows = rows[:limit]
+    table = [
+        (i.store_id, i.store_domain, i.auth_method, i.status, _when(i.installed_at),
+         _when(i.last_used_at))
+        for i in rows
+    ]  # fmt: skip
+    if table:
+        typer.echo(format_table(INSTALL_COLUMNS, table))
+    noun = "install" if len(rows) == 1 else "installs"
+    typer.echo(f"{len(rows)} {noun}" + (" shown; more exist (raise --limit)" if more else ""))

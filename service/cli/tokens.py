@@ -1,0 +1,68 @@
+"""`broker token mint`: caller tokens for operators and Swagger UI."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import typer
+
+from service.cli.common import settings_or_exit, token_app
+from service.config import kid_pairs
+
+_TTL_RE = re.compile(r"^(\d+)([smhd]?)$")
+
+
+def parse_ttl(text: str) -> int:
+    match = _TTL_RE.match(text.strip())
+    if not match:
+        raise typer.BadParameter("use a number with s, m, h or d, e.g. 15m or 1h")
+    seconds = int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    if not 1 <= seconds <= 86400:
+        raise typer.BadParameter("a caller token lives at most 24h")
+    return seconds
+
+
+def _csv(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [item for item in re.split(r"[,\s]+", text) if item]
+
+
+@token_app.command("mint")
+def token_mint(
+    sub: Annotated[str, typer.Option(help="The caller's name (sub claim).")],
+    scope: Annotated[str, typer.Option(help='Space-separated scopes, e.g. "installs:admin".')],
+    stores: Annotated[str | None, typer.Option(help='Store ids, comma-separated, or "*".')] = None,
+    actions: Annotated[
+        str | None, typer.Option(help='Write actions, e.g. "Update*,AddItem".')
+    ] = None,
+    ttl: Annotated[str, typer.Option(help="Lifetime, e.g. 15m, 1h (max 24h).")] = "1h",
+    kid: Annotated[str | None, typer.Option(help="HS256 key id (default: the first).")] = None,
+) -> None:
+    """Print a caller JWT signed with a configured HS256 key."""
+    from service.security.callers import mint
+
+    settings = settings_or_exit()
+    if not settings.jwt_hs256_keys:
+        typer.secho("BROKER_JWT_HS256_KEYS is not set: no key to sign with", err=True, fg="red")
+        raise typer.Exit(2)
+    pairs = kid_pairs(settings.jwt_hs256_keys.get_secret_value())
+    chosen = next((p for p in pairs if kid is None or p[0] == kid), None)
+    if chosen is None:
+        typer.secho(f"no HS256 key with id {kid!r}", err=True, fg="red")
+        raise typer.Exit(2)
+    issuers = sorted(settings.issuers)
+    typer.echo(
+        mint(
+            kid=chosen[0],
+            secret=chosen[1],
+            sub=sub,
+            scope=scope,
+            audience=settings.jwt_audience,
+            ttl_seconds=parse_ttl(ttl),
+            stores=_csv(stores),
+            actions=_csv(actions),
+            issuer=issuers[0] if issuers else None,
+        )
+    )

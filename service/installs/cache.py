@@ -1,0 +1,199 @@
+"""A per-replica cache of opened store credentials for the hot paths, kept honest by a
+change feed.
+
+Every change to an install (install, reinstall, revoke, re-auth, rotation) stamps
+`installs.updated_at`. Each replica polls `updated_at` every BROKER_STORE_CACHE_SECONDS
+(default 1 s) and drops the entries of stores changed since its last poll, so a revoke
+made on any replica stops bundles and invokes everywhere within one poll interval (the
+replica that served the revoke drops its entry at once). If polling fails, the cache
+stops trusting itself after two intervals and every request reads the database.
+
+Entries carry no TTL otherwise, so a warm replica serves bundles without touching the
+database for the read; the cache is bounded (BROKER_STORE_CACHE_MAX_ENTRIES) and filled
+in the background at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.db import utcnow
+from service.errors import StoreSecretUnreadable
+from service.installs import repository
+from service.installs.sealing import open_credentials
+from service.neto.credentials import StoreCredentials
+from service.security.crypto import KeyRing
+from service.web import metrics
+
+log = logging.getLogger("broker.store_cache")
+
+# Changes are re-read this far back on every poll: covers clock skew between replicas and
+# transactions that commit a while after they stamped updated_at.
+CHANGE_MARGIN = timedelta(seconds=10)
+PRELOAD_BATCH = 1000
+# Per-store change counts kept before they are folded into one base (bounds memory).
+MAX_TRACKED_CHANGES = 100_000
+
+
+class StoreCache:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        keyring: KeyRing,
+        client_id: str | None,
+        *,
+        poll_seconds: float,
+        max_entries: int,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._keyring = keyring
+        self._client_id = client_id
+        self._poll = poll_seconds
+        self._max = max_entries
+        self._entries: dict[str, StoreCredentials] = {}
+        self._trusted_until = 0.0
+        # Bumped by every invalidation. A read that overlapped one is served but not
+        # cached: it may have seen the row before a revoke committed, and caching it would
+        # hand out the revoked token after the revoke has answered.
+        self._epoch = 0
+        # Per store, how often this replica saw it change (plus every clear): an invoke
+        # that read the store checks it before each attempt upstream (`version`).
+        self._changes: dict[str, int] = {}
+        self._clears = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self, *, preload: bool) -> None:
+        if self._poll <= 0 or self._max <= 0:
+            return  # caching disabled: every request reads the database
+        await self._refresh(utcnow() - CHANGE_MARGIN)
+        self._tasks.append(asyncio.create_task(self._poll_loop(), name="store-cache-poll"))
+        if preload:
+            self._tasks.append(asyncio.create_task(self._preload(), name="store-cache-preload"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    # -- reads -------------------------------------------------------------------------
+    async def get(self, store_id: str) -> StoreCredentials | None:
+        if time.monotonic() < self._trusted_until:
+            hit = self._entries.get(store_id)
+            if hit is not None:
+                return hit
+        epoch = self._epoch
+        async with self._sessionmaker() as session:
+            install = await repository.get(session, store_id)
+        if install is None:
+            self._entries.pop(store_id, None)
+            return None
+        creds = open_credentials(self._keyring, install, self._client_id)
+        if epoch == self._epoch:
+            self._put(creds)
+        return creds
+
+    def version(self, store_id: str) -> int:
+        """Grows whenever this replica learns the store changed (a revoke or reinstall
+        here, or the change feed): a caller holding credentials read at an older version
+        must read them again before using them."""
+        return self._clears + self._changes.get(store_id, 0)
+
+    def invalidate(self, store_id: str) -> None:
+        self._epoch += 1
+        self._entries.pop(store_id, None)
+        self._note_change(store_id)
+
+    def _note_change(self, store_id: str) -> None:
+        self._changes[store_id] = self._changes.get(store_id, 0) + 1
+        if len(self._changes) > MAX_TRACKED_CHANGES:
+            # Fold every store's count into the shared base, past the largest, so each
+            # version still only grows, and the table starts over empty.
+            self._clears += max(self._changes.values()) + 1
+            self._changes.clear()
+
+    def clear(self) -> None:
+        self._epoch += 1
+        self._clears += 1
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- internals ---------------------------------------------------------------------
+    def _put(self, creds: StoreCredentials) -> None:
+        if self._max <= 0 or self._poll <= 0:
+            return
+        if len(self._entries) >= self._max:
+            # Drop the oldest tenth (insertion order): cheap, and keeps hot stores cycling in.
+            for key in list(self._entries)[: max(1, self._max // 10)]:
+                del self._entries[key]
+        self._entries[creds.store_id] = creds
+
+    async def _refresh(self, since: datetime) -> None:
+        async with self._sessionmaker() as session:
+            changed = await repository.changed_since(session, since)
+        # Every poll re-reads the whole look-back margin; a cached copy is dropped only if
+        # it predates the change, so a mass change (an import, a key rotation) empties
+        # the cache once rather than on every poll for the next few seconds. In-flight
+        # invokes see the store's version move and re-read it before they send.
+        moved = False
+        for store_id, updated_at in changed:
+            entry = self._entries.get(store_id)
+            if entry is not None and entry.updated_at >= updated_at:
+                continue  # this copy was read after the change
+            self._entries.pop(store_id, None)
+            self._note_change(store_id)
+            moved = True
+        if moved:
+            self._epoch += 1
+        self._trusted_until = time.monotonic() + 2 * self._poll
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll)
+            started = utcnow()
+            metrics.STORE_CACHE_ENTRIES.set(len(self._entries))
+            try:
+                await self._refresh(started - CHANGE_MARGIN)
+            except Exception as exc:  # the cache lapses on its own; requests read the DB
+                log.warning(
+                    "store cache poll failed", extra={"fields": {"error_type": type(exc).__name__}}
+                )
+
+    async def _preload(self) -> None:
+        """Warm the cache with active installs, a batch at a time, up to its bound."""
+        after = ""
+        try:
+            while len(self._entries) < self._max:
+                epoch = self._epoch
+                async with self._sessionmaker() as session:
+                    rows = await repository.active_page(session, after=after, limit=PRELOAD_BATCH)
+                if not rows:
+                    break
+                if epoch != self._epoch:  # something changed meanwhile: re-read this batch
+                    await asyncio.sleep(self._poll / 4)
+                    continue
+                for install in rows:
+                    if install.store_id in self._entries or len(self._entries) >= self._max:
+                        continue
+                    try:
+                        creds = open_credentials(self._keyring, install, self._client_id)
+                    except StoreSecretUnreadable:
+                        continue  # logged at ERROR; requests for it answer the same error
+                    self._entries[install.store_id] = creds
+                after = rows[-1].store_id
+                await asyncio.sleep(0)  # let requests run between batches
+        except Exception as exc:
+            log.warning(
+                "store cache preload stopped", extra={"fields": {"error_type": type(exc).__name__}}
+            )

@@ -1,0 +1,256 @@
+"""The queries and writes of the `installs` table. Only the install service
+(`service.py`) calls the writes; values are sealed by `sealing.py` before they get here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, and_, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlmodel import col
+
+from service.db import utcnow
+from service.errors import StoreNotFound
+from service.installs.models import AuthMethod, Install, InstallStatus
+from service.installs.sealing import fingerprint, sealed_values
+from service.security.crypto import KeyRing
+
+# The installs table for Core statements on the hot paths.
+INSTALLS: Table = Install.__table__  # type: ignore[attr-defined]
+
+
+async def get(session: AsyncSession, store_id: str) -> Install | None:
+    result = await session.execute(
+        select(Install)
+        .where(col(Install.store_id) == store_id)
+        .execution_options(populate_existing=True)
+    )
+    return result.scalar_one_or_none()
+
+
+async def require(session: AsyncSession, store_id: str) -> Install:
+    install = await get(session, store_id)
+    if install is None:
+        raise StoreNotFound()
+    return install
+
+
+def _active_row(
+    keyring: KeyRing,
+    *,
+    store_id: str,
+    store_domain: str,
+    auth_method: str,
+    secret: dict[str, Any],
+    scope: str | None,
+    timezone: str | None,
+    user: dict[str, Any] | None,
+    billing: dict[str, Any] | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The columns of an active install, its secrets sealed to its row; the fingerprint
+    is taken from the secret itself (the access token, or the API key)."""
+    token = secret.get("access_token") or secret.get("api_key") or ""
+    return {
+        "store_id": store_id,
+        "store_domain": store_domain,
+        "auth_method": auth_method,
+        "status": InstallStatus.active.value,
+        "scope": scope,
+        "timezone": timezone,
+        "token_fingerprint": fingerprint(token),
+        "installed_at": now,
+        "updated_at": now,
+        "revoked_at": None,
+        **sealed_values(keyring, store_id, secret=secret, user=user, billing=billing),
+    }
+
+
+async def upsert(
+    session: AsyncSession,
+    keyring: KeyRing,
+    *,
+    store_id: str,
+    store_domain: str,
+    auth_method: AuthMethod,
+    secret: dict[str, Any],
+    scope: str | None = None,
+    timezone: str | None = None,
+    user: dict[str, Any] | None = None,
+    billing: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Store or replace the install keyed by store id, active. True if it already existed.
+
+    An atomic INSERT .. ON CONFLICT DO UPDATE, so concurrent (re)installs of one store on
+    several replicas cannot collide; a reinstall keeps the id and first install time.
+    """
+    existed = await get(session, store_id) is not None
+    values = _active_row(
+        keyring,
+        store_id=store_id,
+        store_domain=store_domain,
+        auth_method=auth_method.value,
+        secret=secret,
+        scope=scope,
+        timezone=timezone,
+        user=user,
+        billing=billing,
+        now=now or utcnow(),
+    )
+    dialect = session.get_bind().dialect.name
+    dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = dialect_insert(Install).values(**values)
+    update_cols = {k: stmt.excluded[k] for k in values if k not in ("store_id", "installed_at")}
+    await session.execute(stmt.on_conflict_do_update(index_elements=["store_id"], set_=update_cols))
+    return existed
+
+
+async def set_status(
+    session: AsyncSession,
+    store_id: str,
+    status: InstallStatus,
+    *,
+    token_fingerprint: str | None = None,
+) -> bool:
+    """Change a live install's status; True if it changed (a revoked install stays so).
+
+    With `token_fingerprint`, only while the install still holds that token: what Neto
+    said about a token says nothing about the one a reinstall has put in its place."""
+    guard = (
+        [] if token_fingerprint is None else [col(Install.token_fingerprint) == token_fingerprint]
+    )
+    result = await session.execute(
+        update(Install)
+        .where(
+            col(Install.store_id) == store_id,
+            col(Install.status) != InstallStatus.revoked.value,
+            col(Install.status) != status.value,
+            *guard,
+        )
+        .values(status=status.value, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def revoke(session: AsyncSession, store_id: str) -> Install:
+    """Destroy the sealed secret and mark the install revoked."""
+    install = await require(session, store_id)
+    now = utcnow()
+    install.status = InstallStatus.revoked.value
+    install.secret_sealed = None
+    install.token_fingerprint = None
+    install.revoked_at = now
+    install.updated_at = now
+    session.add(install)
+    await session.flush()
+    return install
+
+
+async def active_page(session: AsyncSession, *, after: str, limit: int) -> list[Install]:
+    """Active installs with store ids after `after`, in id order (the caches' preload)."""
+    stmt = (
+        select(Install)
+        .where(col(Install.store_id) > after, col(Install.status) == InstallStatus.active.value)
+        .order_by(col(Install.store_id))
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def changed_since(session: AsyncSession, since: datetime) -> list[tuple[str, datetime]]:
+    """(store id, updated_at) of installs changed at or after `since`: the caches' change
+    feed. Core select of two columns: after a mass change this returns many rows."""
+    table = INSTALLS
+    result = await session.execute(
+        select(table.c.store_id, table.c.updated_at).where(table.c.updated_at >= since)
+    )
+    return [(row[0], row[1]) for row in result]
+
+
+async def touch_last_used(conn: AsyncConnection, store_ids: list[str], at: datetime) -> set[str]:
+    """Stamp the stores' last use; returns those not revoked. The row write waits for a
+    concurrent revoke of the same row, so the answer is the committed truth."""
+    table = INSTALLS  # Core, not the ORM's bulk-update path: this runs per batch
+    result = await conn.execute(
+        update(table)
+        .where(
+            table.c.store_id.in_(store_ids),
+            table.c.status != InstallStatus.revoked.value,
+        )
+        .values(last_used_at=at)
+        .returning(table.c.store_id)
+    )
+    return set(result.scalars())
+
+
+async def page(
+    session: AsyncSession,
+    *,
+    status: str | None,
+    q: str | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[Install]:
+    """Newest first by (installed_at, store_id): a keyset that new installs cannot shift
+    (a reinstall keeps its first install time, so it does not move either)."""
+    stmt = select(Install)
+    if status:
+        stmt = stmt.where(col(Install.status) == status)
+    if q:
+        pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        # ILIKE (lower() LIKE lower() on SQLite): "n1001" finds "N1001" on both backends.
+        stmt = stmt.where(
+            or_(
+                col(Install.store_id).ilike(pattern, escape="\\"),
+                col(Install.store_domain).ilike(pattern, escape="\\"),
+            )
+        )
+    if after is not None:
+        at, sid = after
+        stmt = stmt.where(
+            or_(
+                col(Install.installed_at) < at,
+                and_(col(Install.installed_at) == at, col(Install.store_id) < sid),
+            )
+        )
+    stmt = stmt.order_by(col(Install.installed_at).desc(), col(Install.store_id).desc())
+    return list((await session.execute(stmt.limit(limit))).scalars())
+
+
+async def count_by_status(session: AsyncSession) -> dict[str, int]:
+    """Installs per status, every status present (zero included): one GROUP BY."""
+    stmt = select(col(Install.status), func.count()).group_by(col(Install.status))
+    counts = {status.value: 0 for status in InstallStatus}
+    for status, count in await session.execute(stmt):
+        counts[status] = count
+    return counts
+
+
+async def insert_many(
+    session: AsyncSession, keyring: KeyRing, installs: list[dict[str, Any]]
+) -> None:
+    """Bulk-create installs (benchmarks, imports): each dict has store_id, store_domain,
+    auth_method, secret, and optionally user/billing; sealed exactly like `upsert`."""
+    now = utcnow()
+    rows = [
+        _active_row(
+            keyring,
+            store_id=item["store_id"],
+            store_domain=item["store_domain"],
+            auth_method=item["auth_method"],
+            secret=item["secret"],
+            scope=item.get("scope"),
+            timezone=item.get("timezone"),
+            user=item.get("user"),
+            billing=item.get("billing"),
+            now=now,
+        )
+        for item in installs
+    ]
+    await session.execute(insert(Install), rows)

@@ -1,0 +1,179 @@
+"""Installs for operators: list, inspect, register API-key stores, verify, revoke.
+
+Every change goes through the install service (`service.py`); these routes only read."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from service.errors import BadRequest
+from service.installs import repository
+from service.installs.models import Install, StatusName
+from service.installs.schemas import (
+    ApiKeyInstall,
+    InstallDetail,
+    InstallPage,
+    InstallSummary,
+    VerifyResult,
+)
+from service.installs.sealing import open_profile
+from service.neto.actions import VERIFY_ACTION
+from service.security.crypto import KeyRing
+from service.security.domains import normalize_store_domain
+from service.services import services
+from service.web.api import ERRORS, NOT_FOUND, ErrorBody, StoreId, error, no_store
+from service.web.cursors import decode_cursor, encode_cursor, split_page
+from service.web.deps import Caller, SessionDep, request_id, require_scope
+
+router = APIRouter(prefix="/installs", tags=["installs"], dependencies=[Depends(no_store)])
+
+
+def install_cursor(install: Install) -> str:
+    return encode_cursor(install.installed_at.isoformat(), install.store_id)
+
+
+def install_key(cursor: str) -> tuple[datetime, str]:
+    at, store_id = decode_cursor(cursor, 2)
+    try:
+        parsed = datetime.fromisoformat(at) if isinstance(at, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None or not isinstance(store_id, str):
+        raise BadRequest("The cursor is not one this API issued.")
+    return parsed, store_id
+
+
+def detail_of(install: Install, keyring: KeyRing) -> InstallDetail:
+    profile = open_profile(keyring, install)
+    return InstallDetail(
+        store_id=install.store_id,
+        store_domain=install.store_domain,
+        auth_method=install.auth_method,
+        status=install.status,
+        installed_at=install.installed_at,
+        updated_at=install.updated_at,
+        last_used_at=install.last_used_at,
+        scope=install.scope,
+        timezone=install.timezone,
+        user=profile.user,
+        billing_address=profile.billing,
+        secret_readable=profile.readable,
+        revoked_at=install.revoked_at,
+        token_fingerprint=install.token_fingerprint,
+    )
+
+
+@router.post(
+    "/api-key",
+    status_code=201,
+    summary="Register a store that uses a Neto API key",
+    responses={**ERRORS, 400: {"model": ErrorBody}},
+)
+async def register_api_key(
+    request: Request,
+    body: ApiKeyInstall,
+    caller: Annotated[Caller, Depends(require_scope("installs:admin"))],
+) -> InstallDetail:
+    """Stores (or replaces) an API-key store; its key is sealed like an OAuth token, and
+    bundles and invoke work for it the same way."""
+    domain = normalize_store_domain(body.store_domain)
+    request.state.store_id = body.store_id
+    app = services(request)
+    install = await app.installs.register_api_key(
+        store_id=body.store_id,
+        store_domain=domain,
+        username=body.username,
+        api_key=body.api_key.get_secret_value(),
+        actor=caller.sub,
+        request_id=request_id(request),
+    )
+    return detail_of(install, app.keyring)
+
+
+@router.get("", summary="List installs, newest first", responses=ERRORS)
+async def list_installs(
+    session: SessionDep,
+    _: Annotated[Caller, Depends(require_scope("installs:read"))],
+    status: StatusName | None = None,
+    q: Annotated[
+        str | None, Query(max_length=253, description="store id or domain substring")
+    ] = None,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> InstallPage:
+    """Installs newest first. Pages are keyed on (install time, store id), so installs
+    added while paging neither repeat nor hide others."""
+    after = install_key(cursor) if cursor else None
+    rows = await repository.page(session, status=status, q=q, after=after, limit=limit + 1)
+    page, next_cursor = split_page(rows, limit, install_cursor)
+    return InstallPage(
+        items=[InstallSummary.model_validate(row, from_attributes=True) for row in page],
+        next_cursor=next_cursor,
+    )
+
+
+@router.get("/{store_id}", summary="One install, for operators", responses={**ERRORS, **NOT_FOUND})
+async def get_install(
+    request: Request,
+    store_id: StoreId,
+    session: SessionDep,
+    _: Annotated[Caller, Depends(require_scope("installs:read"))],
+) -> InstallDetail:
+    """Everything an operator needs about a store: status, scope, user, billing address,
+    times, and the token's fingerprint. Never the token."""
+    request.state.store_id = store_id
+    install = await repository.require(session, store_id)
+    return detail_of(install, services(request).keyring)
+
+
+@router.delete("/{store_id}", summary="Revoke an install", responses={**ERRORS, **NOT_FOUND})
+async def revoke_install(
+    request: Request,
+    store_id: StoreId,
+    caller: Annotated[Caller, Depends(require_scope("installs:admin"))],
+) -> InstallDetail:
+    """Destroys the stored secret (token or API key) and marks the store `revoked`; the
+    user and billing address stay for the record. Bundles and invokes for it answer 410
+    `store_revoked` on this replica at once and on every other within
+    BROKER_STORE_CACHE_SECONDS. Revoking a revoked store changes nothing. To use the store
+    again, the merchant reinstalls (or an operator re-registers its API key)."""
+    request.state.store_id = store_id
+    app = services(request)
+    install = await app.installs.revoke(store_id, actor=caller.sub, request_id=request_id(request))
+    return detail_of(install, app.keyring)
+
+
+@router.post(
+    "/{store_id}/verify",
+    summary="Check the stored credentials against Neto",
+    responses={
+        **ERRORS,
+        **NOT_FOUND,
+        410: error("The install was revoked: nothing to verify"),
+    },
+)
+async def verify_install(
+    request: Request,
+    store_id: StoreId,
+    caller: Annotated[Caller, Depends(require_scope("installs:admin"))],
+) -> VerifyResult:
+    """Sends one cheap read (GetCurrencySettings) to the store's Neto API with the stored
+    credentials and reports the outcome. Neto accepting them makes the store `active`
+    (also after `reauth_required`); a 401/403 makes it `reauth_required`. Any other
+    failure (unreachable, timeout, rate limit, 5xx) is reported and changes nothing.
+    Every verify is audited (`install.verified`)."""
+    request.state.store_id = store_id
+    request.state.action = VERIFY_ACTION
+    outcome = await services(request).installs.verify(
+        store_id, actor=caller.sub, request_id=request_id(request)
+    )
+    return VerifyResult(
+        store_id=store_id,
+        ok=outcome.ok,
+        status=outcome.status,
+        upstream_status=outcome.upstream_status,
+        detail=outcome.detail,
+    )

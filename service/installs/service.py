@@ -1,0 +1,241 @@
+"""The install service: every change to an install goes through here.
+
+An OAuth grant stored, an API key registered, a revoke, a verify outcome, a re-auth flag,
+a reactivation: each is written, audited and committed in one transaction, and only then
+is this replica's cached copy dropped (`_change`), so no request can re-cache the old
+state and no write path can forget a step. Other replicas learn of the change through the
+cache's change feed. Routers and the OAuth flow call these methods; none of them commits
+a change to an install itself (tests/unit/test_install_service.py checks the source).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.audit.writer import record
+from service.db import run_transaction, utcnow
+from service.errors import BrokerError, StoreRevoked
+from service.installs import repository
+from service.installs.cache import StoreCache
+from service.installs.models import AuthMethod, Install, InstallStatus
+from service.installs.sealing import open_credentials
+from service.neto.actions import VERIFY_ACTION
+from service.neto.oauth import TokenGrant
+from service.neto.upstream import UpstreamClient
+from service.security.crypto import KeyRing
+
+T = TypeVar("T")
+# Work that must commit with the change or not at all (the OAuth flow consumes its state).
+AlsoInTransaction = Callable[[AsyncSession], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyOutcome:
+    ok: bool
+    status: str
+    upstream_status: int | None
+    detail: str
+    changed: bool
+
+
+def verdict(upstream_status: int) -> tuple[bool, InstallStatus | None, str]:
+    """What Neto's answer to the verify read says about the stored credentials: ok, the
+    status the install should have (None: leave it), and a sentence for the operator."""
+    if upstream_status in (401, 403):
+        detail = f"Neto refused the stored credentials (HTTP {upstream_status})."
+        return False, InstallStatus.reauth_required, detail
+    if 200 <= upstream_status < 300:
+        return True, InstallStatus.active, "Neto accepted the stored credentials."
+    return False, None, f"Neto answered HTTP {upstream_status}; status left unchanged."
+
+
+class InstallService:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        keyring: KeyRing,
+        cache: StoreCache,
+        upstream: UpstreamClient,
+        client_id: str | None,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._keyring = keyring
+        self._cache = cache
+        self._upstream = upstream
+        self._client_id = client_id
+
+    async def _change(self, store_id: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run `work` (write and audit) in one transaction, then drop the cached copy.
+
+        The drop comes after the commit, so no request can cache the old row again; it
+        also happens when the commit failed, since a failed commit's outcome may be
+        unknown and a dropped copy is only read again."""
+        try:
+            return await run_transaction(self._sessionmaker, work)
+        finally:
+            self._cache.invalidate(store_id)
+
+    async def store_oauth_grant(
+        self,
+        grant: TokenGrant,
+        *,
+        actor: str,
+        request_id: str | None,
+        also: AlsoInTransaction | None = None,
+    ) -> bool:
+        """Store (or replace) an OAuth install, active. True if the store was installed
+        before (a reinstall keeps its id and first install time)."""
+
+        async def work(session: AsyncSession) -> bool:
+            existed = await repository.upsert(
+                session,
+                self._keyring,
+                store_id=grant.store_id,
+                store_domain=grant.store_domain,
+                auth_method=AuthMethod.oauth,
+                secret={
+                    "access_token": grant.access_token.get_secret_value(),
+                    **grant.extra_secrets,
+                },
+                scope=grant.scope,
+                timezone=grant.timezone,
+                user=grant.user,
+                billing=grant.billing_address,
+                now=utcnow(),
+            )
+            if also is not None:
+                await also(session)
+            _record_install(session, existed, actor, grant.store_id, request_id,
+                            grant.store_domain, AuthMethod.oauth)  # fmt: skip
+            return existed
+
+        return await self._change(grant.store_id, work)
+
+    async def register_api_key(
+        self,
+        *,
+        store_id: str,
+        store_domain: str,
+        username: str,
+        api_key: str,
+        actor: str,
+        request_id: str | None,
+    ) -> Install:
+        """Store (or replace) an API-key install, active; its key is sealed like a token."""
+
+        async def work(session: AsyncSession) -> Install:
+            existed = await repository.upsert(
+                session,
+                self._keyring,
+                store_id=store_id,
+                store_domain=store_domain,
+                auth_method=AuthMethod.api_key,
+                secret={"username": username, "api_key": api_key},
+            )
+            _record_install(session, existed, actor, store_id, request_id,
+                            store_domain, AuthMethod.api_key)  # fmt: skip
+            return await repository.require(session, store_id)
+
+        return await self._change(store_id, work)
+
+    async def revoke(self, store_id: str, *, actor: str, request_id: str | None) -> Install:
+        """Destroy the stored secret and mark the install revoked. Idempotent: revoking a
+        revoked store changes nothing and audits nothing."""
+
+        async def work(session: AsyncSession) -> Install:
+            install = await repository.require(session, store_id)
+            if install.status == InstallStatus.revoked:
+                return install
+            install = await repository.revoke(session, store_id)
+            record(session, "install.revoked", actor=actor, store_id=store_id,
+                   request_id=request_id)  # fmt: skip
+            return install
+
+        return await self._change(store_id, work)
+
+    async def mark_reauth_required(
+        self,
+        store_id: str,
+        *,
+        actor: str,
+        request_id: str | None,
+        action: str,
+        upstream_status: int,
+        token_fingerprint: str | None,
+    ) -> bool:
+        """Neto refused the store's credentials: flag the store for operators. Audited
+        once, when the status changes. `token_fingerprint` names the refused token: a
+        store reinstalled since (another token) is left active."""
+
+        async def work(session: AsyncSession) -> bool:
+            changed = await repository.set_status(
+                session, store_id, InstallStatus.reauth_required,
+                token_fingerprint=token_fingerprint,
+            )  # fmt: skip
+            if changed:
+                record(session, "install.reauth_required", actor=actor, store_id=store_id,
+                       request_id=request_id, action=action,
+                       upstream_status=upstream_status)  # fmt: skip
+            return changed
+
+        return await self._change(store_id, work)
+
+    async def verify(self, store_id: str, *, actor: str, request_id: str | None) -> VerifyOutcome:
+        """Send the cheap verify read with the stored credentials and apply what Neto's
+        answer says: accepted makes the store active (also after `reauth_required`),
+        refused makes it `reauth_required`, anything else changes nothing. Every verify
+        is audited (`install.verified`). No transaction is open while Neto is called."""
+        # Straight from the database, not the cache: the operator wants the current state.
+        async with self._sessionmaker() as session:
+            install = await repository.require(session, store_id)
+        if install.status == InstallStatus.revoked:
+            raise StoreRevoked()
+        creds = open_credentials(self._keyring, install, self._client_id)
+        upstream_status: int | None = None
+        new_status: InstallStatus | None = None
+        try:
+            answer = await self._upstream.call(creds, VERIFY_ACTION, b"{}", request_id=request_id)
+        except BrokerError as exc:
+            ok, detail = False, f"{exc.code}: {exc.detail}"
+        else:
+            upstream_status = answer.status
+            ok, new_status, detail = verdict(answer.status)
+
+        async def work(session: AsyncSession) -> VerifyOutcome:
+            changed = False
+            if new_status is not None:
+                # Only if the install still holds the token that was verified.
+                changed = await repository.set_status(
+                    session, store_id, new_status, token_fingerprint=install.token_fingerprint
+                )
+            status = new_status.value if new_status is not None else install.status
+            record(session, "install.verified", actor=actor, store_id=store_id,
+                   request_id=request_id, ok=ok, upstream_status=upstream_status,
+                   status=status, changed=changed)  # fmt: skip
+            return VerifyOutcome(ok, status, upstream_status, detail, changed)
+
+        return await self._change(store_id, work)
+
+
+def _record_install(
+    session: AsyncSession,
+    existed: bool,
+    actor: str,
+    store_id: str,
+    request_id: str | None,
+    store_domain: str,
+    auth_method: AuthMethod,
+) -> None:
+    record(
+        session,
+        "install.reinstalled" if existed else "install.created",
+        actor=actor,
+        store_id=store_id,
+        request_id=request_id,
+        store_domain=store_domain,
+        auth_method=auth_method.value,
+    )

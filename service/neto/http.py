@@ -1,0 +1,55 @@
+"""The one shared HTTP client every upstream call rides on: no redirects, no proxies, no
+cookies, and the egress rules checked socket by socket (`service/security/egress.py`)."""
+
+from __future__ import annotations
+
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+from service.config import Settings
+from service.security.egress import socket_factory
+
+
+def create_session(settings: Settings) -> aiohttp.ClientSession:
+    """The one shared aiohttp session every upstream call rides on. Call inside the
+    running event loop (lifespan)."""
+    connector = aiohttp.TCPConnector(
+        limit=0,  # per-store limits are enforced by the broker itself
+        limit_per_host=0,
+        ttl_dns_cache=60,
+        keepalive_timeout=30,
+        enable_cleanup_closed=True,
+        socket_factory=socket_factory(settings.egress_allow_private),
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        trust_env=False,
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+        # One client serves every store and caller: a cookie from one answer must never
+        # ride along on another store's or caller's request.
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
+
+def create_http_client(session: aiohttp.ClientSession, settings: Settings) -> httpx.AsyncClient:
+    """httpx's API over the shared aiohttp session, for the OAuth token exchange.
+
+    The /invoke passthrough calls the session directly: per request, httpx's client layer
+    (request and response models, cookie extraction, redirect and auth hooks) measured
+    more CPU than the whole aiohttp request (see docs/performance.md).
+    """
+    transport = AiohttpTransport(client=session, trust_env=False)
+    return httpx.AsyncClient(
+        transport=transport,
+        trust_env=False,
+        follow_redirects=False,
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+        timeout=httpx.Timeout(
+            settings.upstream_deadline_seconds, connect=settings.upstream_connect_timeout_seconds
+        ),
+        headers={"User-Agent": "neto-token-broker"},
+    )

@@ -1,0 +1,166 @@
+"""The OAuth install flow, end to end: start (either way), callback, store.
+
+Each step that touches the database runs in its own short transaction so no lock is held
+while Neto is being called.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.audit.writer import record
+from service.config import Settings
+from service.db import run_transaction
+from service.errors import BadRequest, BrokerError, OAuthNotConfigured
+from service.installs.service import InstallService
+from service.neto.oauth import authorize_url, exchange_code
+from service.oauth import pending
+from service.oauth.models import PendingInstall
+from service.security.domains import normalize_store_domain
+
+log = logging.getLogger("broker.install")
+
+
+def check_return_url(settings: Settings, url: str | None) -> str | None:
+    """Only absolute http(s) URLs under an operator-allowed prefix: no open redirect."""
+    if url is None or url == "":
+        return None
+    # Printable ASCII only: a URL percent-encodes the rest, and DEL, NEL or U+2028 have
+    # no business in a Location header.
+    if any(not 0x21 <= ord(ch) < 0x7F or ch == "\\" for ch in url):
+        raise BadRequest("return_url contains characters that are not allowed.")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:
+        raise BadRequest("return_url must be an absolute http(s) URL without user info.")
+    for prefix in settings.allowed_return_prefixes:
+        allowed = urlsplit(prefix)
+        if (
+            parts.scheme == allowed.scheme
+            and parts.netloc.lower() == allowed.netloc.lower()
+            and parts.path.startswith(allowed.path or "/")
+        ):
+            return url
+    raise BadRequest("return_url is not under a prefix this broker allows.")
+
+
+def add_query(url: str, **params: str) -> str:
+    parts = urlsplit(url)
+    query = (parts.query + "&" if parts.query else "") + urlencode(params)
+    return urlunsplit(parts._replace(query=query))
+
+
+@dataclass(frozen=True)
+class Started:
+    authorize_url: str
+    expires_at: datetime
+
+
+async def start(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    raw_domain: str,
+    return_url: str | None,
+    initiated_by: str,
+    request_id: str | None,
+) -> Started:
+    if not settings.oauth_configured:
+        raise OAuthNotConfigured()
+    domain = normalize_store_domain(raw_domain)
+    return_url = check_return_url(settings, return_url)
+    state, row = await pending.create(
+        session,
+        store_domain=domain,
+        return_url=return_url,
+        initiated_by=initiated_by,
+        ttl_seconds=settings.state_ttl_seconds,
+    )
+    record(
+        session,
+        "install.started",
+        actor=initiated_by,
+        request_id=request_id,
+        store_domain=domain,
+    )
+    return Started(authorize_url(settings, domain, state), row.expires_at)
+
+
+@dataclass(frozen=True)
+class Completed:
+    store_id: str
+    store_domain: str
+    return_url: str | None
+
+
+async def complete(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    client: httpx.AsyncClient,
+    settings: Settings,
+    installs: InstallService,
+    *,
+    state: str,
+    code: str,
+    request_id: str | None,
+) -> Completed:
+    """Claim the state, exchange the code once, store the install, consume the state."""
+    if not settings.oauth_configured:
+        raise OAuthNotConfigured()
+
+    async def claim(session: AsyncSession) -> PendingInstall:
+        return await pending.claim(session, state, code)
+
+    claimed = await run_transaction(sessionmaker, claim)
+    pending_id = claimed.id
+    assert pending_id is not None
+    try:
+        grant = await exchange_code(client, settings, code, claimed.store_domain)
+
+        async def consume(session: AsyncSession) -> None:
+            # In the install's own transaction: the state is used exactly when it stored.
+            await pending.consume(session, pending_id, grant.store_id)
+
+        await installs.store_oauth_grant(
+            grant, actor=claimed.initiated_by, request_id=request_id, also=consume
+        )
+    except BaseException as exc:
+        await _release(sessionmaker, pending_id)
+        if isinstance(exc, BrokerError):
+            await _audit_failure(sessionmaker, claimed, exc, request_id)
+        raise
+    return Completed(grant.store_id, grant.store_domain, claimed.return_url)
+
+
+async def _release(sessionmaker: async_sessionmaker[AsyncSession], pending_id: int) -> None:
+    """Best effort: if the database is down too, the claim lease runs out on its own."""
+    try:
+        await run_transaction(sessionmaker, lambda s: pending.release(s, pending_id), attempts=2)
+    except Exception:
+        log.warning("could not release an install claim; it expires with its lease")
+
+
+async def _audit_failure(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    claimed: PendingInstall,
+    exc: BrokerError,
+    request_id: str | None,
+) -> None:
+    async def run(session: AsyncSession) -> None:
+        record(
+            session,
+            "install.failed",
+            actor=claimed.initiated_by,
+            request_id=request_id,
+            store_domain=claimed.store_domain,
+            error=exc.code,
+        )
+
+    try:
+        await run_transaction(sessionmaker, run, attempts=2)
+    except Exception:
+        log.warning("could not audit a failed install")

@@ -1,0 +1,33 @@
+"""The `pending_installs` table: OAuth installs in flight."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, String
+from sqlmodel import Field, SQLModel
+
+from service.db import UTCDateTime, utcnow
+
+
+class PendingInstall(SQLModel, table=True):
+    """An OAuth install in flight. Only a hash of the `state` is stored."""
+
+    __tablename__ = "pending_installs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    state_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    store_domain: str = Field(sa_column=Column(String(253), nullable=False))
+    return_url: str | None = Field(default=None, sa_column=Column(String(2048)))
+    initiated_by: str = Field(sa_column=Column(String(128), nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    # A callback claims the state (with a hash of its code) before it exchanges the code;
+    # the claim is released if nothing was stored, and consumed_at is set in the same
+    # transaction that stores the install.
+    claimed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    claim_code_hash: str | None = Field(default=None, sa_column=Column(String(64)))
+    consumed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    store_id: str | None = Field(default=None, sa_column=Column(String(64)))

@@ -1,0 +1,122 @@
+"""Pending OAuth installs: the `state` a merchant carries to Neto and back.
+
+Only a SHA-256 of the state is stored. A callback *claims* the state, together with a
+hash of its code, in a committed conditional UPDATE before it exchanges the code: of any
+number of concurrent callbacks, on any number of replicas, exactly one wins. The claim
+is *consumed* in the transaction that stores the install, or released when nothing was
+stored, so a failure never burns the state (the merchant can approve again), while the
+same code is never exchanged twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from service.db import utcnow
+from service.errors import InvalidState, StateExpired
+from service.oauth.models import PendingInstall
+
+# A claim older than this is abandoned (its request died); the state may be claimed again
+# with a different code. Longer than any token exchange can take.
+CLAIM_LEASE = timedelta(seconds=120)
+# Expired pending installs are deleted this long after they expire.
+RETENTION = timedelta(days=1)
+
+
+def digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+async def create(
+    session: AsyncSession,
+    *,
+    store_domain: str,
+    return_url: str | None,
+    initiated_by: str,
+    ttl_seconds: int,
+) -> tuple[str, PendingInstall]:
+    state = secrets.token_urlsafe(32)  # 256 bits
+    now = utcnow()
+    pending = PendingInstall(
+        state_hash=digest(state),
+        store_domain=store_domain,
+        return_url=return_url,
+        initiated_by=initiated_by,
+        created_at=now,
+        expires_at=now + timedelta(seconds=ttl_seconds),
+    )
+    session.add(pending)
+    # Housekeeping on the write path keeps the table small without a scheduler.
+    await session.execute(
+        delete(PendingInstall).where(col(PendingInstall.expires_at) < now - RETENTION)
+    )
+    await session.flush()
+    return state, pending
+
+
+async def claim(session: AsyncSession, state: str, code: str) -> PendingInstall:
+    """Claim the state for this code, or raise InvalidState / StateExpired."""
+    now = utcnow()
+    state_hash, code_hash = digest(state), digest(code)
+    result = await session.execute(
+        update(PendingInstall)
+        .where(
+            col(PendingInstall.state_hash) == state_hash,
+            col(PendingInstall.consumed_at).is_(None),
+            col(PendingInstall.expires_at) > now,
+            or_(
+                col(PendingInstall.claimed_at).is_(None),
+                col(PendingInstall.claimed_at) < now - CLAIM_LEASE,
+            ),
+            or_(
+                col(PendingInstall.claim_code_hash).is_(None),
+                col(PendingInstall.claim_code_hash) != code_hash,
+            ),
+        )
+        .values(claimed_at=now, claim_code_hash=code_hash)
+        .execution_options(synchronize_session=False)
+    )
+    row = (
+        await session.execute(
+            select(PendingInstall)
+            .where(col(PendingInstall.state_hash) == state_hash)
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()
+    if result.rowcount == 1 and row is not None:  # type: ignore[attr-defined]
+        return row
+    if row is None:
+        raise InvalidState("This install link is unknown. Start the install again from Neto.")
+    if row.consumed_at is not None:
+        raise InvalidState("This install link was already used. Start the install again.")
+    if row.expires_at <= now:
+        raise StateExpired("This install link has expired. Start the install again.")
+    raise InvalidState(
+        "This install is already being completed, or this approval was already used. "
+        "Start the install again."
+    )
+
+
+async def release(session: AsyncSession, pending_id: int) -> None:
+    """Nothing was stored: let the state be claimed again (with a new code)."""
+    await session.execute(
+        update(PendingInstall)
+        .where(col(PendingInstall.id) == pending_id, col(PendingInstall.consumed_at).is_(None))
+        .values(claimed_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def consume(session: AsyncSession, pending_id: int, store_id: str) -> None:
+    await session.execute(
+        update(PendingInstall)
+        .where(col(PendingInstall.id) == pending_id)
+        .values(consumed_at=utcnow(), store_id=store_id)
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,123 @@
+"""The install routes: the merchant-facing OAuth pair, which answers HTML (a browser is on
+the other end; errors are rendered as pages by the app's error handler), and the
+app-initiated start, which answers JSON."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from service.errors import BadRequest, InstallDenied
+from service.oauth import flow
+from service.oauth.schemas import InstallStart, InstallStarted
+from service.services import services
+from service.web.api import ERRORS, ErrorBody
+from service.web.deps import Caller, SessionDep, request_id, require_scope
+from service.web.responses import PAGE_HEADERS, html_page
+
+router = APIRouter()
+
+_CODE_RE = re.compile(r"^[a-z_]{1,64}$")
+
+
+def _single(request: Request, *names: str) -> None:
+    """Refuse repeated query parameters: which copy would win is an attacker's choice."""
+    for name in names:
+        if len(request.query_params.getlist(name)) > 1:
+            raise BadRequest(f"The query parameter {name!r} appears more than once.")
+
+
+@router.post(
+    "/installs/start",
+    tags=["installs"],
+    status_code=201,
+    summary="Start an OAuth install from the company's app",
+    responses={**ERRORS, 400: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
+async def start_install(
+    request: Request,
+    body: InstallStart,
+    session: SessionDep,
+    caller: Annotated[Caller, Depends(require_scope("installs:start"))],
+) -> InstallStarted:
+    """Creates a pending install and returns the Neto URL to send the merchant to."""
+    started = await flow.start(
+        session,
+        services(request).settings,
+        raw_domain=body.store_domain,
+        return_url=body.return_url,
+        initiated_by=caller.sub,
+        request_id=request_id(request),
+    )
+    return InstallStarted(authorize_url=started.authorize_url, state_expires_at=started.expires_at)
+
+
+@router.get(
+    "/oauth/install",
+    tags=["oauth"],
+    summary="Start an install from Neto's control panel",
+    response_class=RedirectResponse,
+    status_code=302,
+    responses={302: {"description": "Redirect to Neto's authorise page"}},
+)
+async def install(
+    request: Request,
+    session: SessionDep,
+    store_domain: Annotated[str, Query(max_length=1024)],
+) -> Response:
+    """Neto sends the merchant here when they install the add-on. The broker creates a
+    pending install and sends the merchant on to Neto to approve it."""
+    _single(request, "store_domain")
+    started = await flow.start(
+        session,
+        services(request).settings,
+        raw_domain=store_domain,
+        return_url=None,
+        initiated_by="neto",
+        request_id=request_id(request),
+    )
+    return RedirectResponse(started.authorize_url, status_code=302, headers=PAGE_HEADERS)
+
+
+@router.get(
+    "/oauth/callback",
+    tags=["oauth"],
+    summary="Neto returns the merchant here with a code",
+    response_class=HTMLResponse,
+    responses={302: {"description": "Redirect to the install's return URL"}},
+)
+async def callback(
+    request: Request,
+    state: Annotated[str | None, Query(max_length=512)] = None,
+    code: Annotated[str | None, Query(max_length=2048)] = None,
+    error: Annotated[str | None, Query(max_length=256)] = None,
+) -> Response:
+    """Checks the `state`, exchanges the code once, stores the install, and sends the
+    merchant to the install's return URL or shows a confirmation page."""
+    _single(request, "state", "code", "error")
+    if error is not None:
+        shown = error if _CODE_RE.match(error) else "error"
+        raise InstallDenied(
+            f"Neto reported '{shown}': the add-on was not approved. To connect the store, "
+            "start the install again from your Neto control panel and approve it."
+        )
+    if not state or not code:
+        raise BadRequest("The link is missing its code or state. Start the install again.")
+    app = services(request)
+    done = await flow.complete(
+        app.sessionmaker, app.http, app.settings, app.installs, state=state, code=code,
+        request_id=request_id(request),
+    )  # fmt: skip
+    request.state.store_id = done.store_id
+    if done.return_url:
+        target = flow.add_query(done.return_url, store_id=done.store_id, status="installed")
+        return RedirectResponse(target, status_code=302, headers=PAGE_HEADERS)
+    page = html_page(
+        "Your Neto store is connected",
+        f"{done.store_domain} is now connected. You can close this window.",
+        ok=True,
+    )
+    return HTMLResponse(page, headers=PAGE_HEADERS)

@@ -1,0 +1,121 @@
+"""The shared services of one app: built once in its lifespan (`running`), reached
+through `services(request)`. No other code reads `app.state`.
+
+Keys, caller-token verification and the API URL template are parsed by `create_app`
+(`StartupConfig.load`), so a bad key or template fails start-up before anything opens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.requests import HTTPConnection
+
+from service.access.audit_batch import AuditWriter
+from service.config import Settings
+from service.db import create_engine, create_sessionmaker
+from service.installs.cache import StoreCache
+from service.installs.service import InstallService
+from service.neto.http import create_http_client, create_session
+from service.neto.upstream import UpstreamClient
+from service.neto.urls import ApiUrlBuilder
+from service.notifications import Listener
+from service.security.callers import TokenVerifier
+from service.security.crypto import KeyRing
+
+log = logging.getLogger("broker")
+
+
+@dataclass(frozen=True, slots=True)
+class StartupConfig:
+    """What is parsed from the settings before the app is built."""
+
+    settings: Settings
+    keyring: KeyRing
+    verifier: TokenVerifier
+    api_urls: ApiUrlBuilder
+
+    @classmethod
+    def load(cls, settings: Settings) -> StartupConfig:
+        if settings.encryption_keys is None:
+            raise ValueError("BROKER_ENCRYPTION_KEYS is not set")
+        return cls(
+            settings=settings,
+            keyring=KeyRing.parse(settings.encryption_keys.get_secret_value()),
+            verifier=TokenVerifier(settings),
+            api_urls=ApiUrlBuilder(settings.neto_api_url_template),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    keyring: KeyRing
+    verifier: TokenVerifier
+    api_urls: ApiUrlBuilder
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    listener: Listener  # PostgreSQL LISTEN/NOTIFY; consumers subscribe before it starts
+    http: httpx.AsyncClient  # httpx's API for the OAuth code exchange
+    upstream: UpstreamClient  # the store API client (/invoke, verify)
+    store_cache: StoreCache
+    audit_writer: AuditWriter  # bundles' group-committed audit rows
+    installs: InstallService
+
+
+@contextlib.asynccontextmanager
+async def running(config: StartupConfig) -> AsyncIterator[Services]:
+    """Open the database, the HTTP session and the background tasks; close them after."""
+    settings = config.settings
+    engine = create_engine(settings)
+    sessionmaker = create_sessionmaker(engine)
+    session = create_session(settings)
+    upstream = UpstreamClient(session, config.api_urls, settings)
+    store_cache = StoreCache(
+        sessionmaker,
+        config.keyring,
+        settings.neto_client_id,
+        poll_seconds=settings.store_cache_seconds,
+        max_entries=settings.store_cache_max_entries,
+    )
+    services = Services(
+        settings=settings,
+        keyring=config.keyring,
+        verifier=config.verifier,
+        api_urls=config.api_urls,
+        engine=engine,
+        sessionmaker=sessionmaker,
+        listener=Listener(settings.database_url),
+        http=create_http_client(session, settings),
+        upstream=upstream,
+        store_cache=store_cache,
+        audit_writer=AuditWriter(sessionmaker),
+        installs=InstallService(
+            sessionmaker, config.keyring, store_cache, upstream, settings.neto_client_id
+        ),
+    )
+    services.audit_writer.start()
+    await services.listener.start()
+    try:
+        await store_cache.start(preload=settings.store_cache_preload)
+    except Exception:  # the database may be down at start; the cache then stays cold
+        log.warning("store cache could not start; serving from the database")
+    try:
+        yield services
+    finally:
+        await services.listener.stop()
+        await store_cache.stop()
+        await services.audit_writer.stop()
+        await services.http.aclose()
+        await engine.dispose()
+
+
+def services(conn: HTTPConnection) -> Services:
+    """The app's services, for a route or dependency."""
+    built: Services = conn.app.state.services
+    return built

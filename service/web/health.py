@@ -1,0 +1,94 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from sqlalchemy import text
+
+from service.installs import repository
+from service.services import services
+from service.web import metrics
+from service.web.deps import SessionDep
+
+log = logging.getLogger("broker.metrics")
+router = APIRouter(tags=["health"])
+
+METRICS_EXAMPLE = """\
+# HELP broker_requests_total HTTP requests by route and status
+# TYPE broker_requests_total counter
+broker_requests_total{method="GET",route="/credentials/{store_id}",status="200"} 1027.0
+# HELP broker_installs Installs by status
+# TYPE broker_installs gauge
+broker_installs{status="active"} 412.0
+broker_installs{status="reauth_required"} 3.0
+broker_installs{status="revoked"} 17.0
+"""
+
+
+@router.get("/healthz", summary="The process is up")
+async def healthz() -> dict[str, str]:
+    """Answers 200 while the process runs; it checks nothing else."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="The database answers and keys are loaded",
+    responses={503: {"description": "Not ready: the database does not answer"}},
+)
+async def readyz(request: Request) -> Response:
+    """200 when the database answers a query within two seconds and keys are loaded."""
+    app = services(request)
+    checks = {"keys": app.keyring is not None, "database": False}
+    try:
+        async with asyncio.timeout(2):
+            async with app.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        checks["database"] = True
+    except Exception:  # noqa: S110  (any failure means "not ready"; the probe says which)
+        pass
+    ready = all(checks.values())
+    body = {"status": "ready" if ready else "not_ready", "checks": checks}
+    if not ready:
+        body.update(
+            error="service_unavailable",
+            detail="The broker is not ready: "
+            + ", ".join(name for name, ok in checks.items() if not ok)
+            + " failing.",
+            request_id=request.state.request_id,
+        )
+        return JSONResponse(
+            body, status_code=503, headers={"X-Broker-Error": "service_unavailable"}
+        )
+    return JSONResponse(body)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format",
+            "content": {"text/plain": {"example": METRICS_EXAMPLE}},
+        },
+    },
+)
+async def metrics_text(session: SessionDep) -> Response:
+    """Requests by route template and status with latency, upstream calls by action and
+    outcome, bundles issued, rate-limit pauses, store-cache entries, and installs by status
+    (read from the database at scrape time). With `--workers N` any worker reports all
+    workers' sums."""
+    try:
+        async with asyncio.timeout(2):
+            metrics.set_installs(await repository.count_by_status(session))
+    except Exception:
+        # A database outage is exactly when the request metrics matter: serve them, and
+        # leave the installs gauge at its last reading.
+        log.warning("installs gauge not refreshed: the database did not answer")
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)
