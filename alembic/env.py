@@ -8,7 +8,7 @@ a lock that blocks reads or writes of a large table for long:
 - Indexes on existing tables: `CREATE INDEX CONCURRENTLY` / `DROP INDEX CONCURRENTLY`
   inside `with op.get_context().autocommit_block():` (they cannot run in a transaction);
   add `if_not_exists=True` so a rerun after a failed build works. See
-  2026_11_29_0001-index_keyset_columns.py.
+  2026_11_28_0003-index_keyset_columns.py.
 - New columns: nullable or with a constant default (no table rewrite); backfill in
   batches from application code, then add NOT NULL via a `CHECK ... NOT VALID` constraint
   and `VALIDATE CONSTRAINT` in a later migration.
