@@ -24,15 +24,18 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from service.config import Settings, normalize_database_url
 from service.main import create_app
 from service.security.callers import mint
-from service.security.crypto import generate_key
 from tests.fakes.neto import FakeNeto, FakeNetoServer
-from tests.support import migrate, reset_database
-
-HS_KID, HS_SECRET = "hs1", "test-hs256-secret-" + "s" * 32
-ENC_KEY = generate_key()
-AUDIENCE = "neto-token-broker"
-CLIENT_ID, CLIENT_SECRET = "fake-client-id", "fake-client-secret-" + "c" * 24
-RETURN_PREFIX = "https://app.example.com/neto/"
+from tests.support import (
+    AUDIENCE,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    ENC_KEY,
+    HS_KID,
+    HS_SECRET,
+    RETURN_PREFIX,
+    migrate,
+    reset_database,
+)
 
 
 def _backends() -> list[Any]:

@@ -6,6 +6,8 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -16,7 +18,54 @@ from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from service.security.crypto import generate_key
+
 ROOT = Path(__file__).resolve().parents[1]
+
+# The test deployment's keys and names, shared by fixtures, helpers and subprocesses.
+HS_KID, HS_SECRET = "hs1", "test-hs256-secret-" + "s" * 32
+ENC_KEY = generate_key()
+AUDIENCE = "neto-token-broker"
+CLIENT_ID, CLIENT_SECRET = "fake-client-id", "fake-client-secret-" + "c" * 24
+RETURN_PREFIX = "https://app.example.com/neto/"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def broker_env(
+    *,
+    database_url: str,
+    neto_url: str,
+    public_url: str = "http://broker.test",
+    encryption_keys: str = f"k1:{ENC_KEY}",
+    **extra: str,
+) -> dict[str, str]:
+    """The environment a `broker` subprocess reads: the test deployment, production mode,
+    pointed at the fake Neto; `extra` adds or overrides BROKER_ variables."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("BROKER_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    env.update(
+        BROKER_ENV="production",
+        BROKER_DATABASE_URL=database_url,
+        BROKER_PUBLIC_URL=public_url,
+        BROKER_NETO_CLIENT_ID=CLIENT_ID,
+        BROKER_NETO_CLIENT_SECRET=CLIENT_SECRET,
+        BROKER_NETO_OAUTH_URL=f"{neto_url}/oauth/v2",
+        BROKER_NETO_API_URL_TEMPLATE=f"{neto_url}/{{store_domain}}/do/WS/NetoAPI",
+        BROKER_ENCRYPTION_KEYS=encryption_keys,
+        BROKER_JWT_HS256_KEYS=f"{HS_KID}:{HS_SECRET}",
+        BROKER_EGRESS_ALLOW_PRIVATE="true",
+        BROKER_RETURN_URL_PREFIXES=RETURN_PREFIX,
+    )
+    env.update(extra)
+    return env
 
 
 def alembic_config(url: str) -> Config:
@@ -76,7 +125,6 @@ def b64(data: bytes) -> str:
 def hs256(claims: Any, *, key: bytes | None = None, **header: Any) -> str:
     """An HS256 token with exactly this header and payload (a None header value drops
     it), MAC'd by hand with `key` (default: the test HS256 key)."""
-    from tests.conftest import HS_KID, HS_SECRET
 
     key = HS_SECRET.encode() if key is None else key
     head = {"alg": "HS256", "typ": "JWT", "kid": HS_KID, **header}

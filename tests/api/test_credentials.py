@@ -10,8 +10,16 @@ import pytest
 
 from service.installs import repository as stores
 from service.installs.models import InstallStatus
-from tests.conftest import AUDIENCE, CLIENT_ID, HS_KID, HS_SECRET
-from tests.support import assert_error, audit_rows, hs256, install_store
+from tests.support import (
+    AUDIENCE,
+    CLIENT_ID,
+    HS_KID,
+    HS_SECRET,
+    assert_error,
+    audit_rows,
+    hs256,
+    install_store,
+)
 
 READ = "credentials:read"
 

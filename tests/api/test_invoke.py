@@ -13,9 +13,8 @@ from sqlalchemy import select
 
 from service.audit.models import AuditEvent
 from service.web import metrics
-from tests.conftest import CLIENT_ID
 from tests.fakes import neto as fake
-from tests.support import install_store, register_api_key_store
+from tests.support import CLIENT_ID, install_store, register_api_key_store
 
 STORE = "N1001"
 DOMAIN = "shop.example.com"

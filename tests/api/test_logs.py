@@ -14,8 +14,7 @@ from starlette.responses import JSONResponse
 
 from service.security.callers import mint
 from service.web import logs
-from tests.conftest import CLIENT_SECRET, ENC_KEY, HS_KID, HS_SECRET
-from tests.support import install_store, start_install
+from tests.support import CLIENT_SECRET, ENC_KEY, HS_KID, HS_SECRET, install_store, start_install
 
 ROUTES = {"/oauth/install", "/oauth/callback", "/credentials/{store_id}", "/installs",
           "/installs/api-key", "/installs/{store_id}"}  # fmt: skip

@@ -10,8 +10,14 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from service.db import utcnow
 from service.installs.models import Install
 from service.oauth.models import PendingInstall
-from tests.conftest import CLIENT_ID, CLIENT_SECRET, RETURN_PREFIX
-from tests.support import install_store, query_of, start_install
+from tests.support import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    RETURN_PREFIX,
+    install_store,
+    query_of,
+    start_install,
+)
 
 DOMAIN = "shop.example.com"
 

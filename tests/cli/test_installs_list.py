@@ -12,8 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service.cli import app
-from tests.conftest import ENC_KEY, HS_KID, HS_SECRET
-from tests.support import register_api_key_store
+from tests.support import ENC_KEY, HS_KID, HS_SECRET, register_api_key_store
 
 COMMANDS = [
     [], ["serve"], ["migrate"], ["token"], ["token", "mint"], ["keys"], ["keys", "generate"],

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ import pytest
 
 from service.config import Settings
 from tests.conftest import truncate
+from tests.support import broker_env, free_port
 
 
 @dataclass
@@ -30,32 +29,6 @@ class BrokerProcess:
         return self.log.read_text(errors="replace")[-4000:]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def broker_env(settings: Settings, public_url: str) -> dict[str, str]:
-    """The environment `broker serve` reads, from a test Settings object."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("BROKER_") and k != "PROMETHEUS_MULTIPROC_DIR"}  # fmt: skip
-    secret = settings.neto_client_secret.get_secret_value() if settings.neto_client_secret else ""
-    env.update(
-        BROKER_ENV="production",
-        BROKER_DATABASE_URL=settings.database_url,
-        BROKER_PUBLIC_URL=public_url,
-        BROKER_NETO_CLIENT_ID=settings.neto_client_id or "",
-        BROKER_NETO_CLIENT_SECRET=secret,
-        BROKER_NETO_OAUTH_URL=settings.neto_oauth_url,
-        BROKER_NETO_API_URL_TEMPLATE=settings.neto_api_url_template,
-        BROKER_ENCRYPTION_KEYS=settings.encryption_keys.get_secret_value(),  # type: ignore[union-attr]
-        BROKER_JWT_HS256_KEYS=settings.jwt_hs256_keys.get_secret_value(),  # type: ignore[union-attr]
-        BROKER_EGRESS_ALLOW_PRIVATE="true",
-    )
-    return env
-
-
 @pytest.fixture
 def broker_server(
     settings: Settings, database_url: str, tmp_path: Path
@@ -66,7 +39,10 @@ def broker_server(
     def start(workers: int = 1, **extra_env: str) -> BrokerProcess:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        env = {**broker_env(settings, url), **extra_env}
+        neto_url = settings.neto_oauth_url.removesuffix("/oauth/v2")
+        env = broker_env(
+            database_url=settings.database_url, neto_url=neto_url, public_url=url, **extra_env
+        )
         log = tmp_path / f"broker-{port}.log"
         broker = str(Path(sys.executable).with_name("broker"))
         with log.open("wb") as out:

@@ -12,8 +12,7 @@ import time
 
 import httpx
 
-from tests.e2e.conftest import free_port
-from tests.support import ROOT
+from tests.support import ROOT, free_port
 
 
 def read_until_token(process: subprocess.Popen[str], seconds: float = 60) -> str:

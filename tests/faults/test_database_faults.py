@@ -14,8 +14,7 @@ from sqlalchemy import select
 from service.audit.models import AuditEvent
 from service.installs.models import Install
 from service.oauth.models import PendingInstall
-from tests.conftest import CLIENT_SECRET
-from tests.support import install_store, migrate, start_install
+from tests.support import CLIENT_SECRET, install_store, migrate, start_install
 
 DOMAIN = "shop.example.com"
 

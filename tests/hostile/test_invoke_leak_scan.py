@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 
 from tests.api.test_logs import captured  # noqa: F401  (the DEBUG log capture fixture)
-from tests.conftest import CLIENT_SECRET, ENC_KEY, HS_SECRET
 from tests.fakes import neto as fake
-from tests.support import audit_rows, install_store
+from tests.support import CLIENT_SECRET, ENC_KEY, HS_SECRET, audit_rows, install_store
 
 
 async def test_no_secret_leaks_from_invoke_flows(

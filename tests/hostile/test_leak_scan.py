@@ -14,8 +14,7 @@ from starlette.responses import JSONResponse
 from service.audit.models import AuditEvent
 from service.installs.models import Install
 from service.oauth.models import PendingInstall
-from tests.conftest import CLIENT_SECRET
-from tests.support import install_store, start_install
+from tests.support import CLIENT_SECRET, install_store, start_install
 
 SEALED = {"secret_sealed", "user_sealed", "billing_sealed"}
 

@@ -11,9 +11,8 @@ from sqlalchemy import select
 
 from service.installs.models import Install
 from service.oauth.models import PendingInstall
-from tests.conftest import RETURN_PREFIX
 from tests.hostile.support import footprint, raw_request
-from tests.support import start_install
+from tests.support import RETURN_PREFIX, start_install
 
 DOMAIN = "shop.example.com"
 JSON_ROUTES = [

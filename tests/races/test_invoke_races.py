@@ -24,9 +24,8 @@ from service.installs import rotation as keys
 from service.installs.models import Install
 from service.installs.sealing import fingerprint
 from service.security.crypto import KeyRing, generate_key
-from tests.conftest import ENC_KEY
 from tests.fakes import neto as fake
-from tests.support import install_store, start_install
+from tests.support import ENC_KEY, install_store, start_install
 
 TASKS, PER_TASK = 8, 8
 ROUNDS = 3

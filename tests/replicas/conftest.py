@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,8 +24,9 @@ import pytest
 
 from service.config import normalize_database_url
 from service.security.crypto import generate_key
-from tests.conftest import CLIENT_ID, CLIENT_SECRET, HS_KID, HS_SECRET, RETURN_PREFIX, truncate
+from tests.conftest import truncate
 from tests.fakes.neto import FakeNetoServer
+from tests.support import broker_env, free_port
 
 # The replicas hold two keys: k2 seals, k1 (the previous key) still opens older rows.
 OLD_KEY = f"k1:{generate_key()}"
@@ -40,32 +40,6 @@ def broker_command(*args: str) -> list[str]:
     if script.exists():
         return [str(script), *args]
     return [sys.executable, "-m", "service.cli", *args]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def broker_env(database_url: str, neto_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
-    env.update(
-        BROKER_ENV="production",
-        BROKER_DATABASE_URL=database_url,
-        BROKER_PUBLIC_URL="http://broker.test",
-        BROKER_NETO_CLIENT_ID=CLIENT_ID,
-        BROKER_NETO_CLIENT_SECRET=CLIENT_SECRET,
-        BROKER_NETO_OAUTH_URL=f"{neto_url}/oauth/v2",
-        BROKER_NETO_API_URL_TEMPLATE=f"{neto_url}/{{store_domain}}/do/WS/NetoAPI",
-        BROKER_ENCRYPTION_KEYS=f"{NEW_KEY},{OLD_KEY}",
-        BROKER_JWT_HS256_KEYS=f"{HS_KID}:{HS_SECRET}",
-        BROKER_EGRESS_ALLOW_PRIVATE="true",
-        BROKER_RETURN_URL_PREFIXES=RETURN_PREFIX,
-        BROKER_LOG_LEVEL="WARNING",
-    )
-    env.update(extra)
-    return env
 
 
 @dataclass
@@ -142,7 +116,12 @@ def cluster(
         if not os.environ.get("BROKER_TEST_DATABASE_URL"):
             pytest.skip("PostgreSQL replicas need BROKER_TEST_DATABASE_URL")
         url = normalize_database_url(os.environ["BROKER_TEST_DATABASE_URL"])
-    env = broker_env(url, neto_server.url)
+    env = broker_env(
+        database_url=url,
+        neto_url=neto_server.url,
+        encryption_keys=f"{NEW_KEY},{OLD_KEY}",
+        BROKER_LOG_LEVEL="WARNING",
+    )
     migrated = subprocess.run(
         broker_command("migrate"), env=env, cwd=workdir, capture_output=True, timeout=60
     )

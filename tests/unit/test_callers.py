@@ -19,8 +19,7 @@ from service.config import Settings
 from service.errors import ActionNotAllowed, Forbidden, StoreNotAllowed, Unauthorized
 from service.security.callers import KeyFileError, TokenVerifier
 from service.security.crypto import generate_key
-from tests.conftest import AUDIENCE, HS_KID, HS_SECRET
-from tests.support import b64, hs256
+from tests.support import AUDIENCE, HS_KID, HS_SECRET, b64, hs256
 
 NOW = 1_800_000_000.0
 

@@ -18,7 +18,8 @@ from service.installs import rotation as keys
 from service.installs import sealing
 from service.installs.models import AuthMethod, Install
 from service.security.crypto import KeyRing, generate_key, key_id_of
-from tests.conftest import HS_KID, HS_SECRET, truncate
+from tests.conftest import truncate
+from tests.support import HS_KID, HS_SECRET
 
 OLD, NEW = f"k1:{generate_key()}", f"k2:{generate_key()}"
 USER = {"id": "u-1", "email": "owner@example.com"}
