@@ -68,8 +68,10 @@ async def forward(
         # Before each attempt: if this replica saw the store change since it was read (a
         # revoke, a reinstall), read it again, so a revoked store is never called after
         # its revoke answered here (410), and a reinstalled one is called with its new token.
+        # Until the version holds still across a read: a read that overlapped a change
+        # may have seen the row from before it.
         nonlocal creds, seen
-        if cache.version(store_id) != seen:
+        while cache.version(store_id) != seen:
             seen = cache.version(store_id)
             creds = await usable_store(request, store_id)
         return creds
