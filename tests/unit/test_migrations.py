@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import service.audit.models
 import service.installs.models
+import service.jobs.models
 import service.oauth.models  # noqa: F401
 from service.db import metadata
 
