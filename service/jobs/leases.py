@@ -16,13 +16,15 @@ import socket
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import delete
+from sqlalchemy import Table, delete
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db import run_transaction, utcnow
 from service.jobs.models import Lease
+
+LEASES: Table = Lease.__table__  # type: ignore[attr-defined]
 
 
 def holder_name() -> str:
@@ -53,17 +55,18 @@ class LeaseKeeper:
             now = utcnow()
             dialect = session.get_bind().dialect.name
             dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
-            stmt = dialect_insert(Lease).values(
+            table = LEASES
+            stmt = dialect_insert(table).values(
                 name=self.name, holder=self.holder, expires_at=now + self._ttl
             )
-            table = Lease.__table__
-            stmt = stmt.on_conflict_do_update(
+            upsert = stmt.on_conflict_do_update(
                 index_elements=["name"],
                 set_={"holder": stmt.excluded.holder, "expires_at": stmt.excluded.expires_at},
                 # Only if the lease is ours already, or its holder let it lapse.
-                where=(table.c.holder == self.holder) | (table.c.expires_at < now),  # type: ignore[attr-defined]
-            ).returning(table.c.holder)  # type: ignore[attr-defined]
-            return (await session.execute(stmt)).scalar_one_or_none() == self.holder
+                where=(table.c.holder == self.holder) | (table.c.expires_at < now),
+            ).returning(table.c.holder)
+            won: str | None = (await session.execute(upsert)).scalar_one_or_none()
+            return won == self.holder
 
         return await run_transaction(self._sessionmaker, work)
 
@@ -71,12 +74,8 @@ class LeaseKeeper:
         """Hand the lease back (if this holder has it), so another replica needn't wait."""
 
         async def work(session: AsyncSession) -> None:
-            table = Lease.__table__
             await session.execute(
-                delete(table).where(  # type: ignore[arg-type]
-                    table.c.name == self.name,  # type: ignore[attr-defined]
-                    table.c.holder == self.holder,  # type: ignore[attr-defined]
-                )
+                delete(LEASES).where(LEASES.c.name == self.name, LEASES.c.holder == self.holder)
             )
 
         await run_transaction(self._sessionmaker, work)

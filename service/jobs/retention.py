@@ -129,5 +129,5 @@ class Retention(LeasedJob):
                 target,
                 batch_size=self._batch_size,
                 pause_seconds=self._pause_seconds,
-                still_ours=self.lease.hold,
+                still_ours=self.still_ours,
             )

@@ -84,7 +84,7 @@ class HealthSweep(LeasedJob):
 
         async def check(store_id: str) -> None:
             async with gate:
-                if len(verified) >= quota:
+                if len(verified) >= quota or self.stopping:
                     return
                 if not self._limits.has_headroom(store_id, HEADROOM):
                     metrics.SWEEP_DEFERRED.inc()
