@@ -17,7 +17,7 @@ from tests.support import register_api_key_store
 
 COMMANDS = [
     [], ["serve"], ["migrate"], ["token"], ["token", "mint"], ["keys"], ["keys", "generate"],
-    ["installs"], ["installs", "list"],
+    ["installs"], ["installs", "list"], ["audit"], ["audit", "prune"],
 ]  # fmt: skip
 
 
