@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     store_cache_max_entries: int = Field(100_000, ge=0)
     store_cache_preload: bool = True
 
+    # Background jobs (service/jobs/). Each runs on one replica at a time (a lease).
+    # Every active install is verified at most once per this many hours; 0 turns it off.
+    health_sweep_hours: float = Field(24.0, ge=0)
+    # Audit rows and events older than this many days are pruned; 0 keeps everything.
+    audit_retention_days: int = Field(90, ge=0)
+    event_retention_days: int = Field(90, ge=0)
+
     db_pool_size: int = Field(10, ge=1)
     db_max_overflow: int = Field(10, ge=0)
     db_statement_timeout_ms: int = Field(5000, ge=0)

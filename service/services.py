@@ -21,6 +21,9 @@ from service.config import Settings
 from service.db import create_engine, create_sessionmaker
 from service.installs.cache import StoreCache
 from service.installs.service import InstallService
+from service.jobs.loop import LeasedJob
+from service.jobs.retention import Retention, targets
+from service.jobs.sweep import HealthSweep
 from service.neto.http import create_http_client, create_session
 from service.neto.upstream import UpstreamClient
 from service.neto.urls import ApiUrlBuilder
@@ -66,6 +69,7 @@ class Services:
     store_cache: StoreCache
     audit_writer: AuditWriter  # bundles' group-committed audit rows
     installs: InstallService
+    jobs: list[LeasedJob]  # background jobs (service/jobs/), each under its own lease
 
 
 @contextlib.asynccontextmanager
@@ -83,6 +87,9 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
         poll_seconds=settings.store_cache_seconds,
         max_entries=settings.store_cache_max_entries,
     )
+    installs = InstallService(
+        sessionmaker, config.keyring, store_cache, upstream, settings.neto_client_id
+    )
     services = Services(
         settings=settings,
         keyring=config.keyring,
@@ -95,9 +102,8 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
         upstream=upstream,
         store_cache=store_cache,
         audit_writer=AuditWriter(sessionmaker),
-        installs=InstallService(
-            sessionmaker, config.keyring, store_cache, upstream, settings.neto_client_id
-        ),
+        installs=installs,
+        jobs=_jobs(settings, sessionmaker, installs, upstream),
     )
     services.audit_writer.start()
     await services.listener.start()
@@ -105,14 +111,38 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
         await store_cache.start(preload=settings.store_cache_preload)
     except Exception:  # the database may be down at start; the cache then stays cold
         log.warning("store cache could not start; serving from the database")
+    for job in services.jobs:
+        job.start()
     try:
         yield services
     finally:
+        for job in services.jobs:
+            await job.stop()
         await services.listener.stop()
         await store_cache.stop()
         await services.audit_writer.stop()
         await services.http.aclose()
         await engine.dispose()
+
+
+def _jobs(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    installs: InstallService,
+    upstream: UpstreamClient,
+) -> list[LeasedJob]:
+    """The background jobs the settings turn on."""
+    jobs: list[LeasedJob] = []
+    if settings.health_sweep_hours > 0:
+        jobs.append(
+            HealthSweep(
+                sessionmaker, installs, upstream.limits, period_hours=settings.health_sweep_hours
+            )
+        )
+    retained = targets(settings)
+    if retained:
+        jobs.append(Retention(sessionmaker, retained))
+    return jobs
 
 
 def services(conn: HTTPConnection) -> Services:

@@ -123,6 +123,8 @@ def settings_factory(
             "return_url_prefixes": RETURN_PREFIX,
             "token_exchange_timeout_seconds": 2,
             "upstream_deadline_seconds": 5,
+            # The sweep calls Neto on its own; tests that want it turn it on.
+            "health_sweep_hours": 0,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -156,7 +158,7 @@ async def app_factory(database_url: str) -> AsyncIterator[Callable[..., Any]]:
 async def truncate(url: str) -> None:
     engine = create_async_engine(url)
     async with engine.begin() as conn:
-        for table in ("audit_events", "pending_installs", "installs"):
+        for table in ("audit_events", "pending_installs", "installs", "leases"):
             await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608
     await engine.dispose()
 

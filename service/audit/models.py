@@ -19,6 +19,8 @@ class AuditEvent(SQLModel, table=True):
         Index("ix_audit_events_store_id_id", "store_id", "id"),
         Index("ix_audit_events_actor_id", "actor", "id"),
         Index("ix_audit_events_event_id", "event", "id"),
+        # Retention deletes the rows older than a cutoff, in small batches.
+        Index("ix_audit_events_at", "at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

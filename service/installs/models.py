@@ -44,6 +44,8 @@ class Install(SQLModel, table=True):
         Index("ix_installs_key_id_store_id", "key_id", "store_id"),
         # The store caches' change feed polls this every second on every replica.
         Index("ix_installs_updated_at", "updated_at"),
+        # The health sweep picks the active installs swept longest ago.
+        Index("ix_installs_status_last_swept_at", "status", "last_swept_at"),
     )
 
     store_id: str = Field(sa_column=Column(String(64), primary_key=True))
@@ -68,6 +70,9 @@ class Install(SQLModel, table=True):
     )
     last_used_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    # When the health sweep last checked this install (NULL: never). Bookkeeping of the
+    # sweep, not install state: it does not move `updated_at` or the change feed.
+    last_swept_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
 
     def __repr__(self) -> str:
         # Sealed columns are ciphertext, but a repr has no business showing them at all.

@@ -254,3 +254,41 @@ async def insert_many(
         for item in installs
     ]
     await session.execute(insert(Install), rows)
+
+
+async def due_for_sweep(
+    session: AsyncSession, *, swept_before: datetime, limit: int
+) -> list[tuple[str, datetime | None, datetime]]:
+    """(store id, last swept, installed) of active installs the health sweep should
+    check next: never swept first, then those swept longest ago (before `swept_before`).
+    Two index range reads on (status, last_swept_at) instead of one NULLS FIRST sort,
+    which PostgreSQL's ascending index cannot serve."""
+    table = INSTALLS
+    columns = (table.c.store_id, table.c.last_swept_at, table.c.installed_at)
+    active = table.c.status == InstallStatus.active.value
+    never = select(*columns).where(active, table.c.last_swept_at.is_(None)).limit(limit)
+    rows = [(r[0], r[1], r[2]) for r in await session.execute(never)]
+    if len(rows) < limit:
+        oldest = (
+            select(*columns)
+            .where(active, table.c.last_swept_at < swept_before)
+            .order_by(table.c.last_swept_at)
+            .limit(limit - len(rows))
+        )
+        rows += [(r[0], r[1], r[2]) for r in await session.execute(oldest)]
+    return rows
+
+
+async def count_active(session: AsyncSession) -> int:
+    """How many installs are active (the health sweep's rate follows it)."""
+    stmt = select(func.count()).where(INSTALLS.c.status == InstallStatus.active.value)
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def stamp_swept(session: AsyncSession, store_ids: list[str], at: datetime) -> None:
+    """Record that the health sweep took these installs at `at`. Sweep bookkeeping, not
+    a change to the install (its status, `updated_at` and the change feed stay as they
+    are), so it is written here directly rather than through the install service."""
+    await session.execute(
+        update(INSTALLS).where(INSTALLS.c.store_id.in_(store_ids)).values(last_swept_at=at)
+    )

@@ -184,11 +184,20 @@ class InstallService:
 
         return await self._change(store_id, work)
 
-    async def verify(self, store_id: str, *, actor: str, request_id: str | None) -> VerifyOutcome:
+    async def verify(
+        self,
+        store_id: str,
+        *,
+        actor: str,
+        request_id: str | None,
+        audit_unchanged_ok: bool = True,
+    ) -> VerifyOutcome:
         """Send the cheap verify read with the stored credentials and apply what Neto's
         answer says: accepted makes the store active (also after `reauth_required`),
         refused makes it `reauth_required`, anything else changes nothing. Every verify
-        is audited (`install.verified`). No transaction is open while Neto is called."""
+        is audited (`install.verified`), except, with `audit_unchanged_ok=False`, one
+        that found the store healthy and changed nothing (the health sweep: a row per
+        store per day would say nothing). No transaction is open while Neto is called."""
         # Straight from the database, not the cache: the operator wants the current state.
         async with self._sessionmaker() as session:
             install = await repository.require(session, store_id)
@@ -213,6 +222,8 @@ class InstallService:
                     session, store_id, new_status, token_fingerprint=install.token_fingerprint
                 )
             status = new_status.value if new_status is not None else install.status
+            if ok and not changed and not audit_unchanged_ok:
+                return VerifyOutcome(ok, status, upstream_status, detail, changed)
             record(session, "install.verified", actor=actor, store_id=store_id,
                    request_id=request_id, ok=ok, upstream_status=upstream_status,
                    status=status, changed=changed)  # fmt: skip

@@ -124,6 +124,23 @@ class StoreLimits:
         state.sent.append(now)
         return True
 
+    def has_headroom(self, store_id: str, fraction: float) -> bool:
+        """True when the store is not paused, at least `fraction` of its budget is left
+        in the window and at least `fraction` of its slots are free (at least one): the
+        health sweep spends a request only then, so it stays behind callers' requests.
+        Spends nothing."""
+        state = self._stores.get(store_id)
+        if state is None:  # nothing sent in the window, nothing in flight
+            return True
+        now = self._clock()
+        recent = sum(1 for sent in state.sent if sent > now - WINDOW_SECONDS)
+        free_slots = state.slots._value
+        return (
+            state.paused_until <= now
+            and self._rate - recent >= fraction * self._rate
+            and free_slots >= max(1.0, fraction * self._max_in_flight)
+        )
+
     def pause(self, store_id: str) -> float:
         """Neto answered 429: stop calling this store for the pause; returns its length."""
         state = self._state(store_id)

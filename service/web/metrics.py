@@ -73,3 +73,22 @@ def exposition() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+# Background jobs (service/jobs/): counted by the replica that holds the job's lease.
+SWEEP_SWEPT = Counter("broker_health_sweep_swept_total", "Installs verified by the health sweep")
+SWEEP_FAILED = Counter(
+    "broker_health_sweep_failed_total",
+    "Health-sweep verifies that did not pass: refused (re-auth flagged) or error",
+    ["reason"],
+)
+SWEEP_DEFERRED = Counter(
+    "broker_health_sweep_deferred_total",
+    "Health-sweep verifies put off because the store's callers were using its budget",
+)
+SWEEP_LAG = Gauge(
+    "broker_health_sweep_lag_seconds",
+    "How long the most overdue active install has waited past its sweep period",
+    multiprocess_mode="mostrecent",
+)
+PRUNED = Counter("broker_retention_pruned_total", "Rows removed by retention", ["table"])

@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import service.audit.models
 import service.installs.models
+import service.jobs.models
 import service.oauth.models  # noqa: F401
 from service.db import metadata
 
@@ -61,8 +62,8 @@ def test_downgrade_to_empty_and_back(tmp_path):
         return {name for (name,) in rows} - {"alembic_version"}
 
     command.upgrade(alembic_config(url), "head")
-    assert tables() == {"installs", "pending_installs", "audit_events"}
+    assert tables() == {"installs", "pending_installs", "audit_events", "leases"}
     command.downgrade(alembic_config(url), "base")
     assert tables() == set()
     command.upgrade(alembic_config(url), "head")
-    assert tables() == {"installs", "pending_installs", "audit_events"}
+    assert tables() == {"installs", "pending_installs", "audit_events", "leases"}
