@@ -33,7 +33,14 @@ LEEWAY_SECONDS = 30
 REQUIRED_CLAIMS = ("sub", "aud", "exp", "iat")
 FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "crit", "x5c", "enc", "zip"})
 SCOPES = frozenset(
-    {"credentials:read", "invoke", "installs:start", "installs:read", "installs:admin"}
+    {
+        "credentials:read",
+        "invoke",
+        "installs:start",
+        "installs:read",
+        "installs:admin",
+        "events:read",
+    }
 )
 _IMPLIED = {"installs:admin": {"installs:read", "installs:start"}}
 MIN_HS256_SECRET_BYTES = 32
@@ -67,14 +74,19 @@ class Caller:
             raise StoreNotAllowed("The token does not grant this store.")
 
     def require_action(self, action: str, *, is_write: bool) -> None:
-        """Reads are open to any invoke caller; writes need an `actions` grant."""
-        if not is_write:
-            return
-        for grant in self.actions or ():
+        """Without an `actions` claim: every read and no write. With one: that list is
+        the complete allow-list, reads included (`["GetItem"]` grants GetItem only)."""
+        if self.actions is None:
+            if not is_write:
+                return
+            raise ActionNotAllowed(
+                f"The token has no `actions` claim, which grants reads only, not {action!r}."
+            )
+        for grant in self.actions:
             # A trailing `*` is a plain prefix (`Get*`); nothing else is a wildcard.
             if grant == action or (grant.endswith("*") and action.startswith(grant[:-1])):
                 return
-        raise ActionNotAllowed(f"The token does not grant the write action {action!r}.")
+        raise ActionNotAllowed(f"The token's `actions` list does not grant {action!r}.")
 
 
 def _b64json(segment: str) -> Any:
@@ -83,7 +95,10 @@ def _b64json(segment: str) -> Any:
 
 
 def _expand_scopes(raw: str) -> frozenset[str]:
-    granted = set(raw.split())
+    """The known scopes the claim names. Split on ASCII spaces only (str.split() would
+    also split on a no-break space, tab or line separator, so "a\u00a0b" would grant two
+    scopes where the contract sees one unknown word); an unknown scope grants nothing."""
+    granted = set(raw.split(" ")) & SCOPES
     for scope, implied in _IMPLIED.items():
         if scope in granted:
             granted |= implied

@@ -173,6 +173,27 @@ async def test_write_needs_a_grant(client, neto, auth):
     assert [s.action for s in neto.api_requests] == ["UpdateItem"]
 
 
+async def test_a_present_actions_list_is_the_complete_allow_list_reads_included(client, neto, auth):
+    # CONTRACT.md: `actions` present = the complete allow-list. A token minted for
+    # GetItem alone must not read customers.
+    await installed(client, neto)
+    only_get_item = invoker(auth, actions=["GetItem"])
+    for read in ("GetCustomer", "GetOrder", "GetCurrencySettings"):
+        r = await client.post(f"/invoke/{STORE}/{read}", json={}, headers=only_get_item)
+        assert_error(r, 403, "action_not_allowed")
+    assert not neto.api_requests, "a refused read must not reach Neto"
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=only_get_item)
+    assert r.status_code == 200, r.text
+    # A prefix grant covers reads the same way; an empty list grants nothing at all.
+    r = await client.post(
+        f"/invoke/{STORE}/GetOrder", json={}, headers=invoker(auth, actions=["GetOrd*"])
+    )
+    assert r.status_code == 200, r.text
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth, actions=[]))
+    assert_error(r, 403, "action_not_allowed")
+    assert [s.action for s in neto.api_requests] == ["GetItem", "GetOrder"]
+
+
 async def test_scope_and_tenant_isolation(client, neto, auth):
     await installed(client, neto)
     await install_store(client, neto, "other.example.com", store_id="N2002")

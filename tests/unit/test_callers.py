@@ -379,6 +379,13 @@ def test_absent_scope_grants_nothing(verifier):
     assert caller.scopes == frozenset()
 
 
+def test_unknown_scopes_grant_nothing(verifier):
+    caller = verifier.verify(hs256(claims(scope="invoke admin * installs:admin\u00a0x")))
+    # Only the known scope survives: an unknown word is neither kept (a later check for a
+    # scope of that name must not find it) nor split further.
+    assert caller.scopes == {"invoke"}
+
+
 def test_stores_claim_limits_stores(verifier):
     caller = verifier.verify(hs256(claims(stores=["N1", "N2"])))
     caller.require_store("N2")
@@ -401,6 +408,17 @@ def test_reads_need_no_grant_and_writes_need_one(verifier):
     caller.require_action("GetItem", is_write=False)
     with pytest.raises(ActionNotAllowed):
         caller.require_action("UpdateItem", is_write=True)
+
+
+def test_a_present_actions_list_is_the_whole_allow_list_reads_included(verifier):
+    caller = verifier.verify(hs256(claims(actions=["GetItem"])))
+    caller.require_action("GetItem", is_write=False)
+    for action in ("GetCustomer", "GetOrder"):
+        with pytest.raises(ActionNotAllowed):
+            caller.require_action(action, is_write=False)
+    nothing = verifier.verify(hs256(claims(actions=[])))
+    with pytest.raises(ActionNotAllowed):
+        nothing.require_action("GetItem", is_write=False)
 
 
 def test_action_grants_are_exact_names_or_prefixes(verifier):
