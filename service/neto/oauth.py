@@ -20,8 +20,10 @@ from service.errors import (
 from service.security.domains import normalize_store_domain
 from service.security.egress import EgressRefused
 
-STORE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_ERROR_CODE_RE = re.compile(r"^[a-z_]{1,64}$")
+# Used with fullmatch: `$` also matches before a final newline, so `.match` took "D4\n"
+# and stored an install no route could then read or revoke.
+STORE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_ERROR_CODE_RE = re.compile(r"[a-z_]{1,64}")
 
 
 def authorize_url(settings: Settings, store_domain: str, state: str) -> str:
@@ -72,7 +74,7 @@ def _safe_error_code(body: bytes) -> str:
         value = json.loads(body).get("error")
     except (ValueError, AttributeError):
         return ""
-    return f" ({value})" if isinstance(value, str) and _ERROR_CODE_RE.match(value) else ""
+    return f" ({value})" if isinstance(value, str) and _ERROR_CODE_RE.fullmatch(value) else ""
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> bytes:
@@ -132,7 +134,7 @@ async def exchange_code(
     store_id = data.get("store_id")
     if isinstance(store_id, int) and not isinstance(store_id, bool):
         store_id = str(store_id)
-    if not isinstance(store_id, str) or not STORE_ID_RE.match(store_id):
+    if not isinstance(store_id, str) or not STORE_ID_RE.fullmatch(store_id):
         raise TokenExchangeFailed("Neto's token response carries no usable store id.")
     try:
         domain = normalize_store_domain(data.get("store_domain") or "")

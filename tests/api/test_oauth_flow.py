@@ -318,6 +318,21 @@ async def test_token_endpoint_failures_end_on_an_error_page_with_nothing_stored(
         assert [i.store_id for i in await rows(app, Install)] == ["N5"]
 
 
+@pytest.mark.parametrize("store_id", ["D4\n", "D4\r\n", " D4", "D4 ", "D4\u00a0"])
+async def test_a_store_id_is_matched_whole(client, app, neto, auth, store_id):
+    q = await start_install(client, DOMAIN)
+    r = await callback(client, code=neto.authorize(DOMAIN, store_id=store_id), state=q["state"])
+    assert r.status_code == 502, r.text
+    assert r.headers["x-broker-error"] == "token_exchange_failed"
+    assert await rows(app, Install) == [], "an id no route can address must not be stored"
+    # The store id Neto meant works, and can be read and revoked through the API.
+    q = await start_install(client, DOMAIN)
+    r = await callback(client, code=neto.authorize(DOMAIN, store_id="D4"), state=q["state"])
+    assert r.status_code == 200, r.text
+    assert (await client.get("/installs/D4", headers=auth("installs:read"))).status_code == 200
+    assert (await client.delete("/installs/D4", headers=auth("installs:admin"))).status_code == 200
+
+
 async def test_camel_case_user_names_are_accepted(client, app, neto, auth):
     await install_store(
         client, neto, DOMAIN, store_id="N3",
