@@ -30,6 +30,8 @@ from service.errors import ActionNotAllowed, Forbidden, StoreNotAllowed, Unautho
 MAX_TOKEN_BYTES = 8 * 1024
 MAX_LIFETIME_SECONDS = 24 * 3600
 LEEWAY_SECONDS = 30
+# Every column that records a caller (audit actor, pending installer) holds this many.
+MAX_SUB_CHARS = 256
 REQUIRED_CLAIMS = ("sub", "aud", "exp", "iat")
 FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "crit", "x5c", "enc", "zip"})
 SCOPES = frozenset(
@@ -256,8 +258,10 @@ class TokenVerifier:
             if name not in claims:
                 raise Unauthorized(f"The token lacks the required claim `{name}`.")
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub.strip() or len(sub) > 256:
+        if not isinstance(sub, str) or not sub.strip():
             raise Unauthorized("The `sub` claim must be a non-empty string.")
+        if len(sub) > MAX_SUB_CHARS:
+            raise Unauthorized(f"The `sub` claim is longer than {MAX_SUB_CHARS} characters.")
         iat, exp = _number(claims, "iat"), _number(claims, "exp")
         if exp < now - LEEWAY_SECONDS:
             raise Unauthorized("The token has expired.")
