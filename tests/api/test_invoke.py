@@ -222,6 +222,44 @@ async def test_unknown_and_revoked_stores(client, neto, auth):
 # -- retries -----------------------------------------------------------------------------
 
 
+def assert_not_renderable(response: httpx.Response) -> None:
+    where = f"{response.status_code} {response.headers.get('x-broker-error', 'passthrough')}"
+    assert response.headers.get("x-content-type-options") == "nosniff", where
+    assert response.headers.get("content-security-policy") == "default-src 'none'", where
+
+
+async def test_every_invoke_answer_forbids_sniffing_and_active_content(client, neto, auth):
+    await installed(client, neto)
+    # Neto's answers passed through: JSON, and HTML a store could make Neto echo.
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    assert r.status_code == 200, r.text
+    assert_not_renderable(r)
+    neto.api_responses.append(fake.answer(200, b"<script>alert(1)</script>", "text/html"))
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    assert r.content == b"<script>alert(1)</script>"
+    assert_not_renderable(r)
+    # The broker's own refusals on the same routes.
+    refusals = [
+        await client.post(f"/invoke/{STORE}/GetItem", json={}),  # 401
+        await client.post(f"/invoke/{STORE}/AddItem", json={}, headers=invoker(auth)),  # 403
+        await client.post(f"/invoke/{STORE}/NoSuchAction", json={}, headers=invoker(auth)),
+        await client.post("/invoke/N404/GetItem", json={}, headers=invoker(auth, ["N404"])),
+        await client.get(f"/invoke/{STORE}/GetItem", headers=invoker(auth)),  # 405
+        await client.post(
+            f"/invoke/{STORE}/GetItem",
+            content=b"<x/>",
+            headers={**invoker(auth), "Content-Type": "text/html"},
+        ),  # 415
+    ]
+    assert [r.status_code for r in refusals] == [401, 403, 404, 404, 405, 415]
+    for r in refusals:
+        assert_not_renderable(r)
+    neto.api_responses.append(fake.answer(401, b"denied"))
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    assert_error(r, 502, "upstream_unauthorized")
+    assert_not_renderable(r)
+
+
 async def test_read_is_retried_after_a_500(client, neto, auth):
     await installed(client, neto)
     neto.api_responses.append(fake.answer(500, b"oops"))
