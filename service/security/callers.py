@@ -46,6 +46,7 @@ SCOPES = frozenset(
 )
 _IMPLIED = {"installs:admin": {"installs:read", "installs:start"}}
 MIN_HS256_SECRET_BYTES = 32
+MIN_RSA_BITS = 2048  # NIST SP 800-131A: shorter RSA keys are not acceptable for signatures
 
 
 class KeyFileError(ValueError):
@@ -96,6 +97,17 @@ def _b64json(segment: str) -> Any:
     return json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
 
 
+def _rsa_modulus_bits(entry: dict[str, Any]) -> int:
+    """The size of a JWK's RSA modulus `n` (0 when it is missing or not base64url)."""
+    n = entry.get("n")
+    if not isinstance(n, str):
+        return 0
+    try:
+        return int.from_bytes(base64.urlsafe_b64decode(n + "=" * (-len(n) % 4))).bit_length()
+    except (ValueError, binascii.Error):
+        return 0
+
+
 def _expand_scopes(raw: str) -> frozenset[str]:
     """The known scopes the claim names. Split on ASCII spaces only (str.split() would
     also split on a no-break space, tab or line separator, so "a\u00a0b" would grant two
@@ -119,9 +131,16 @@ def _str_list(claims: dict[str, Any], name: str) -> list[str] | None:
 def _number(claims: dict[str, Any], name: str) -> float:
     """A NumericDate: a finite JSON number. python-jose alone would take "123" or true."""
     value = claims.get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise Unauthorized(f"The `{name}` claim must be a number.")
-    return float(value)
+    try:
+        # JSON integers are unbounded: 10**400 parses, and overflows a float here.
+        number = float(value)
+    except OverflowError:
+        raise Unauthorized(f"The `{name}` claim is out of range.") from None
+    if not math.isfinite(number):
+        raise Unauthorized(f"The `{name}` claim must be a finite number.")
+    return number
 
 
 class TokenVerifier:
@@ -187,7 +206,18 @@ class TokenVerifier:
                 raise KeyFileError(f"JWKS key {kid!r}: alg must be {alg}")
             if "d" in entry:
                 raise KeyFileError(f"JWKS key {kid!r} is a private key; publish public keys only")
-            self._add(kid, alg, jwk.construct(entry, alg))
+            if alg == "RS256":
+                bits = _rsa_modulus_bits(entry)
+                if bits < MIN_RSA_BITS:
+                    raise KeyFileError(
+                        f"JWKS key {kid!r}: an RSA key of {bits} bits; at least "
+                        f"{MIN_RSA_BITS} are required"
+                    )
+            try:
+                key = jwk.construct(entry, alg)
+            except (JOSEError, ValueError, TypeError):
+                raise KeyFileError(f"JWKS key {kid!r} is not a valid {kty} public key") from None
+            self._add(kid, alg, key)
 
     def verify(self, token: str) -> Caller:
         """The caller the token names, or Unauthorized saying why it is refused."""

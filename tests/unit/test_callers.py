@@ -299,6 +299,9 @@ def test_missing_required_claim_refused(verifier, name):
         ("iat", True),
         ("iat", [int(NOW)]),
         ("iat", float("-inf")),
+        ("exp", 10**400),  # a valid JSON number that no float holds
+        ("exp", -(10**400)),
+        ("iat", 10**400),
     ],
     ids=lambda v: repr(v)[:20],
 )
@@ -458,4 +461,34 @@ def test_private_key_in_jwks_file_fails_start_up(make_verifier, tmp_path, rsa_ke
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps({"keys": [entry]}))
     with pytest.raises(KeyFileError, match="private key"):
+        make_verifier(jwt_public_keys_file=path)
+
+
+def test_a_huge_nbf_is_refused_not_a_crash(verifier):
+    refused(verifier, hs256(claims(nbf=10**400)), "`nbf`")
+
+
+@pytest.mark.parametrize("bits", [1024, 2047])
+def test_a_short_rsa_key_in_the_jwks_file_fails_start_up_naming_its_kid(
+    make_verifier, tmp_path, bits
+):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jose import jwk as jose_jwk
+
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    pem = weak.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    entry = {**jose_jwk.construct(pem, "RS256").to_dict(), "kid": "legacy-idp-2014"}
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [entry]}))
+    with pytest.raises(KeyFileError, match=f"'legacy-idp-2014'.*{bits} bits.*2048"):
+        make_verifier(jwt_public_keys_file=path)
+
+
+def test_a_jwks_rsa_key_that_does_not_parse_fails_start_up_naming_its_kid(make_verifier, tmp_path):
+    entry = {"kty": "RSA", "kid": "broken", "n": "A" * 400, "e": "!!"}
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [entry]}))
+    with pytest.raises(KeyFileError, match="'broken'"):
         make_verifier(jwt_public_keys_file=path)

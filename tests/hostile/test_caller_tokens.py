@@ -1,4 +1,5 @@
-"""Caller names (`sub`) at the size limit, and what a database error may print.
+"""Caller tokens at the edges: names (`sub`) at the size limit, time claims no float
+holds, and what a database error may print.
 
 A 256-character `sub` is valid; every column that records a caller must hold it (a
 200-character one made `POST /installs/start` a 500 on PostgreSQL). Longer ones are a
@@ -6,12 +7,15 @@ A 256-character `sub` is valid; every column that records a caller must hold it 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from service.models import AuditEvent, PendingInstall
-from tests.support import query_of
+from tests.conftest import AUDIENCE
+from tests.support import hs256, query_of
 
 DOMAIN = "shop.example.com"
 # 256 characters, multibyte ones included: PostgreSQL's varchar(n) counts characters.
@@ -76,3 +80,14 @@ async def test_a_database_error_never_prints_its_parameters(app):
     message = str(caught.value)
     assert "no_such_table" in message, message  # the statement is still named
     assert secret not in message, f"the bound value leaked into the error: {message}"
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+async def test_a_signed_token_with_a_time_claim_of_ten_to_the_400_is_a_401(client, claim):
+    now = int(time.time())
+    claims = {"sub": "svc", "aud": AUDIENCE, "iat": now, "exp": now + 60, "scope": "installs:read"}
+    claims[claim] = 10**400  # valid JSON, valid signature; overflows a float
+    r = await client.get("/installs", headers={"Authorization": f"Bearer {hs256(claims)}"})
+    assert r.status_code == 401, r.text
+    assert r.headers["x-broker-error"] == "unauthorized"
+    assert f"`{claim}`" in r.json()["detail"]
