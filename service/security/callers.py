@@ -17,15 +17,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from jose import jwk, jwt
+from jose import jwt
 from jose.backends.base import Key
 from jose.exceptions import JOSEError, JWTClaimsError
 
 from service.config import Settings
 from service.errors import ActionNotAllowed, Forbidden, StoreNotAllowed, Unauthorized
+from service.security.caller_keys import KeyFileError, load_keys
+
+__all__ = ["Caller", "KeyFileError", "TokenVerifier", "mint"]
 
 MAX_TOKEN_BYTES = 8 * 1024
 MAX_LIFETIME_SECONDS = 24 * 3600
@@ -45,12 +47,6 @@ SCOPES = frozenset(
     }
 )
 _IMPLIED = {"installs:admin": {"installs:read", "installs:start"}}
-MIN_HS256_SECRET_BYTES = 32
-MIN_RSA_BITS = 2048  # NIST SP 800-131A: shorter RSA keys are not acceptable for signatures
-
-
-class KeyFileError(ValueError):
-    """The configured caller-token keys are unusable; the message names no secret."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,17 +91,6 @@ class Caller:
 def _b64json(segment: str) -> Any:
     padded = segment + "=" * (-len(segment) % 4)
     return json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-
-
-def _rsa_modulus_bits(entry: dict[str, Any]) -> int:
-    """The size of a JWK's RSA modulus `n` (0 when it is missing or not base64url)."""
-    n = entry.get("n")
-    if not isinstance(n, str):
-        return 0
-    try:
-        return int.from_bytes(base64.urlsafe_b64decode(n + "=" * (-len(n) % 4))).bit_length()
-    except (ValueError, binascii.Error):
-        return 0
 
 
 def _expand_scopes(raw: str) -> frozenset[str]:
@@ -156,68 +141,9 @@ class TokenVerifier:
         self.clock = clock
         self.audience = settings.jwt_audience
         self.issuers = sorted(settings.issuers)
-        self.keys: dict[str, tuple[str, Key]] = {}
-        if settings.jwt_hs256_keys:
-            self._load_hs256(settings.jwt_hs256_keys.get_secret_value())
-        if settings.jwt_public_keys_file:
-            self._load_jwks(settings.jwt_public_keys_file)
+        self.keys: dict[str, tuple[str, Key]] = load_keys(settings)
         self._cache: OrderedDict[str, Caller] = OrderedDict()
         self._cache_size = settings.jwt_cache_size
-
-    def _add(self, kid: str, alg: str, key: Key) -> None:
-        if kid in self.keys:
-            raise KeyFileError(f"caller-token key id {kid!r} is configured twice")
-        self.keys[kid] = (alg, key)
-
-    def _load_hs256(self, spec: str) -> None:
-        for item in spec.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            kid, sep, secret = item.partition(":")
-            if not sep or not kid:
-                raise KeyFileError("BROKER_JWT_HS256_KEYS entries must look like kid:secret")
-            if len(secret.encode()) < MIN_HS256_SECRET_BYTES:
-                raise KeyFileError(
-                    f"HS256 key {kid!r} is shorter than {MIN_HS256_SECRET_BYTES} bytes"
-                )
-            self._add(kid, "HS256", jwk.construct(secret.encode(), "HS256"))
-
-    def _load_jwks(self, path: Path) -> None:
-        try:
-            doc = json.loads(Path(path).read_text())
-            entries = doc["keys"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise KeyFileError(f"BROKER_JWT_PUBLIC_KEYS_FILE {path} is not a JWKS file") from None
-        for entry in entries:
-            if not isinstance(entry, dict):
-                raise KeyFileError("every key in the JWKS file must be a JSON object")
-            kid = entry.get("kid")
-            kty = entry.get("kty")
-            if not isinstance(kid, str) or not kid:
-                raise KeyFileError("every key in the JWKS file needs a `kid`")
-            if kty == "RSA":
-                alg = "RS256"
-            elif kty == "EC" and entry.get("crv") == "P-256":
-                alg = "ES256"
-            else:
-                raise KeyFileError(f"JWKS key {kid!r}: only RSA and EC P-256 public keys")
-            if entry.get("alg", alg) != alg:
-                raise KeyFileError(f"JWKS key {kid!r}: alg must be {alg}")
-            if "d" in entry:
-                raise KeyFileError(f"JWKS key {kid!r} is a private key; publish public keys only")
-            if alg == "RS256":
-                bits = _rsa_modulus_bits(entry)
-                if bits < MIN_RSA_BITS:
-                    raise KeyFileError(
-                        f"JWKS key {kid!r}: an RSA key of {bits} bits; at least "
-                        f"{MIN_RSA_BITS} are required"
-                    )
-            try:
-                key = jwk.construct(entry, alg)
-            except (JOSEError, ValueError, TypeError):
-                raise KeyFileError(f"JWKS key {kid!r} is not a valid {kty} public key") from None
-            self._add(kid, alg, key)
 
     def verify(self, token: str) -> Caller:
         """The caller the token names, or Unauthorized saying why it is refused."""
