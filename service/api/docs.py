@@ -60,7 +60,9 @@ async def swagger_ui(request: Request) -> HTMLResponse:
         # Bearer auth needs no OAuth2 redirect page.
         oauth2_redirect_url=None,
         swagger_ui_parameters={
-            "persistAuthorization": True,
+            # Off unless BROKER_DOCS_PERSIST_AUTHORIZATION: the token then lives only in
+            # the page's memory and a reload or closed tab forgets it.
+            "persistAuthorization": request.app.state.settings.docs_persist_authorization,
             "validatorUrl": None,
             "displayRequestDuration": True,
         },
