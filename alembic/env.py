@@ -74,7 +74,8 @@ def ensure_sqlite_folder(url: str) -> None:
 
 async def run_async_migrations() -> None:
     url = database_url()
-    engine = create_async_engine(url, poolclass=pool.NullPool)
+    # Like the broker's engines: a failed statement's message never prints its values.
+    engine = create_async_engine(url, poolclass=pool.NullPool, hide_parameters=True)
     async with engine.connect() as connection:
         await connection.run_sync(do_run_migrations)
     await engine.dispose()

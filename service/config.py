@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 log = logging.getLogger("broker.config")
 
 DEV_KEYS_FILE = Path("var") / "dev-keys.json"
+# A scrape token is compared as is: long enough that guessing it is hopeless.
+MIN_METRICS_TOKEN_CHARS = 32
 
 
 def normalize_database_url(url: str) -> str:
@@ -101,6 +103,13 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(10, ge=0)
     db_statement_timeout_ms: int = Field(5000, ge=0)
     log_level: str = "INFO"
+    # Swagger UI keeps the operator's token in the browser's localStorage across reloads
+    # only when this is on: anything that can run script on the origin, or read the
+    # browser profile, could take it from there.
+    docs_persist_authorization: bool = False
+    # When set, GET /metrics answers only `Authorization: Bearer <this>` (the scraper's
+    # token; not a caller JWT). Unset: /metrics is open to whoever reaches the port.
+    metrics_token: SecretStr | None = None
     # Cap on JSON request bodies of the broker's own routes (not /invoke), checked before
     # parsing.
     max_json_bytes: int = Field(64 * 1024, ge=1024, le=8 * 1024 * 1024)
@@ -114,6 +123,15 @@ class Settings(BaseSettings):
     @classmethod
     def _async_driver(cls, value: str) -> str:
         return normalize_database_url(value)
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < MIN_METRICS_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_METRICS_TOKEN_CHARS} characters")
+        return value
 
     @field_validator("neto_api_url_template")
     @classmethod

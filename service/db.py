@@ -69,9 +69,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
+    """The broker's engine. `hide_parameters`: a database error's message (logged at
+    ERROR) would otherwise print the bound values: sealed secrets, caller names, states."""
     url = settings.database_url
     if settings.is_sqlite:
-        engine = create_async_engine(url, connect_args={"timeout": 15})
+        engine = create_async_engine(url, connect_args={"timeout": 15}, hide_parameters=True)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -101,6 +103,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_recycle=1800,
         pool_timeout=10,
         connect_args={"server_settings": server_settings, "timeout": 10},
+        hide_parameters=True,
     )
 
 

@@ -51,9 +51,10 @@ REQUEST_BODY = {
 ACTION_DOC = (
     "A Neto API action, spelled exactly. Reads: "
     + ", ".join(sorted(READ_ACTIONS))
-    + ". Writes (need an `actions` grant): "
+    + ". Writes: "
     + ", ".join(sorted(WRITE_ACTIONS))
-    + "."
+    + ". Without an `actions` claim a token may call every read and no write; with one, "
+    "that list is the complete allow-list, reads included."
 )
 
 
@@ -69,7 +70,7 @@ ACTION_DOC = (
             "content": {"application/json": {"example": {"Item": [], "Ack": "Success"}}},
         },
         **ERRORS,
-        403: error("Missing scope, store or write-action grant"),
+        403: error("Missing scope, store, or action outside the token's `actions`"),
         404: error("No install for this store, or not a Neto action (`unknown_action`)"),
         409: error("The store must be re-authorised"),
         410: error("The install was revoked"),
@@ -93,8 +94,10 @@ async def invoke(
     credentials, and returns Neto's status, body and content type unchanged. Only
     `X-Request-ID` of the caller's headers is forwarded.
 
-    Read actions need the `invoke` scope and the store in `stores`; writes also need an
-    `actions` grant (exact name or `Prefix*`). Reads are retried on connection failures
+    Every call needs the `invoke` scope and the store in `stores`. The `actions` claim
+    decides which actions: absent, every read and no write; present, exactly the actions
+    it lists (exact names or `Prefix*`), reads included, so `["GetItem"]` grants GetItem
+    and nothing else. Reads are retried on connection failures
     and 5xx; writes never are once sent. Per store: BROKER_STORE_MAX_IN_FLIGHT calls at a
     time, BROKER_STORE_RATE_PER_MINUTE calls a minute, and a pause of
     BROKER_RATE_LIMIT_PAUSE_SECONDS after Neto answers 429."""

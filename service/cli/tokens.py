@@ -32,16 +32,33 @@ def _csv(text: str | None) -> list[str] | None:
 @token_app.command("mint")
 def token_mint(
     sub: Annotated[str, typer.Option(help="The caller's name (sub claim).")],
-    scope: Annotated[str, typer.Option(help='Space-separated scopes, e.g. "installs:admin".')],
+    scope: Annotated[
+        str,
+        typer.Option(help='Scopes separated by ASCII spaces, e.g. "invoke credentials:read".'),
+    ],
     stores: Annotated[str | None, typer.Option(help='Store ids, comma-separated, or "*".')] = None,
     actions: Annotated[
-        str | None, typer.Option(help='Write actions, e.g. "Update*,AddItem".')
+        str | None,
+        typer.Option(
+            help='The complete allow-list of actions, reads included, e.g. "GetItem,Update*". '
+            "Omitted: every read action and no write."
+        ),
     ] = None,
     ttl: Annotated[str, typer.Option(help="Lifetime, e.g. 15m, 1h (max 24h).")] = "1h",
     kid: Annotated[str | None, typer.Option(help="HS256 key id (default: the first).")] = None,
 ) -> None:
     """Print a caller JWT signed with a configured HS256 key."""
-    from service.security.callers import mint
+    from service.security.callers import SCOPES, mint
+
+    # The broker ignores an unknown scope (it grants nothing): refuse it here, where a
+    # typo or a pasted no-break space can still be corrected.
+    unknown = sorted({word for word in scope.split(" ") if word} - SCOPES)
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown scope {', '.join(map(repr, unknown))}; scopes (separated by ASCII "
+            f"spaces): {', '.join(sorted(SCOPES))}",
+            param_hint="--scope",
+        )
 
     settings = settings_or_exit()
     if not settings.jwt_hs256_keys:

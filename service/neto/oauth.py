@@ -21,7 +21,7 @@ from service.neto.credentials import is_store_id
 from service.security.domains import normalize_store_domain
 from service.security.egress import EgressRefused
 
-_ERROR_CODE_RE = re.compile(r"^[a-z_]{1,64}$")
+_ERROR_CODE_RE = re.compile(r"[a-z_]{1,64}")
 
 
 def authorize_url(settings: Settings, store_domain: str, state: str) -> str:
@@ -72,7 +72,7 @@ def _safe_error_code(body: bytes) -> str:
         value = json.loads(body).get("error")
     except (ValueError, AttributeError):
         return ""
-    return f" ({value})" if isinstance(value, str) and _ERROR_CODE_RE.match(value) else ""
+    return f" ({value})" if isinstance(value, str) and _ERROR_CODE_RE.fullmatch(value) else ""
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> bytes:

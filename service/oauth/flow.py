@@ -27,8 +27,34 @@ from service.security.domains import normalize_store_domain
 log = logging.getLogger("broker.install")
 
 
+def _resolved_path(path: str) -> str:
+    """The path a browser will request: dot segments removed (RFC 3986 5.2.4), `%2e`
+    counted as a dot as browsers do, so `/neto/../../logout` is checked as `/logout`."""
+    segments = path.split("/")
+    out = [segments[0]]
+    for i, segment in enumerate(segments[1:], start=1):
+        dots = segment.lower().replace("%2e", ".")
+        if dots in (".", ".."):
+            if dots == ".." and len(out) > 1:
+                out.pop()
+            if i == len(segments) - 1:
+                out.append("")  # `/a/..` is the directory `/`, with its trailing slash
+            continue
+        out.append(segment)
+    return "/".join(out) or "/"
+
+
+def _under(path: str, prefix: str) -> bool:
+    """A prefix matches whole path segments: `/neto` admits `/neto` and `/neto/x`,
+    never `/neto-evil.html`."""
+    if prefix.endswith("/"):
+        return path.startswith(prefix)
+    return path == prefix or path.startswith(prefix + "/")
+
+
 def check_return_url(settings: Settings, url: str | None) -> str | None:
-    """Only absolute http(s) URLs under an operator-allowed prefix: no open redirect."""
+    """Only absolute http(s) URLs under an operator-allowed prefix: no open redirect.
+    Returns the URL with its dot segments resolved: the one that was checked."""
     if url is None or url == "":
         return None
     # Printable ASCII only: a URL percent-encodes the rest, and DEL, NEL or U+2028 have
@@ -38,14 +64,15 @@ def check_return_url(settings: Settings, url: str | None) -> str | None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:
         raise BadRequest("return_url must be an absolute http(s) URL without user info.")
+    path = _resolved_path(parts.path) if parts.path else "/"
     for prefix in settings.allowed_return_prefixes:
         allowed = urlsplit(prefix)
         if (
             parts.scheme == allowed.scheme
             and parts.netloc.lower() == allowed.netloc.lower()
-            and parts.path.startswith(allowed.path or "/")
+            and _under(path, _resolved_path(allowed.path) if allowed.path else "/")
         ):
-            return url
+            return urlunsplit(parts._replace(path=path))
     raise BadRequest("return_url is not under a prefix this broker allows.")
 
 

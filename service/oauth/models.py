@@ -19,7 +19,7 @@ class PendingInstall(SQLModel, table=True):
     state_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
     store_domain: str = Field(sa_column=Column(String(253), nullable=False))
     return_url: str | None = Field(default=None, sa_column=Column(String(2048)))
-    initiated_by: str = Field(sa_column=Column(String(128), nullable=False))
+    initiated_by: str = Field(sa_column=Column(String(256), nullable=False))
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )

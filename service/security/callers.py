@@ -17,30 +17,36 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from jose import jwk, jwt
+from jose import jwt
 from jose.backends.base import Key
 from jose.exceptions import JOSEError, JWTClaimsError
 
-from service.config import Settings, kid_pairs
+from service.config import Settings
 from service.errors import ActionNotAllowed, Forbidden, StoreNotAllowed, Unauthorized
+from service.security.caller_keys import KeyFileError, load_keys
+
+__all__ = ["Caller", "KeyFileError", "TokenVerifier", "mint"]
 
 MAX_TOKEN_BYTES = 8 * 1024
 MAX_LIFETIME_SECONDS = 24 * 3600
 LEEWAY_SECONDS = 30
+# Every column that records a caller (audit actor, pending installer) holds this many.
+MAX_SUB_CHARS = 256
 REQUIRED_CLAIMS = ("sub", "aud", "exp", "iat")
 FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "crit", "x5c", "enc", "zip"})
 SCOPES = frozenset(
-    {"credentials:read", "invoke", "installs:start", "installs:read", "installs:admin"}
+    {
+        "credentials:read",
+        "invoke",
+        "installs:start",
+        "installs:read",
+        "installs:admin",
+        "events:read",
+    }
 )
 _IMPLIED = {"installs:admin": {"installs:read", "installs:start"}}
-MIN_HS256_SECRET_BYTES = 32
-
-
-class KeyFileError(ValueError):
-    """The configured caller-token keys are unusable; the message names no secret."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +70,19 @@ class Caller:
             raise StoreNotAllowed("The token does not grant this store.")
 
     def require_action(self, action: str, *, is_write: bool) -> None:
-        """Reads are open to any invoke caller; writes need an `actions` grant."""
-        if not is_write:
-            return
-        for grant in self.actions or ():
+        """Without an `actions` claim: every read and no write. With one: that list is
+        the complete allow-list, reads included (`["GetItem"]` grants GetItem only)."""
+        if self.actions is None:
+            if not is_write:
+                return
+            raise ActionNotAllowed(
+                f"The token has no `actions` claim, which grants reads only, not {action!r}."
+            )
+        for grant in self.actions:
             # A trailing `*` is a plain prefix (`Get*`); nothing else is a wildcard.
             if grant == action or (grant.endswith("*") and action.startswith(grant[:-1])):
                 return
-        raise ActionNotAllowed(f"The token does not grant the write action {action!r}.")
+        raise ActionNotAllowed(f"The token's `actions` list does not grant {action!r}.")
 
 
 def _b64json(segment: str) -> Any:
@@ -80,7 +91,10 @@ def _b64json(segment: str) -> Any:
 
 
 def _expand_scopes(raw: str) -> frozenset[str]:
-    granted = set(raw.split())
+    """The known scopes the claim names. Split on ASCII spaces only (str.split() would
+    also split on a no-break space, tab or line separator, so "a\u00a0b" would grant two
+    scopes where the contract sees one unknown word); an unknown scope grants nothing."""
+    granted = set(raw.split(" ")) & SCOPES
     for scope, implied in _IMPLIED.items():
         if scope in granted:
             granted |= implied
@@ -99,9 +113,16 @@ def _str_list(claims: dict[str, Any], name: str) -> list[str] | None:
 def _number(claims: dict[str, Any], name: str) -> float:
     """A NumericDate: a finite JSON number. python-jose alone would take "123" or true."""
     value = claims.get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise Unauthorized(f"The `{name}` claim must be a number.")
-    return float(value)
+    try:
+        # JSON integers are unbounded: 10**400 parses, and overflows a float here.
+        number = float(value)
+    except OverflowError:
+        raise Unauthorized(f"The `{name}` claim is out of range.") from None
+    if not math.isfinite(number):
+        raise Unauthorized(f"The `{name}` claim must be a finite number.")
+    return number
 
 
 class TokenVerifier:
@@ -117,53 +138,9 @@ class TokenVerifier:
         self.clock = clock
         self.audience = settings.jwt_audience
         self.issuers = sorted(settings.issuers)
-        self.keys: dict[str, tuple[str, Key]] = {}
-        if settings.jwt_hs256_keys:
-            self._load_hs256(settings.jwt_hs256_keys.get_secret_value())
-        if settings.jwt_public_keys_file:
-            self._load_jwks(settings.jwt_public_keys_file)
+        self.keys: dict[str, tuple[str, Key]] = load_keys(settings)
         self._cache: OrderedDict[str, Caller] = OrderedDict()
         self._cache_size = settings.jwt_cache_size
-
-    def _add(self, kid: str, alg: str, key: Key) -> None:
-        if kid in self.keys:
-            raise KeyFileError(f"caller-token key id {kid!r} is configured twice")
-        self.keys[kid] = (alg, key)
-
-    def _load_hs256(self, spec: str) -> None:
-        for kid, secret in kid_pairs(spec):
-            if not kid:
-                raise KeyFileError("BROKER_JWT_HS256_KEYS entries must look like kid:secret")
-            if len(secret.encode()) < MIN_HS256_SECRET_BYTES:
-                raise KeyFileError(
-                    f"HS256 key {kid!r} is shorter than {MIN_HS256_SECRET_BYTES} bytes"
-                )
-            self._add(kid, "HS256", jwk.construct(secret.encode(), "HS256"))
-
-    def _load_jwks(self, path: Path) -> None:
-        try:
-            doc = json.loads(Path(path).read_text())
-            entries = doc["keys"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise KeyFileError(f"BROKER_JWT_PUBLIC_KEYS_FILE {path} is not a JWKS file") from None
-        for entry in entries:
-            if not isinstance(entry, dict):
-                raise KeyFileError("every key in the JWKS file must be a JSON object")
-            kid = entry.get("kid")
-            kty = entry.get("kty")
-            if not isinstance(kid, str) or not kid:
-                raise KeyFileError("every key in the JWKS file needs a `kid`")
-            if kty == "RSA":
-                alg = "RS256"
-            elif kty == "EC" and entry.get("crv") == "P-256":
-                alg = "ES256"
-            else:
-                raise KeyFileError(f"JWKS key {kid!r}: only RSA and EC P-256 public keys")
-            if entry.get("alg", alg) != alg:
-                raise KeyFileError(f"JWKS key {kid!r}: alg must be {alg}")
-            if "d" in entry:
-                raise KeyFileError(f"JWKS key {kid!r} is a private key; publish public keys only")
-            self._add(kid, alg, jwk.construct(entry, alg))
 
     def verify(self, token: str) -> Caller:
         """The caller the token names, or Unauthorized saying why it is refused."""
@@ -234,8 +211,10 @@ class TokenVerifier:
             if name not in claims:
                 raise Unauthorized(f"The token lacks the required claim `{name}`.")
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub.strip() or len(sub) > 256:
+        if not isinstance(sub, str) or not sub.strip():
             raise Unauthorized("The `sub` claim must be a non-empty string.")
+        if len(sub) > MAX_SUB_CHARS:
+            raise Unauthorized(f"The `sub` claim is longer than {MAX_SUB_CHARS} characters.")
         iat, exp = _number(claims, "iat"), _number(claims, "exp")
         if exp < now - LEEWAY_SECONDS:
             raise Unauthorized("The token has expired.")

@@ -15,6 +15,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 
 from service.errors import NotFound
+from service.services import services
 
 router = APIRouter(include_in_schema=False)
 
@@ -60,7 +61,9 @@ async def swagger_ui(request: Request) -> HTMLResponse:
         # Bearer auth needs no OAuth2 redirect page.
         oauth2_redirect_url=None,
         swagger_ui_parameters={
-            "persistAuthorization": True,
+            # Off unless BROKER_DOCS_PERSIST_AUTHORIZATION: the token then lives only in
+            # the page's memory and a reload or closed tab forgets it.
+            "persistAuthorization": services(request).settings.docs_persist_authorization,
             "validatorUrl": None,
             "displayRequestDuration": True,
         },

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import text
 
+from service.errors import Unauthorized
 from service.installs import repository
 from service.services import services
 from service.web import metrics
+from service.web.api import ErrorBody
 from service.web.deps import SessionDep
 
 log = logging.getLogger("broker.metrics")
@@ -67,6 +70,21 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(body)
 
 
+def _require_scrape_token(request: Request) -> None:
+    """With BROKER_METRICS_TOKEN set, only a scraper presenting it reads /metrics."""
+    expected = services(request).settings.metrics_token
+    if expected is None:
+        return
+    kind, _, given = request.headers.get("authorization", "").partition(" ")
+    if kind.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), expected.get_secret_value().encode()
+    ):
+        raise Unauthorized(
+            "/metrics needs `Authorization: Bearer` with the scrape token (BROKER_METRICS_TOKEN).",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
 @router.get(
     "/metrics",
     summary="Prometheus metrics",
@@ -76,13 +94,19 @@ async def readyz(request: Request) -> Response:
             "description": "Prometheus text exposition format",
             "content": {"text/plain": {"example": METRICS_EXAMPLE}},
         },
+        401: {
+            "model": ErrorBody,
+            "description": "BROKER_METRICS_TOKEN is set and the request does not carry it",
+        },
     },
 )
-async def metrics_text(session: SessionDep) -> Response:
+async def metrics_text(request: Request, session: SessionDep) -> Response:
     """Requests by route template and status with latency, upstream calls by action and
     outcome, bundles issued, rate-limit pauses, store-cache entries, and installs by status
     (read from the database at scrape time). With `--workers N` any worker reports all
-    workers' sums."""
+    workers' sums. When BROKER_METRICS_TOKEN is set, the scraper sends it as
+    `Authorization: Bearer <token>` (a fixed token, not a caller JWT)."""
+    _require_scrape_token(request)
     try:
         async with asyncio.timeout(2):
             metrics.set_installs(await repository.count_by_status(session))

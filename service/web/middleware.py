@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import InternalError
 from service.web import metrics
-from service.web.responses import error_response
+from service.web.responses import PASSTHROUGH_HEADERS, PASSTHROUGH_PREFIXES, error_response
 
 log = logging.getLogger("broker.access")
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -44,14 +44,16 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
         response_started = False
-        rid_header = (b"x-request-id", request_id.encode())
+        added = [(b"x-request-id", request_id.encode())]
+        if str(scope.get("path", "")).startswith(PASSTHROUGH_PREFIXES):
+            added += PASSTHROUGH_HEADERS
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message["headers"] = [*message.get("headers", []), rid_header]
+                message["headers"] = [*message.get("headers", []), *added]
             await send(message)
 
         try:

@@ -17,6 +17,15 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 
+# Every answer on the passthrough routes, Neto's and the broker's own errors alike: Neto's
+# body is whatever the store sent, so no browser may sniff it into HTML or run anything
+# in it, even if a caller opens the URL directly.
+PASSTHROUGH_PREFIXES = ("/invoke/", "/neto/")
+PASSTHROUGH_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"content-security-policy", b"default-src 'none'"),
+]
+
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

@@ -131,6 +131,26 @@ async def test_token_without_credentials_read_is_403(client, neto, auth, scope):
     assert_error(r, 403, "forbidden")
 
 
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "invoke\u00a0credentials:read",  # a no-break space: one unknown word, not two scopes
+        "invoke\tcredentials:read",
+        "invoke\u2028credentials:read",
+        "invoke\u3000credentials:read",
+    ],
+)
+async def test_scope_splits_on_ascii_spaces_only(client, neto, auth, scope):
+    await install_store(client, neto, "shop.example.com", store_id="N1001")
+    r = await client.get("/credentials/N1001", headers=auth(scope, stores=["*"]))
+    assert_error(r, 403, "forbidden")
+    # The same two scopes separated by ASCII spaces (doubled, too) do grant it.
+    r = await client.get(
+        "/credentials/N1001", headers=auth("invoke  credentials:read ", stores=["*"])
+    )
+    assert r.status_code == 200, r.text
+
+
 async def test_tenant_isolation_caller_for_store_a_cannot_read_store_b(app, client, neto, auth):
     await install_store(client, neto, "a.example.com", store_id="NA")
     b = await install_store(client, neto, "b.example.com", store_id="NB")

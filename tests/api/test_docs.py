@@ -18,9 +18,20 @@ async def test_docs_page_loads_only_the_brokers_own_assets(client):
         "/openapi.json",
     ]
     assert "//" not in "".join(urls), "no absolute or protocol-relative URL"
-    assert '"persistAuthorization": true' in page
+    # The operator's token stays out of localStorage unless an operator opts in.
+    assert '"persistAuthorization": false' in page
     csp = response.headers["content-security-policy"]
     assert "default-src 'self'" in csp and "connect-src 'self'" in csp
+
+
+async def test_persisting_the_token_in_the_browser_is_an_opt_in(app_factory, settings_factory):
+    import httpx
+
+    app = await app_factory(settings_factory(docs_persist_authorization=True))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as client:
+        page = (await client.get("/docs")).text
+    assert '"persistAuthorization": true' in page
 
 
 async def test_assets_are_served_with_their_types(client):

@@ -172,6 +172,27 @@ async def test_write_needs_a_grant(client, neto, auth):
     assert [s.action for s in neto.api_requests] == ["UpdateItem"]
 
 
+async def test_a_present_actions_list_is_the_complete_allow_list_reads_included(client, neto, auth):
+    # CONTRACT.md: `actions` present = the complete allow-list. A token minted for
+    # GetItem alone must not read customers.
+    await installed(client, neto)
+    only_get_item = invoker(auth, actions=["GetItem"])
+    for read in ("GetCustomer", "GetOrder", "GetCurrencySettings"):
+        r = await client.post(f"/invoke/{STORE}/{read}", json={}, headers=only_get_item)
+        assert_error(r, 403, "action_not_allowed")
+    assert not neto.api_requests, "a refused read must not reach Neto"
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=only_get_item)
+    assert r.status_code == 200, r.text
+    # A prefix grant covers reads the same way; an empty list grants nothing at all.
+    r = await client.post(
+        f"/invoke/{STORE}/GetOrder", json={}, headers=invoker(auth, actions=["GetOrd*"])
+    )
+    assert r.status_code == 200, r.text
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth, actions=[]))
+    assert_error(r, 403, "action_not_allowed")
+    assert [s.action for s in neto.api_requests] == ["GetItem", "GetOrder"]
+
+
 async def test_scope_and_tenant_isolation(client, neto, auth):
     await installed(client, neto)
     await install_store(client, neto, "other.example.com", store_id="N2002")
@@ -198,6 +219,44 @@ async def test_unknown_and_revoked_stores(client, neto, auth):
 
 
 # -- retries -----------------------------------------------------------------------------
+
+
+def assert_not_renderable(response: httpx.Response) -> None:
+    where = f"{response.status_code} {response.headers.get('x-broker-error', 'passthrough')}"
+    assert response.headers.get("x-content-type-options") == "nosniff", where
+    assert response.headers.get("content-security-policy") == "default-src 'none'", where
+
+
+async def test_every_invoke_answer_forbids_sniffing_and_active_content(client, neto, auth):
+    await installed(client, neto)
+    # Neto's answers passed through: JSON, and HTML a store could make Neto echo.
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    assert r.status_code == 200, r.text
+    assert_not_renderable(r)
+    neto.api_responses.append(fake.answer(200, b"<script>alert(1)</script>", "text/html"))
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    assert r.content == b"<script>alert(1)</script>"
+    assert_not_renderable(r)
+    # The broker's own refusals on the same routes.
+    refusals = [
+        await client.post(f"/invoke/{STORE}/GetItem", json={}),  # 401
+        await client.post(f"/invoke/{STORE}/AddItem", json={}, headers=invoker(auth)),  # 403
+        await client.post(f"/invoke/{STORE}/NoSuchAction", json={}, headers=invoker(auth)),
+        await client.post("/invoke/N404/GetItem", json={}, headers=invoker(auth, ["N404"])),
+        await client.get(f"/invoke/{STORE}/GetItem", headers=invoker(auth)),  # 405
+        await client.post(
+            f"/invoke/{STORE}/GetItem",
+            content=b"<x/>",
+            headers={**invoker(auth), "Content-Type": "text/html"},
+        ),  # 415
+    ]
+    assert [r.status_code for r in refusals] == [401, 403, 404, 404, 405, 415]
+    for r in refusals:
+        assert_not_renderable(r)
+    neto.api_responses.append(fake.answer(401, b"denied"))
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    assert_error(r, 502, "upstream_unauthorized")
+    assert_not_renderable(r)
 
 
 async def test_read_is_retried_after_a_500(client, neto, auth):

@@ -3,6 +3,7 @@
 import asyncio
 from datetime import timedelta
 
+import httpx
 import pytest
 from sqlalchemy import select, text, update
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -99,6 +100,44 @@ async def test_return_url_outside_allowed_prefixes_is_refused(client, app, auth,
     assert r.json()["error"] == "validation_error"
     assert r.headers["x-broker-error"] == "validation_error"
     assert await rows(app, PendingInstall) == []
+
+
+@pytest.mark.parametrize(
+    ("return_url", "stored"),
+    [
+        ("https://app.example.com/neto-evil.html", None),
+        ("https://app.example.com/netoevil/", None),
+        ("https://app.example.com/neto/../../logout", None),
+        ("https://app.example.com/neto/..", None),
+        ("https://app.example.com/neto/%2e%2E/logout", None),
+        ("https://app.example.com/neto/./.%2E/admin", None),
+        ("https://app.example.com/neto", "https://app.example.com/neto"),
+        ("https://app.example.com/neto/done?x=1", "https://app.example.com/neto/done?x=1"),
+        ("https://app.example.com/neto/a/../done", "https://app.example.com/neto/done"),
+        ("https://app.example.com/neto/.", "https://app.example.com/neto/"),
+    ],
+)
+async def test_return_url_prefix_matches_whole_segments_after_dot_segments(
+    app_factory, settings_factory, auth, return_url, stored
+):
+    # The prefix has no trailing slash: it must still stop at a segment boundary.
+    app = await app_factory(settings_factory(return_url_prefixes="https://app.example.com/neto"))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as client:
+        r = await client.post(
+            "/installs/start",
+            json={"store_domain": DOMAIN, "return_url": return_url},
+            headers=auth("installs:start"),
+        )
+    if stored is None:
+        assert r.status_code == 400, f"{return_url} was admitted: {r.text}"
+        assert r.headers["x-broker-error"] == "validation_error"
+        assert await rows(app, PendingInstall) == []
+    else:
+        assert r.status_code == 201, r.text
+        [pending] = await rows(app, PendingInstall)
+        # What is stored (and later redirected to) is the URL that was checked.
+        assert pending.return_url == stored
 
 
 @pytest.mark.parametrize(
@@ -284,6 +323,21 @@ async def test_token_endpoint_failures_end_on_an_error_page_with_nothing_stored(
         r = await callback(client, code=neto.authorize(DOMAIN, store_id="N5"), state=q["state"])
         assert r.status_code == 200, r.text
         assert [i.store_id for i in await rows(app, Install)] == ["N5"]
+
+
+@pytest.mark.parametrize("store_id", ["D4\n", "D4\r\n", " D4", "D4 ", "D4\u00a0"])
+async def test_a_store_id_is_matched_whole(client, app, neto, auth, store_id):
+    q = await start_install(client, DOMAIN)
+    r = await callback(client, code=neto.authorize(DOMAIN, store_id=store_id), state=q["state"])
+    assert r.status_code == 502, r.text
+    assert r.headers["x-broker-error"] == "token_exchange_failed"
+    assert await rows(app, Install) == [], "an id no route can address must not be stored"
+    # The store id Neto meant works, and can be read and revoked through the API.
+    q = await start_install(client, DOMAIN)
+    r = await callback(client, code=neto.authorize(DOMAIN, store_id="D4"), state=q["state"])
+    assert r.status_code == 200, r.text
+    assert (await client.get("/installs/D4", headers=auth("installs:read"))).status_code == 200
+    assert (await client.delete("/installs/D4", headers=auth("installs:admin"))).status_code == 200
 
 
 async def test_camel_case_user_names_are_accepted(client, app, neto, auth):

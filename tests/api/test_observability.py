@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 
+import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 
 from tests.support import install_store
 
@@ -99,3 +102,34 @@ async def test_readyz_is_503_with_the_envelope_when_the_database_does_not_answer
         assert metrics.status_code == 200, "an outage is when request metrics matter most"
         assert value(metrics.text, "broker_requests_total", method="GET", route="/readyz",
                      status="503") >= 1  # fmt: skip
+
+
+SCRAPE_TOKEN = "scrape-" + "k" * 40
+
+
+async def test_with_a_metrics_token_only_the_scraper_reads_metrics(
+    app_factory, settings_factory, auth
+):
+    app = await app_factory(settings_factory(metrics_token=SCRAPE_TOKEN))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as client:
+        for headers in (
+            {},
+            {"Authorization": f"Bearer {SCRAPE_TOKEN[:-1]}"},
+            {"Authorization": f"Basic {SCRAPE_TOKEN}"},
+            auth("installs:admin"),  # a caller JWT is not the scrape token
+        ):
+            r = await client.get("/metrics", headers=headers)
+            assert r.status_code == 401, f"{headers}: {r.status_code}"
+            assert r.headers["x-broker-error"] == "unauthorized"
+            assert "broker_requests_total" not in r.text
+        r = await client.get("/metrics", headers={"Authorization": f"Bearer {SCRAPE_TOKEN}"})
+        assert r.status_code == 200, r.text
+        assert "broker_requests_total" in r.text
+        # The probes stay open: kubelet sends no token.
+        assert (await client.get("/healthz")).status_code == 200
+
+
+def test_a_short_metrics_token_is_refused_at_start_up(settings_factory):
+    with pytest.raises(ValidationError, match="at least 32 characters"):
+        settings_factory(metrics_token="short")

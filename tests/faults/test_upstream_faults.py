@@ -80,7 +80,7 @@ async def test_each_misbehaviour_gives_its_code_and_a_write_is_sent_once(
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as client:
         await register(client, auth, "B1", domain)
-        invoker = auth("invoke", stores=["B1"], actions=["Add*"])
+        invoker = auth("invoke", stores=["B1"], actions=["GetItem", "Add*"])
         for action, sends in (("GetItem", 3 if retried else 1), ("AddOrder", 1)):
             before = len(upstream.received_for(domain))
             r = await client.post(
@@ -163,7 +163,7 @@ async def test_a_burst_of_hung_calls_leaves_other_stores_at_full_speed(
             tasks_before = await broker.tasks()
 
             async with httpx.AsyncClient(base_url=broker.url, timeout=10) as client:
-                burst_auth = auth("invoke", stores=["H1"], actions=["Add*"])
+                burst_auth = auth("invoke", stores=["H1"], actions=["GetItem", "Add*"])
 
                 def hung_call(i: int) -> Any:
                     # Half reads, half writes: each holds a connection until the deadline.

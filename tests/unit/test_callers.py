@@ -298,6 +298,9 @@ def test_missing_required_claim_refused(verifier, name):
         ("iat", True),
         ("iat", [int(NOW)]),
         ("iat", float("-inf")),
+        ("exp", 10**400),  # a valid JSON number that no float holds
+        ("exp", -(10**400)),
+        ("iat", 10**400),
     ],
     ids=lambda v: repr(v)[:20],
 )
@@ -378,6 +381,13 @@ def test_absent_scope_grants_nothing(verifier):
     assert caller.scopes == frozenset()
 
 
+def test_unknown_scopes_grant_nothing(verifier):
+    caller = verifier.verify(hs256(claims(scope="invoke admin * installs:admin\u00a0x")))
+    # Only the known scope survives: an unknown word is neither kept (a later check for a
+    # scope of that name must not find it) nor split further.
+    assert caller.scopes == {"invoke"}
+
+
 def test_stores_claim_limits_stores(verifier):
     caller = verifier.verify(hs256(claims(stores=["N1", "N2"])))
     caller.require_store("N2")
@@ -400,6 +410,17 @@ def test_reads_need_no_grant_and_writes_need_one(verifier):
     caller.require_action("GetItem", is_write=False)
     with pytest.raises(ActionNotAllowed):
         caller.require_action("UpdateItem", is_write=True)
+
+
+def test_a_present_actions_list_is_the_whole_allow_list_reads_included(verifier):
+    caller = verifier.verify(hs256(claims(actions=["GetItem"])))
+    caller.require_action("GetItem", is_write=False)
+    for action in ("GetCustomer", "GetOrder"):
+        with pytest.raises(ActionNotAllowed):
+            caller.require_action(action, is_write=False)
+    nothing = verifier.verify(hs256(claims(actions=[])))
+    with pytest.raises(ActionNotAllowed):
+        nothing.require_action("GetItem", is_write=False)
 
 
 def test_action_grants_are_exact_names_or_prefixes(verifier):
@@ -439,4 +460,34 @@ def test_private_key_in_jwks_file_fails_start_up(make_verifier, tmp_path, rsa_ke
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps({"keys": [entry]}))
     with pytest.raises(KeyFileError, match="private key"):
+        make_verifier(jwt_public_keys_file=path)
+
+
+def test_a_huge_nbf_is_refused_not_a_crash(verifier):
+    refused(verifier, hs256(claims(nbf=10**400)), "`nbf`")
+
+
+@pytest.mark.parametrize("bits", [1024, 2047])
+def test_a_short_rsa_key_in_the_jwks_file_fails_start_up_naming_its_kid(
+    make_verifier, tmp_path, bits
+):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jose import jwk as jose_jwk
+
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    pem = weak.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    entry = {**jose_jwk.construct(pem, "RS256").to_dict(), "kid": "legacy-idp-2014"}
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [entry]}))
+    with pytest.raises(KeyFileError, match=f"'legacy-idp-2014'.*{bits} bits.*2048"):
+        make_verifier(jwt_public_keys_file=path)
+
+
+def test_a_jwks_rsa_key_that_does_not_parse_fails_start_up_naming_its_kid(make_verifier, tmp_path):
+    entry = {"kty": "RSA", "kid": "broken", "n": "A" * 400, "e": "!!"}
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [entry]}))
+    with pytest.raises(KeyFileError, match="'broken'"):
         make_verifier(jwt_public_keys_file=path)

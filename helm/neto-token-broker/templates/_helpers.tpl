@@ -65,14 +65,17 @@ ntb.secret.name: the Secret every pod reads its secret variables from.
 */}}
 {{- define "ntb.secret.generate" -}}
 {{- $d := .Values.secret.data -}}
-{{- if and (not .Values.secret.existingSecret) (or $d.databaseUrl $d.encryptionKeys $d.jwtHs256Keys $d.netoClientSecret) -}}
+{{- if and (not .Values.secret.existingSecret) (or $d.databaseUrl $d.encryptionKeys $d.jwtHs256Keys $d.netoClientSecret $d.metricsToken) -}}
+{{- if and .Values.metrics.requireToken (not $d.metricsToken) -}}
+{{- fail "metrics.requireToken is true but secret.data.metricsToken is empty: set a scrape token of at least 32 characters (openssl rand -hex 32), or metrics.requireToken=false" -}}
+{{- end -}}
 true
 {{- end -}}
 {{- end }}
 
 {{- define "ntb.secret.name" -}}
 {{- $d := .Values.secret.data -}}
-{{- if and .Values.secret.existingSecret (or $d.databaseUrl $d.encryptionKeys $d.jwtHs256Keys $d.netoClientSecret) -}}
+{{- if and .Values.secret.existingSecret (or $d.databaseUrl $d.encryptionKeys $d.jwtHs256Keys $d.netoClientSecret $d.metricsToken) -}}
 {{- fail "secret.existingSecret and secret.data are mutually exclusive: keep secret values in the existing Secret, or leave existingSecret empty to let the chart generate one" -}}
 {{- end -}}
 {{- if and .Values.secret.requireExisting (not .Values.secret.existingSecret) -}}
@@ -112,6 +115,81 @@ OAuth endpoints are off) are optional.
       name: {{ $name }}
       key: {{ $k.netoClientSecret }}
       optional: true
+{{- end }}
+
+{{/*
+The /metrics scrape token, for the server pods only (migrations do not need it). With
+metrics.requireToken the key must exist: a pod without it does not start, rather than
+serve /metrics to anyone who reaches the port.
+*/}}
+{{- define "ntb.metricsTokenEnv" -}}
+- name: BROKER_METRICS_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ntb.secret.name" . }}
+      key: {{ .Values.secret.keys.metricsToken }}
+      optional: {{ not .Values.metrics.requireToken }}
+{{- end }}
+
+{{/*
+One Ingress: the public one (root: ., values: .Values.ingress, paths fixed to /oauth) or
+the internal one (values: .Values.internalIngress and its paths).
+*/}}
+{{- define "ntb.ingress" -}}
+{{- $root := .root -}}
+{{- $v := .values -}}
+{{- $fullname := include "ntb.fullname" $root -}}
+{{- $port := $root.Values.service.port -}}
+{{- $paths := .paths -}}
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {{ printf "%s%s" $fullname .suffix }}
+  labels:
+    {{- include "ntb.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: server
+    neto-token-broker/exposure: {{ .exposure }}
+  {{- if or $v.annotations $v.underscoresInHeadersRequired }}
+  annotations:
+    {{- if $v.underscoresInHeadersRequired }}
+    {{- /*
+    A marker, not a switch: ingress-nginx has no per-Ingress setting for underscore
+    headers. The controller needs `enable-underscores-in-headers: "true"` in its
+    ConfigMap; see values.yaml and NOTES.txt.
+    */}}
+    neto-token-broker/underscores-in-headers: required
+    {{- end }}
+    {{- with $v.annotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- end }}
+spec:
+  {{- with $v.className }}
+  ingressClassName: {{ . }}
+  {{- end }}
+  {{- with $v.tls }}
+  tls:
+    {{- range . }}
+    - secretName: {{ .secretName }}
+      hosts:
+        {{- toYaml .hosts | nindent 8 }}
+    {{- end }}
+  {{- end }}
+  rules:
+    {{- range $v.hosts }}
+    - host: {{ .host | quote }}
+      http:
+        paths:
+          {{- range $paths }}
+          - path: {{ . }}
+            pathType: Prefix
+            backend:
+              service:
+                name: {{ $fullname }}
+                port:
+                  number: {{ $port }}
+          {{- end }}
+    {{- end }}
 {{- end }}
 
 {{/*
