@@ -91,7 +91,9 @@ def main() -> None:
         processes.append(neto)
         wait_for(f"{neto_url}/oauth/v2/auth", neto, "the Neto emulator")
         server = subprocess.Popen(
-            [broker, "serve", "--host", "127.0.0.1", "--port", str(args.port)], cwd=ROOT, env=env
+            [broker, "serve", "--host", "127.0.0.1", "--port", str(args.port), "--no-banner"],
+            cwd=ROOT,
+            env=env,
         )
         processes.append(server)
         wait_for(f"http://127.0.0.1:{args.port}/readyz", server, "the broker")
