@@ -34,7 +34,9 @@ def serve(
     settings = settings_or_exit()
     logs.configure(settings.log_level)
     if banner and settings.env == "development":
+        # Flushed now: uvicorn's logs follow, and a piped stdout would hold it back.
         typer.echo(development_banner(settings, host, port))
+        sys.stdout.flush()
     # Several workers: each counts in its own memory, so a scrape would see one worker.
     # prometheus_client's multiprocess mode shares the values through files in this
     # directory (set before the workers start; emptied per run). An operator-set
