@@ -190,6 +190,24 @@ end
     )
 
 
+def neto_door_script(token: str, installs: int) -> Path:
+    """The same GetItem as `invoke_script`, sent as a Neto client sends it."""
+    return lua(
+        f"neto_{installs}",
+        f"""
+math.randomseed(os.time())
+local headers = {{["NETOAPI_ACTION"] = "GetItem", ["NETOAPI_USERNAME"] = "bench",
+                 ["NETOAPI_KEY"] = "{token}", ["Content-Type"] = "application/json",
+                 ["Accept"] = "application/json"}}
+local body = '{{"Filter": {{"SKU": ["SKU-1"], "OutputSelector": ["Name", "Price"]}}}}'
+request = function()
+  local path = string.format("/neto/S%06d/do/WS/NetoAPI", math.random(0, {installs - 1}))
+  return wrk.format("POST", path, headers, body)
+end
+""",
+    )
+
+
 def upstream_script() -> Path:
     return lua(
         "upstream",
@@ -322,13 +340,15 @@ def main() -> int:
             )
             cred = credentials_script(token, TOTAL_INSTALLS)
             inv = invoke_script(token, TOTAL_INSTALLS)
+            door = neto_door_script(token, TOTAL_INSTALLS)
             up = upstream_script()
             ceiling = lua("ceiling", "")
             wrk("warmup", ports["ceiling"], ceiling, path="/credentials/S000001", duration=2)
             wrk("warmup", ports["broker"], cred, duration=2)
             wrk("warmup", ports["broker"], inv, duration=2)
+            wrk("warmup", ports["broker"], door, duration=2)
             rounds: dict[str, list[Result]] = {
-                k: [] for k in ("ceiling", "credentials", "upstream", "invoke")
+                k: [] for k in ("ceiling", "credentials", "upstream", "invoke", "neto_door")
             }
             for n in range(ROUNDS):
                 print(f"round {n + 1}/{ROUNDS}...", flush=True)
@@ -338,6 +358,7 @@ def main() -> int:
                 rounds["credentials"].append(wrk("credentials", ports["broker"], cred))
                 rounds["upstream"].append(wrk("upstream", ports["upstream"], up))
                 rounds["invoke"].append(wrk("invoke", ports["broker"], inv))
+                rounds["neto_door"].append(wrk("neto_door", ports["broker"], door))
             large = rounds["credentials"]
             peak = peak_rss_mb(broker.pid)
 
@@ -364,6 +385,7 @@ def main() -> int:
         "credentials_vs_ceiling": m["credentials"].rps / m["ceiling"].rps,
         "credentials_p99_ms": m["credentials"].p99_ms,
         "invoke_vs_upstream": m["invoke"].rps / m["upstream"].rps,
+        "neto_door_vs_invoke": m["neto_door"].rps / m["invoke"].rps,
         "slow_upstream_vs_littles_law": slow_r.rps / limit,
         "p50_100k_vs_1k": large_r.p50_ms / small_r.p50_ms if small_r.p50_ms else float("nan"),
         "peak_rss_mb": peak,
@@ -372,6 +394,7 @@ def main() -> int:
         "credentials_vs_ceiling": (">=", 0.5),
         "credentials_p99_ms": ("<=", 20.0),
         "invoke_vs_upstream": (">=", 0.35),
+        "neto_door_vs_invoke": (">=", 0.9),
         "slow_upstream_vs_littles_law": (">=", 0.9),
         "p50_100k_vs_1k": ("<=", 1.10),
         "peak_rss_mb": ("<=", 200.0),

@@ -91,7 +91,9 @@ def main() -> None:
         processes.append(neto)
         wait_for(f"{neto_url}/oauth/v2/auth", neto, "the Neto emulator")
         server = subprocess.Popen(
-            [broker, "serve", "--host", "127.0.0.1", "--port", str(args.port)], cwd=ROOT, env=env
+            [broker, "serve", "--host", "127.0.0.1", "--port", str(args.port), "--no-banner"],
+            cwd=ROOT,
+            env=env,
         )
         processes.append(server)
         wait_for(f"http://127.0.0.1:{args.port}/readyz", server, "the broker")
@@ -123,9 +125,26 @@ BANNER = """
       curl -X POST {broker}/invoke/N10001/GetItem \\
         -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \\
         -d '{{"Filter": {{"SKU": ["demo"]}}}}'
+ 4. Or keep a Neto client and change only its endpoint and key (Neto's own protocol):
+      curl -X POST {broker}/neto/N10001/do/WS/NetoAPI \\
+        -H "NETOAPI_ACTION: GetItem" -H "NETOAPI_KEY: $TOKEN" \\
+        -H "Content-Type: application/json" -H "Accept: application/json" \\
+        -d '{{"Filter": {{"SKU": ["demo"]}}}}'
+    In Python, in Neto's style (needs `pip install requests`; paste as is):
+python3 - <<'PY'
+import os, requests
+neto = requests.Session()
+neto.headers.update({{"NETOAPI_USERNAME": "demo", "NETOAPI_KEY": os.environ["TOKEN"],
+                     "Accept": "application/json"}})
+r = neto.post("{broker}/neto/N10001/do/WS/NetoAPI", headers={{"NETOAPI_ACTION": "GetItem"}},
+              json={{"Filter": {{"SKU": ["demo"]}}}})
+r.raise_for_status()
+print(r.json())
+PY
 
  Operator token (8 h; scopes installs:admin credentials:read invoke, all stores):
 TOKEN={token}
+ (run `export TOKEN=...` with the line above before the commands)
 
  Ctrl-C stops both.
 ================================================================================

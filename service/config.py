@@ -147,7 +147,8 @@ class Settings(BaseSettings):
         if not self.encryption_keys or not self.encryption_keys.get_secret_value().strip():
             raise ConfigError(
                 "BROKER_ENCRYPTION_KEYS is required when BROKER_ENV=production "
-                "(generate one with `broker keys generate`)"
+                "(generate one with `broker keys generate`; to try the broker locally, set "
+                "BROKER_ENV=development as `make run` does)"
             )
         if not self.jwt_hs256_keys and not self.jwt_public_keys_file:
             raise ConfigError(

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service.access import bundles, invoke
+from service.access import bundles, invoke, neto_door
 from service.audit import routes as audit_routes
 from service.config import Settings, load_settings
 from service.installs import routes as install_routes
@@ -26,7 +26,8 @@ Keeps every merchant's Neto by Maropost credentials and brokers access to them.
 * **Merchants** install through `/oauth/install` (from Neto) or `/installs/start` (from
   the company's app) and return through `/oauth/callback`.
 * **Internal services** present a caller JWT and either fetch a short-lived bundle
-  (`/credentials/{store_id}`) or call Neto through `/invoke/{store_id}/{action}`.
+  (`/credentials/{store_id}`) or call Neto through `/invoke/{store_id}/{action}`, or
+  keep their Neto client and point it at `/neto/{store_id}/do/WS/NetoAPI`.
 * **Operators** inspect, verify and revoke installs under `/installs` and read `/audit`.
 
 Press **Authorize** and paste a token from `broker token mint`.
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         bundles.router,
         invoke.router,
+        neto_door.router,
         health.router,
         oauth_routes.router,
         install_routes.router,

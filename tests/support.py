@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import uvicorn
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
@@ -180,3 +183,90 @@ async def register_api_key_store(
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+class LiveBroker:
+    """The broker under a real uvicorn server on loopback, in its own thread and event
+    loop: requests arrive over TCP, as in production (so a synchronous client such as
+    `requests` can call it, and a blocked loop or a starved worker shows in latency)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=1)  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.loop.run_until_complete(self.server.serve(sockets=[self.sock]))
+
+    async def __aenter__(self) -> LiveBroker:
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("the broker did not start")
+            await asyncio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        await asyncio.to_thread(self.thread.join, 10)
+        self.loop.close()
+        self.sock.close()
+
+    async def tasks(self) -> int:
+        """Tasks alive in the broker's loop (besides the one counting)."""
+
+        async def count() -> int:
+            return len(asyncio.all_tasks()) - 1
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(count(), self.loop))
+
+
+# -- the two doors to Neto ------------------------------------------------------------------
+
+DOORS = ("invoke", "neto")
+
+
+async def call_door(
+    door: str,
+    client: httpx.AsyncClient,
+    store_id: str,
+    action: str,
+    headers: dict[str, str],
+    **kwargs: Any,
+) -> httpx.Response:
+    """One call to Neto through `/invoke` or through the Neto-compatible endpoint, the
+    latter as a Neto client sends it: the action in NETOAPI_ACTION, the caller JWT (from
+    `headers`' bearer) in NETOAPI_KEY, a username that means nothing, Accept JSON."""
+    if door == "invoke":
+        return await client.post(f"/invoke/{store_id}/{action}", headers=headers, **kwargs)
+    neto = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+    bearer = headers.get("Authorization")
+    if bearer is not None:
+        neto["NETOAPI_KEY"] = bearer.removeprefix("Bearer ")
+    neto.update({"NETOAPI_ACTION": action, "NETOAPI_USERNAME": "any-user",
+                 "Accept": "application/json"})  # fmt: skip
+    return await client.post(f"/neto/{store_id}/do/WS/NetoAPI", headers=neto, **kwargs)
+
+
+def assert_refused(response: httpx.Response, status: int, code: str) -> str:
+    """The broker's own refusal with this status and code, in whichever shape its door
+    renders (the envelope, or Neto's error shape on /neto/); returns the detail."""
+    assert response.status_code == status, f"expected {status} {code}: {response.text}"
+    assert response.headers["x-broker-error"] == code, response.headers
+    body = response.json()
+    if response.request.url.path.startswith("/neto/"):
+        assert set(body) == {"Ack", "Messages"}, body
+        assert body["Ack"] == "Error", body
+        [error] = body["Messages"]["Error"]
+        assert error["SeverityCode"] == "Error", body
+        assert error["Description"].startswith(f"{code} (request "), body
+        return str(error["Message"])
+    assert set(body) == {"error", "detail", "request_id"}, body
+    assert body["error"] == code, body
+    return str(body["detail"])

@@ -7,14 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
 from starlette.convertors import Convertor, register_url_convertor
-from starlette.requests import ClientDisconnect
 
-from service.access.pipeline import check_action, forward
+from service.access.pipeline import capped_body, check_action, forward, passthrough
 from service.errors import UnsupportedMediaType
 from service.neto.actions import READ_ACTIONS, WRITE_ACTIONS
-from service.services import services
 from service.web.api import ERRORS, StoreId, error
-from service.web.body_limit import is_json, read_capped
+from service.web.body_limit import is_json
 from service.web.deps import Caller, require_scope
 
 router = APIRouter(tags=["invoke"])
@@ -105,14 +103,5 @@ async def invoke(
     content_type = request.headers.get("content-type")
     if content_type is not None and not is_json(content_type):
         raise UnsupportedMediaType()
-
-    async def read_body() -> bytes:
-        limit = services(request).settings.max_request_bytes
-        body = await read_capped(request.headers, request.receive, limit)
-        if body is None:
-            raise ClientDisconnect()
-        return body
-
-    answer = await forward(request, caller, store_id, action, read_body)
-    headers = {"content-type": answer.content_type} if answer.content_type else None
-    return Response(answer.body, status_code=answer.status, headers=headers)
+    answer = await forward(request, caller, store_id, action, capped_body(request))
+    return passthrough(answer)

@@ -1,12 +1,16 @@
-"""The passthrough pipeline every door to Neto shares (`/invoke` today): the store and
-action checks, the store's usable credentials, the revoke fence, the upstream call under
-the store's limits, and what a refusal of the credentials means for the store."""
+"""The passthrough pipeline both doors to Neto share (`/invoke` and the Neto-compatible
+endpoint): the store and action checks, the capped request body, the store's usable
+credentials, the revoke fence, the upstream call under the store's limits, and what a
+refusal of the credentials means for the store. A door only decides how the caller, the
+action and the body arrive."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from fastapi import Request
+from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
 from service.errors import (
     StoreNotFound,
@@ -19,9 +23,10 @@ from service.installs.models import InstallStatus
 from service.installs.sealing import credentials_fingerprint
 from service.neto.actions import ALL_ACTIONS, is_write
 from service.neto.credentials import StoreCredentials
-from service.neto.upstream import UpstreamResponse
+from service.neto.upstream import JSON_MEDIA, UpstreamResponse
 from service.security.callers import Caller
 from service.services import services
+from service.web.body_limit import read_capped
 from service.web.deps import request_id
 
 
@@ -48,12 +53,27 @@ def check_action(request: Request, caller: Caller, store_id: str, action: str) -
     caller.require_action(action, is_write=is_write(action))
 
 
+def capped_body(request: Request) -> Callable[[], Awaitable[bytes]]:
+    """The request body, read only when `forward` asks for it (after the store is found
+    usable) and refused with 413 past BROKER_MAX_REQUEST_BYTES."""
+
+    async def read() -> bytes:
+        limit = services(request).settings.max_request_bytes
+        body = await read_capped(request.headers, request.receive, limit)
+        if body is None:
+            raise ClientDisconnect()
+        return body
+
+    return read
+
+
 async def forward(
     request: Request,
     caller: Caller,
     store_id: str,
     action: str,
     read_body: Callable[[], Awaitable[bytes]],
+    media: Mapping[str, str] = JSON_MEDIA,
 ) -> UpstreamResponse:
     """Send the caller's body to the store's API (`check_action` has passed) and return
     Neto's answer, or raise the broker's error that says why there is none."""
@@ -76,7 +96,7 @@ async def forward(
             creds = await usable_store(request, store_id)
         return creds
 
-    answer = await app.upstream.call(creds, action, body, request_id=rid, fence=fence)
+    answer = await app.upstream.call(creds, action, body, request_id=rid, fence=fence, media=media)
     if answer.status in (401, 403):
         await app.installs.mark_reauth_required(
             store_id, actor=caller.sub, request_id=rid, action=action,
@@ -84,3 +104,9 @@ async def forward(
         )  # fmt: skip
         raise UpstreamUnauthorized()
     return answer
+
+
+def passthrough(answer: UpstreamResponse) -> Response:
+    """Neto's answer as the caller gets it: its status, body and content type, unchanged."""
+    headers = {"content-type": answer.content_type} if answer.content_type else None
+    return Response(answer.body, status_code=answer.status, headers=headers)

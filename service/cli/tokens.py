@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from service.cli.common import settings_or_exit, token_app
-from service.config import kid_pairs
+from service.config import Settings, kid_pairs
 
 _TTL_RE = re.compile(r"^(\d+)([smhd]?)$")
 
@@ -48,10 +48,10 @@ def token_mint(
     kid: Annotated[str | None, typer.Option(help="HS256 key id (default: the first).")] = None,
 ) -> None:
     """Print a caller JWT signed with a configured HS256 key."""
-    from service.security.callers import SCOPES, mint
-
     # The broker ignores an unknown scope (it grants nothing): refuse it here, where a
     # typo or a pasted no-break space can still be corrected.
+    from service.security.callers import SCOPES
+
     unknown = sorted({word for word in scope.split(" ") if word} - SCOPES)
     if unknown:
         raise typer.BadParameter(
@@ -59,8 +59,26 @@ def token_mint(
             f"spaces): {', '.join(sorted(SCOPES))}",
             param_hint="--scope",
         )
-
     settings = settings_or_exit()
+    typer.echo(
+        mint_or_exit(settings, sub=sub, scope=scope, stores=_csv(stores), actions=_csv(actions),
+                     ttl_seconds=parse_ttl(ttl), kid=kid)
+    )  # fmt: skip
+
+
+def mint_or_exit(
+    settings: Settings,
+    *,
+    sub: str,
+    scope: str,
+    stores: list[str] | None,
+    actions: list[str] | None,
+    ttl_seconds: int,
+    kid: str | None = None,
+) -> str:
+    """A caller JWT signed with the configured HS256 key `kid` (default: the first)."""
+    from service.security.callers import mint
+
     if not settings.jwt_hs256_keys:
         typer.secho("BROKER_JWT_HS256_KEYS is not set: no key to sign with", err=True, fg="red")
         raise typer.Exit(2)
@@ -70,16 +88,14 @@ def token_mint(
         typer.secho(f"no HS256 key with id {kid!r}", err=True, fg="red")
         raise typer.Exit(2)
     issuers = sorted(settings.issuers)
-    typer.echo(
-        mint(
-            kid=chosen[0],
-            secret=chosen[1],
-            sub=sub,
-            scope=scope,
-            audience=settings.jwt_audience,
-            ttl_seconds=parse_ttl(ttl),
-            stores=_csv(stores),
-            actions=_csv(actions),
-            issuer=issuers[0] if issuers else None,
-        )
+    return mint(
+        kid=chosen[0],
+        secret=chosen[1],
+        sub=sub,
+        scope=scope,
+        audience=settings.jwt_audience,
+        ttl_seconds=ttl_seconds,
+        stores=stores,
+        actions=actions,
+        issuer=issuers[0] if issuers else None,
     )

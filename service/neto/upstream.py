@@ -5,9 +5,10 @@ connect time, no cookies, no proxies). It calls aiohttp directly: httpx's client
 top measured more CPU per request than the whole aiohttp request (docs/performance.md).
 What it guarantees:
 
-* The request carries only `NETOAPI_ACTION`, `Content-Type`/`Accept: application/json`,
-  `Accept-Encoding: identity` (so the size cap measures the real body and callers get
-  bytes they can read), the store's auth headers and the request id.
+* The request carries only `NETOAPI_ACTION`, `Content-Type`/`Accept` (JSON unless the
+  door passes the caller's: the Neto-compatible endpoint does, so Neto answers XML to an
+  XML client), `Accept-Encoding: identity` (so the size cap measures the real body and
+  callers get bytes they can read), the store's auth headers and the request id.
 * One overall deadline (BROKER_UPSTREAM_DEADLINE_SECONDS) covers every attempt, the
   backoff between them and the reading of the body, so a slow-drip answer cannot
   outlive it: 504 `upstream_timeout`.
@@ -30,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -59,6 +60,10 @@ BACKOFF_CAP_SECONDS = 2.0
 
 # Returns the store's credentials as they are now, or raises why it may not be called.
 Fence = Callable[[], Awaitable[StoreCredentials]]
+
+# The media headers of a call: what the body is and what answer is wanted. Only
+# `Content-Type` and `Accept` belong here; the store's auth headers always win.
+JSON_MEDIA: Mapping[str, str] = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +130,7 @@ class UpstreamClient:
         *,
         request_id: str | None,
         fence: Fence | None = None,
+        media: Mapping[str, str] = JSON_MEDIA,
     ) -> UpstreamResponse:
         """Send one action to the store's API under its limits; Neto's answer, or a
         BrokerError saying why there is none."""
@@ -133,7 +139,7 @@ class UpstreamClient:
         async with self.limits.slot(store_id):
             # A pause may have begun while this call waited for its slot.
             self.limits.check_paused(store_id)
-            response = await self._exchange(creds, action, body, request_id, fence)
+            response = await self._exchange(creds, action, body, request_id, fence, media)
         if response.status == 429:
             pause = self.limits.pause(store_id)
             fields = {"store_id": store_id, "pause_seconds": pause}
@@ -153,8 +159,9 @@ class UpstreamClient:
         body: bytes,
         request_id: str | None,
         fence: Fence | None,
+        media: Mapping[str, str],
     ) -> UpstreamResponse:
-        headers = self._headers(creds, action, request_id)
+        headers = self._headers(creds, action, request_id, media)
         url = self._api_urls.build(creds.store_domain)
         retry_reads = not is_write(action)
         deadline = asyncio.get_running_loop().time() + self._deadline
@@ -168,7 +175,7 @@ class UpstreamClient:
                         current = await fence()  # raises if the store was revoked
                         if current is not creds:  # reinstalled or rotated meanwhile
                             creds = current
-                            headers = self._headers(creds, action, request_id)
+                            headers = self._headers(creds, action, request_id, media)
                             url = self._api_urls.build(creds.store_domain)
                     try:
                         last = await self._attempt(url, headers, body)
@@ -196,11 +203,12 @@ class UpstreamClient:
         raise UpstreamUnreachable()
 
     @staticmethod
-    def _headers(creds: StoreCredentials, action: str, request_id: str | None) -> dict[str, str]:
+    def _headers(
+        creds: StoreCredentials, action: str, request_id: str | None, media: Mapping[str, str]
+    ) -> dict[str, str]:
         headers = {
             "NETOAPI_ACTION": action,
-            "Content-Type": "application/json",
-            "Accept": "application/json",
+            **media,
             "Accept-Encoding": "identity",
             **creds.headers,
         }

@@ -4,7 +4,8 @@ and JSON only.
 The body is read here, at most BROKER_MAX_JSON_BYTES of it (a declared Content-Length
 over the cap is refused without reading), then handed on unchanged. A body that is not
 `application/json` (or `application/*+json`) is refused with 415 before FastAPI tries to
-make sense of it. `/invoke/` is left alone: it streams larger bodies under its own cap.
+make sense of it. `/invoke/` and `/neto/` are left alone: they stream larger bodies (XML
+too, on `/neto/`) under BROKER_MAX_REQUEST_BYTES.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from service.errors import BadRequest, BrokerError, PayloadTooLarge, Unsupported
 from service.web.responses import error_response
 
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-EXEMPT_PREFIXES = ("/invoke/",)
+EXEMPT_PREFIXES = ("/invoke/", "/neto/")
 
 
 def is_json(content_type: str | None) -> bool:

@@ -21,6 +21,7 @@ __all__ = [
     "authenticate",
     "request_id",
     "require_scope",
+    "verify_caller",
 ]
 
 bearer = HTTPBearer(
@@ -40,8 +41,13 @@ def authenticate(request: Request, scope: str) -> Caller:
     kind, _, token = header.partition(" ")
     if kind.lower() != "bearer" or not token.strip():
         raise Unauthorized(headers={"WWW-Authenticate": "Bearer"})
+    return verify_caller(request, token.strip(), scope)
+
+
+def verify_caller(request: Request, token: str, scope: str) -> Caller:
+    """The caller a token names, with `scope` required; wherever the token came from."""
     try:
-        caller = services(request).verifier.verify(token.strip())
+        caller = services(request).verifier.verify(token)
     except Unauthorized as exc:
         exc.headers.setdefault("WWW-Authenticate", 'Bearer error="invalid_token"')
         raise

@@ -43,6 +43,11 @@ TAGS = [
     {"name": "installs", "description": "Operators: inspect, register and revoke installs."},
     {"name": "credentials", "description": "Internal services: short-lived credential bundles."},
     {"name": "invoke", "description": "Internal services: call Neto through the broker."},
+    {
+        "name": "neto",
+        "description": "Existing Neto clients: Neto's own API protocol, pointed at the broker "
+        "with a caller JWT as the key.",
+    },
     {"name": "audit", "description": "Operators: who did what to which store."},
     {"name": "oauth", "description": "Merchants' browsers: the Neto OAuth install flow."},
     {"name": "health", "description": "Probes and Prometheus metrics."},

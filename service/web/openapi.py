@@ -3,8 +3,9 @@
 FastAPI documents 422 with its own `HTTPValidationError` shape, but the broker answers
 every error with its envelope (`ErrorBody`), and the merchant-facing /oauth/* routes with
 an HTML page. This rewrites the generated document once so Swagger, client generators
-and the schema fuzzer see the truth: the envelope on every error, the statuses each kind
-of route can produce, and the `X-Broker-Error` / `X-Request-ID` headers.
+and the schema fuzzer see the truth: the envelope on every error (Neto's own error shape
+on the Neto-compatible endpoint), the statuses each kind of route can produce, and the
+`X-Broker-Error` / `X-Request-ID` headers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,35 @@ from fastapi import FastAPI
 
 ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorBody"}
 HTML_SCHEMA = {"type": "string", "description": "A small self-contained HTML page."}
+NETO_ERROR_SCHEMA = {"$ref": "#/components/schemas/NetoError"}
+NETO_ERROR = {
+    "type": "object",
+    "description": "Neto's error shape (in XML when the caller asked for XML); the code is "
+    "in `X-Broker-Error`.",
+    "required": ["Ack", "Messages"],
+    "properties": {
+        "Ack": {"type": "string", "enum": ["Error"]},
+        "Messages": {
+            "type": "object",
+            "properties": {
+                "Error": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "Message": {"type": "string"},
+                            "SeverityCode": {"type": "string", "enum": ["Error"]},
+                            "Description": {"type": "string"},
+                        },
+                    },
+                }
+            },
+        },
+    },
+    "example": {"Ack": "Error", "Messages": {"Error": [{
+        "Message": "The token does not grant this store.", "SeverityCode": "Error",
+        "Description": "store_not_allowed (request req_5f2a9c0e1b7d4a3f9e8c7b6a)"}]}},
+}  # fmt: skip
 # Routes without a database query answer 503 never; everything else may.
 NO_DATABASE = frozenset({"/healthz", "/metrics", "/openapi.json"})
 
@@ -41,12 +71,18 @@ BROKER_ERROR_HEADER = {
 }
 
 
-def _error_response(status: str, html: bool, existing: dict[str, Any] | None) -> dict[str, Any]:
-    media = "text/html" if html else "application/json"
+def _error_response(status: str, path: str, existing: dict[str, Any] | None) -> dict[str, Any]:
+    if path.startswith("/oauth/"):
+        content = {"text/html": {"schema": HTML_SCHEMA}}
+    elif path.startswith("/neto/"):
+        content = {"application/json": {"schema": NETO_ERROR_SCHEMA},
+                   "application/xml": {"schema": {"type": "string"}}}  # fmt: skip
+    else:
+        content = {"application/json": {"schema": ERROR_SCHEMA}}
     return {
         "description": (existing or {}).get("description") or DESCRIPTIONS.get(status, "Error"),
         "headers": {"X-Broker-Error": BROKER_ERROR_HEADER, "X-Request-ID": REQUEST_ID_HEADER},
-        "content": {media: {"schema": HTML_SCHEMA if html else ERROR_SCHEMA}},
+        "content": content,
     }
 
 
@@ -71,11 +107,13 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
             if path not in NO_DATABASE:
                 wanted.add("503")
             for status in sorted(wanted):
-                responses[status] = _error_response(status, html, responses.get(status))
+                responses[status] = _error_response(status, path, responses.get(status))
             for status, response in responses.items():
                 if status[0] in "23":
                     response.setdefault("headers", {})["X-Request-ID"] = REQUEST_ID_HEADER
     components = schema.get("components", {}).get("schemas", {})
+    if any(path.startswith("/neto/") for path in schema.get("paths", {})):
+        components["NetoError"] = NETO_ERROR
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
     return schema

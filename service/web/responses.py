@@ -1,10 +1,15 @@
-"""Rendering errors: the JSON envelope, or an HTML page on merchant-facing OAuth routes."""
+"""Rendering errors: the JSON envelope; an HTML page on merchant-facing OAuth routes; and
+Neto's own error shape on the Neto-compatible endpoint (`/neto/`), so Neto clients
+surface the broker's refusals as they would Neto's. The status and `X-Broker-Error` are
+the same whatever the shape."""
 
 from __future__ import annotations
 
 import html
 from typing import Any
+from xml.sax.saxutils import escape as xml_escape
 
+from starlette.datastructures import Headers
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from service.errors import BrokerError
@@ -63,5 +68,38 @@ def error_response(scope: Any, exc: BrokerError) -> Response:
             "</small></p>",
         )
         return HTMLResponse(page, status_code=exc.status, headers={**headers, **PAGE_HEADERS})
+    if str(scope.get("path", "")).startswith("/neto/"):
+        return neto_error(scope, exc, request_id, headers)
     body = {"error": exc.code, "detail": exc.detail, "request_id": request_id}
     return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
+def wants_xml(scope: Any) -> bool:
+    """Did the caller ask for XML? Its Accept decides; without a preference there, the
+    format of what it sent (Neto's own default answer is XML, but a JSON client that
+    omits Accept still reads JSON best)."""
+    headers = Headers(scope=scope)
+    accept = headers.get("accept", "").lower()
+    if "json" in accept:
+        return False
+    if "xml" in accept:
+        return True
+    return "xml" in headers.get("content-type", "").lower()
+
+
+def neto_error(scope: Any, exc: BrokerError, request_id: str, headers: dict[str, str]) -> Response:
+    description = f"{exc.code} (request {request_id})"
+    if wants_xml(scope):
+        # Neto names the root after the action (`GetItemResponse`) when there is one.
+        action = str((scope.get("state") or {}).get("action", ""))
+        root = f"{action}Response" if action.isalnum() else "Response"
+        body = (
+            f'<?xml version="1.0" encoding="utf-8"?>\n<{root}><Ack>Error</Ack><Messages><Error>'
+            f"<Message>{xml_escape(exc.detail)}</Message><SeverityCode>Error</SeverityCode>"
+            f"<Description>{xml_escape(description)}</Description></Error></Messages></{root}>"
+        )
+        return Response(body, status_code=exc.status, headers=headers,
+                         media_type="application/xml")  # fmt: skip
+    error = {"Message": exc.detail, "SeverityCode": "Error", "Description": description}
+    neto = {"Ack": "Error", "Messages": {"Error": [error]}}
+    return JSONResponse(neto, status_code=exc.status, headers=headers)

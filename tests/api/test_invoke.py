@@ -1,10 +1,12 @@
-"""`POST /invoke/{store_id}/{action}` against the fake Neto on loopback."""
+"""`POST /invoke/{store_id}/{action}` against the fake Neto on loopback. What the
+pipeline owns (retries, limits, refused credentials, sizes, deadlines) is checked through
+both doors: `/invoke` and the Neto-compatible endpoint must behave exactly alike."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -14,7 +16,14 @@ from sqlalchemy import select
 from service.audit.models import AuditEvent
 from service.web import metrics
 from tests.fakes import neto as fake
-from tests.support import CLIENT_ID, install_store, register_api_key_store
+from tests.support import (
+    CLIENT_ID,
+    DOORS,
+    assert_refused,
+    call_door,
+    install_store,
+    register_api_key_store,
+)
 
 STORE = "N1001"
 DOMAIN = "shop.example.com"
@@ -34,9 +43,22 @@ async def client_for(app: Any) -> httpx.AsyncClient:
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, f"expected {status} {code}: {response.text}"
-    assert response.json()["error"] == code, response.text
-    assert response.headers["x-broker-error"] == code
+    assert_refused(response, status, code)
+
+
+Door = Callable[..., Awaitable[httpx.Response]]
+
+
+@pytest.fixture(params=DOORS)
+def door(request: pytest.FixtureRequest) -> Door:
+    """`await door(client, store_id, action, headers, json=...)` through one of the doors."""
+    name = request.param
+
+    async def post(client: httpx.AsyncClient, store_id: str, action: str,
+                   headers: dict[str, str], **kwargs: Any) -> httpx.Response:  # fmt: skip
+        return await call_door(name, client, store_id, action, headers, **kwargs)
+
+    return post
 
 
 def upstream_count(action: str, status: str) -> float:
@@ -97,11 +119,11 @@ async def test_api_key_store_is_called_with_its_key(client, neto, auth):
     assert "x_secret_key" not in seen.headers
 
 
-async def test_neto_status_body_and_content_type_come_back_unchanged(client, neto, auth):
+async def test_neto_status_body_and_content_type_come_back_unchanged(client, neto, auth, door):
     await installed(client, neto)
     raw = b'<?xml version="1.0"?><Error>odd</Error>'
     neto.api_responses.append(fake.answer(400, raw, "text/xml; charset=utf-8"))
-    r = await client.post(f"/invoke/{STORE}/GetOrder", json={}, headers=invoker(auth))
+    r = await door(client, STORE, "GetOrder", json={}, headers=invoker(auth))
     assert r.status_code == 400
     assert r.content == raw
     assert r.headers["content-type"] == "text/xml; charset=utf-8"
@@ -155,18 +177,16 @@ async def test_unknown_action_is_decided_before_the_store(client, neto, auth):
     assert_error(r, 404, "unknown_action")
 
 
-async def test_write_needs_a_grant(client, neto, auth):
+async def test_write_needs_a_grant(client, neto, auth, door):
     await installed(client, neto)
     body = {"Item": [{"SKU": "A-1", "Name": "New"}]}
-    r = await client.post(f"/invoke/{STORE}/UpdateItem", json=body, headers=invoker(auth))
+    r = await door(client, STORE, "UpdateItem", json=body, headers=invoker(auth))
     assert_error(r, 403, "action_not_allowed")
-    r = await client.post(
-        f"/invoke/{STORE}/AddItem", json=body, headers=invoker(auth, actions=["Update*"])
-    )
+    r = await door(client, STORE, "AddItem", json=body, headers=invoker(auth, actions=["Update*"]))
     assert_error(r, 403, "action_not_allowed")
     assert not neto.api_requests
-    r = await client.post(
-        f"/invoke/{STORE}/UpdateItem", json=body, headers=invoker(auth, actions=["Update*"])
+    r = await door(
+        client, STORE, "UpdateItem", json=body, headers=invoker(auth, actions=["Update*"])
     )
     assert r.status_code == 200, r.text
     assert [s.action for s in neto.api_requests] == ["UpdateItem"]
@@ -207,13 +227,13 @@ async def test_scope_and_tenant_isolation(client, neto, auth):
     assert not neto.api_requests
 
 
-async def test_unknown_and_revoked_stores(client, neto, auth):
-    r = await client.post("/invoke/N9999/GetItem", json={}, headers=invoker(auth, ["N9999"]))
+async def test_unknown_and_revoked_stores(client, neto, auth, door):
+    r = await door(client, "N9999", "GetItem", json={}, headers=invoker(auth, ["N9999"]))
     assert_error(r, 404, "store_not_found")
     await installed(client, neto)
     r = await client.delete(f"/installs/{STORE}", headers=auth("installs:admin"))
     assert r.status_code == 200, r.text
-    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    r = await door(client, STORE, "GetItem", json={}, headers=invoker(auth))
     assert_error(r, 410, "store_revoked")
     assert not neto.api_requests
 
@@ -259,29 +279,29 @@ async def test_every_invoke_answer_forbids_sniffing_and_active_content(client, n
     assert_not_renderable(r)
 
 
-async def test_read_is_retried_after_a_500(client, neto, auth):
+async def test_read_is_retried_after_a_500(client, neto, auth, door):
     await installed(client, neto)
     neto.api_responses.append(fake.answer(500, b"oops"))
-    r = await client.post(f"/invoke/{STORE}/GetCustomer", json={}, headers=invoker(auth))
+    r = await door(client, STORE, "GetCustomer", json={}, headers=invoker(auth))
     assert r.status_code == 200, r.text
     assert [s.action for s in neto.api_requests] == ["GetCustomer", "GetCustomer"]
 
 
-async def test_read_gives_netos_last_answer_when_retries_run_out(client, neto, auth):
+async def test_read_gives_netos_last_answer_when_retries_run_out(client, neto, auth, door):
     await installed(client, neto)
     for _ in range(3):
         neto.api_responses.append(fake.answer(503, b"busy", "text/plain"))
-    r = await client.post(f"/invoke/{STORE}/GetCustomer", json={}, headers=invoker(auth))
+    r = await door(client, STORE, "GetCustomer", json={}, headers=invoker(auth))
     assert r.status_code == 503
     assert r.content == b"busy"
     assert len(neto.api_requests) == 3  # the first try and BROKER_UPSTREAM_MAX_RETRIES=2
 
 
-async def test_write_is_not_retried_after_a_500(client, neto, auth):
+async def test_write_is_not_retried_after_a_500(client, neto, auth, door):
     await installed(client, neto)
     neto.api_responses.append(fake.answer(500, b"oops", "text/plain"))
-    r = await client.post(
-        f"/invoke/{STORE}/AddOrder", json={"Order": [{}]}, headers=invoker(auth, actions=["Add*"])
+    r = await door(
+        client, STORE, "AddOrder", json={"Order": [{}]}, headers=invoker(auth, actions=["Add*"])
     )
     assert r.status_code == 500
     assert r.content == b"oops"
@@ -289,16 +309,16 @@ async def test_write_is_not_retried_after_a_500(client, neto, auth):
     assert len(neto.api_requests) == 1
 
 
-async def test_dropped_connection_retries_a_read_but_not_a_write(client, neto, auth):
+async def test_dropped_connection_retries_a_read_but_not_a_write(client, neto, auth, door):
     await installed(client, neto)
     neto.api_responses.append(fake.drop_connection())
-    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    r = await door(client, STORE, "GetItem", json={}, headers=invoker(auth))
     assert r.status_code == 200, r.text
     assert len(neto.api_requests) == 2
     neto.api_requests.clear()
     neto.api_responses.append(fake.drop_connection())
-    r = await client.post(
-        f"/invoke/{STORE}/AddItem", json={"Item": [{}]}, headers=invoker(auth, actions=["Add*"])
+    r = await door(
+        client, STORE, "AddItem", json={"Item": [{}]}, headers=invoker(auth, actions=["Add*"])
     )
     assert_error(r, 502, "upstream_unreachable")
     assert len(neto.api_requests) == 1, "a write that reached Neto was sent again"
@@ -339,45 +359,45 @@ class socket_closed_port:
 # -- rate limits -------------------------------------------------------------------------
 
 
-async def test_upstream_429_answers_rate_limited_and_pauses_the_store(client, neto, auth):
+async def test_upstream_429_answers_rate_limited_and_pauses_the_store(client, neto, auth, door):
     await installed(client, neto)
     before = metrics.RATE_LIMIT_PAUSES.labels("upstream_429")._value.get()
     neto.api_responses.append(fake.answer(429, b"slow down"))
-    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    r = await door(client, STORE, "GetItem", json={}, headers=invoker(auth))
     assert_error(r, 429, "rate_limited")
     assert r.headers["retry-after"] == "60"
-    r = await client.post(f"/invoke/{STORE}/GetOrder", json={}, headers=invoker(auth))
+    r = await door(client, STORE, "GetOrder", json={}, headers=invoker(auth))
     assert_error(r, 429, "rate_limited")
     assert 59 <= int(r.headers["retry-after"]) <= 60
     assert len(neto.api_requests) == 1, "a call during the pause went upstream"
     assert metrics.RATE_LIMIT_PAUSES.labels("upstream_429")._value.get() == before + 1
 
 
-async def test_own_budget_per_store(app_factory, settings_factory, neto, auth):
+async def test_own_budget_per_store(app_factory, settings_factory, neto, auth, door):
     app = await app_factory(settings_factory(store_rate_per_minute=2))
     async with await client_for(app) as client:
         await installed(client, neto)
         await install_store(client, neto, "other.example.com", store_id="N2002")
         for _ in range(2):
-            r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+            r = await door(client, STORE, "GetItem", json={}, headers=invoker(auth))
             assert r.status_code == 200, r.text
-        r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+        r = await door(client, STORE, "GetItem", json={}, headers=invoker(auth))
         assert_error(r, 429, "rate_limited")
         assert 1 <= int(r.headers["retry-after"]) <= 60
         # Another store has its own budget.
-        r = await client.post("/invoke/N2002/GetItem", json={}, headers=invoker(auth, ["N2002"]))
+        r = await door(client, "N2002", "GetItem", json={}, headers=invoker(auth, ["N2002"]))
         assert r.status_code == 200, r.text
     assert len(neto.api_requests) == 3
 
 
-async def test_in_flight_cap_per_store(app_factory, settings_factory, neto, auth):
+async def test_in_flight_cap_per_store(app_factory, settings_factory, neto, auth, door):
     app = await app_factory(settings_factory(store_max_in_flight=1))
     async with await client_for(app) as client:
         await installed(client, neto)
         neto.api_delay = 1.3  # longer than the broker's 1 s wait for a slot
         first, second = await asyncio.gather(
-            client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth)),
-            client.post(f"/invoke/{STORE}/GetOrder", json={}, headers=invoker(auth)),
+            door(client, STORE, "GetItem", json={}, headers=invoker(auth)),
+            door(client, STORE, "GetOrder", json={}, headers=invoker(auth)),
         )
     statuses = sorted([first.status_code, second.status_code])
     assert statuses == [200, 429], (first.text, second.text)
@@ -387,17 +407,17 @@ async def test_in_flight_cap_per_store(app_factory, settings_factory, neto, auth
 # -- Neto refusing the credentials -------------------------------------------------------
 
 
-async def test_upstream_401_marks_the_store_reauth_required(app, client, neto, auth):
+async def test_upstream_401_marks_the_store_reauth_required(app, client, neto, auth, door):
     await installed(client, neto)
     neto.api_responses.append(fake.answer(401, b'{"Ack":"Error"}'))
-    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    r = await door(client, STORE, "GetItem", json={}, headers=invoker(auth))
     assert_error(r, 502, "upstream_unauthorized")
     assert len(neto.api_requests) == 1, "a 401 must not be retried"
     r = await client.get(f"/installs/{STORE}", headers=auth("installs:read"))
     assert r.json()["status"] == "reauth_required"
     r = await client.get(f"/credentials/{STORE}", headers=auth("credentials:read", stores=["*"]))
     assert_error(r, 409, "store_reauth_required")
-    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    r = await door(client, STORE, "GetItem", json={}, headers=invoker(auth))
     assert_error(r, 409, "store_reauth_required")
     [event] = await audit_events(app, "install.reauth_required")
     assert event.store_id == STORE
@@ -405,10 +425,10 @@ async def test_upstream_401_marks_the_store_reauth_required(app, client, neto, a
     assert len(neto.api_requests) == 1
 
 
-async def test_upstream_403_also_needs_reauth(client, neto, auth):
+async def test_upstream_403_also_needs_reauth(client, neto, auth, door):
     await installed(client, neto)
     neto.api_responses.append(fake.answer(403, b"{}"))
-    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    r = await door(client, STORE, "GetItem", json={}, headers=invoker(auth))
     assert_error(r, 502, "upstream_unauthorized")
 
 
@@ -416,38 +436,39 @@ async def test_upstream_403_also_needs_reauth(client, neto, auth):
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-async def test_a_40_mib_answer_is_refused(client, neto, auth, chunked):
+async def test_a_40_mib_answer_is_refused(client, neto, auth, chunked, door):
     await installed(client, neto)
     neto.api_responses.append(fake.huge(40 * MiB, chunked=chunked))
-    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    r = await door(client, STORE, "GetItem", json={}, headers=invoker(auth))
     assert_error(r, 502, "upstream_response_too_large")
     assert len(neto.api_requests) == 1
 
 
-async def test_slow_drip_answer_hits_the_deadline(app_factory, settings_factory, neto, auth):
+async def test_slow_drip_answer_hits_the_deadline(app_factory, settings_factory, neto, auth, door):
     app = await app_factory(settings_factory(upstream_deadline_seconds=1.0))
     async with await client_for(app) as client:
         await installed(client, neto)
         neto.api_responses.append(fake.slow_drip(every=0.1, count=200))
         started = time.monotonic()
-        r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+        r = await door(client, STORE, "GetItem", json={}, headers=invoker(auth))
         elapsed = time.monotonic() - started
     assert_error(r, 504, "upstream_timeout")
     assert elapsed < 1.5, f"the 1 s deadline took {elapsed:.2f} s"
 
 
-async def test_redirect_is_not_followed(client, neto, auth):
+async def test_redirect_is_not_followed(client, neto, auth, door):
     await installed(client, neto)
     neto.api_responses.append(fake.redirect("/elsewhere/do/WS/NetoAPI", 307))
-    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
-    assert_error(r, 502, "upstream_unreachable")
-    assert "redirect" in r.json()["detail"]
+    r = await door(client, STORE, "GetItem", json={}, headers=invoker(auth))
+    assert "redirect" in assert_refused(r, 502, "upstream_unreachable")
     assert "location" not in r.headers
     assert len(neto.api_requests) == 1
     assert not neto.stray_requests
 
 
-async def test_oversized_chunked_request_body_is_refused_before_it_is_all_read(client, neto, auth):
+async def test_oversized_chunked_request_body_is_refused_before_it_is_all_read(
+    client, neto, auth, door
+):
     await installed(client, neto)
     sent = 0
 
@@ -457,17 +478,15 @@ async def test_oversized_chunked_request_body_is_refused_before_it_is_all_read(c
             sent += 1
             yield b" " * MiB
 
-    r = await client.post(f"/invoke/{STORE}/GetItem", content=body(), headers=invoker(auth))
+    r = await door(client, STORE, "GetItem", content=body(), headers=invoker(auth))
     assert_error(r, 413, "payload_too_large")
     assert sent <= 10, f"the broker read {sent} MiB of an 8 MiB-capped body"
     assert not neto.api_requests
 
 
-async def test_declared_oversized_body_is_refused_up_front(client, neto, auth):
+async def test_declared_oversized_body_is_refused_up_front(client, neto, auth, door):
     await installed(client, neto)
-    r = await client.post(
-        f"/invoke/{STORE}/GetItem", content=b" " * (8 * MiB + 1), headers=invoker(auth)
-    )
+    r = await door(client, STORE, "GetItem", content=b" " * (8 * MiB + 1), headers=invoker(auth))
     assert_error(r, 413, "payload_too_large")
     assert not neto.api_requests
 

@@ -6,20 +6,17 @@ sent twice, no secret appears in the error."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from service.main import create_app
 from tests.conftest import truncate
 from tests.fakes import bad_upstream as bad
-from tests.support import assert_error
+from tests.support import LiveBroker, assert_error
 
 API_KEY = "apikey-" + "q" * 40
 USERNAME = "api-user"
@@ -94,48 +91,6 @@ async def test_each_misbehaviour_gives_its_code_and_a_write_is_sent_once(
 
 
 # -- a burst of hung calls does not stall other stores --------------------------------
-
-
-class LiveBroker:
-    """The broker under a real uvicorn server on loopback, in its own thread and event
-    loop: the burst and the probes arrive over TCP, as in production, and a blocked loop
-    or a starved worker would show in the probes' latency."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=1)  # fmt: skip
-        self.server = uvicorn.Server(config)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        self.loop.run_until_complete(self.server.serve(sockets=[self.sock]))
-
-    async def __aenter__(self) -> LiveBroker:
-        self.thread.start()
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise RuntimeError("the broker did not start")
-            await asyncio.sleep(0.01)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        await asyncio.to_thread(self.thread.join, 10)
-        self.loop.close()
-        self.sock.close()
-
-    async def tasks(self) -> int:
-        """Tasks alive in the broker's loop (besides the one counting)."""
-
-        async def count() -> int:
-            return len(asyncio.all_tasks()) - 1
-
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(count(), self.loop))
 
 
 BURST = 30

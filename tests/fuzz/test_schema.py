@@ -1,6 +1,7 @@
 """Schema fuzzing: schemathesis generates requests from the broker's own OpenAPI document
 and every response must be documented, match its schema, and never be a 5xx. Errors must
-be the broker's envelope (HTML pages on /oauth/*) with `X-Broker-Error`.
+be the broker's envelope (HTML pages on /oauth/*, Neto's error shape on /neto/) with
+`X-Broker-Error`.
 
 Each operation runs with an all-powerful caller token and without one, positive and
 negative data, against the app with its real lifespan on the test database (both
@@ -56,6 +57,16 @@ def envelope_check(ctx: Any, response: Any, case: Any) -> bool:
     if case.path.startswith("/oauth/"):
         assert headers["content-type"].startswith("text/html"), "OAuth errors are pages"
         assert code in response.text, "the page names the error code"
+        return True
+    if case.path.startswith("/neto/"):
+        description = f"{code} (request {headers['x-request-id']})"
+        if headers["content-type"].startswith("application/xml"):
+            assert "<Ack>Error</Ack>" in response.text, "Neto's error shape, in XML"
+            assert f"<Description>{description}</Description>" in response.text
+            return True
+        body = json.loads(response.content)
+        assert body["Ack"] == "Error", f"not Neto's error shape: {body}"
+        assert body["Messages"]["Error"][0]["Description"] == description
         return True
     body = json.loads(response.content)
     assert set(body) >= {"error", "detail", "request_id"}, f"not the envelope: {body}"
