@@ -1,6 +1,7 @@
 """The passthrough pipeline every door to Neto shares (`/invoke` today): the store and
 action checks, the store's usable credentials, the revoke fence, the upstream call under
-the store's limits, and what a refusal of the credentials means for the store."""
+the store's limits, and what a refusal of the credentials means for the store (confirmed by
+the install service before the store is flagged)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from service.errors import (
     UpstreamUnauthorized,
 )
 from service.installs.models import InstallStatus
-from service.installs.sealing import credentials_fingerprint
 from service.neto.actions import ALL_ACTIONS, is_write
 from service.neto.credentials import StoreCredentials
 from service.neto.upstream import UpstreamResponse
@@ -76,9 +76,10 @@ async def forward(
 
     answer = await app.upstream.call(creds, action, body, request_id=rid, fence=fence)
     if answer.status in (401, 403):
-        await app.installs.mark_reauth_required(
-            store_id, actor=caller.sub, request_id=rid, action=action,
-            upstream_status=answer.status, token_fingerprint=credentials_fingerprint(creds),
-        )  # fmt: skip
+        # The store is flagged only if a verify read with the same credentials is refused
+        # too: one caller's refused request must not lock the store for everyone.
+        await app.installs.confirm_refusal(
+            creds, actor=caller.sub, request_id=rid, action=action, upstream_status=answer.status
+        )
         raise UpstreamUnauthorized()
     return answer
