@@ -65,16 +65,23 @@ def _rebound(keyring: KeyRing, row: sa.Row[tuple[str, ...]]) -> dict[str, str | 
     return new
 
 
-def _reseal_all(bind: sa.Connection) -> None:
+def _keyring(bind: sa.Connection) -> KeyRing | None:
+    """The service's keys, or None when no row holds sealed values (nothing to do).
+    Checked before any change, so a missing variable leaves the database as it was."""
     if bind.execute(sa.select(sa.func.count()).where(HOLDS_SEALED)).scalar_one() == 0:
-        return
+        return None
     spec = os.environ.get("BROKER_ENCRYPTION_KEYS", "").strip()
     if not spec:
         raise RuntimeError(
             "this migration re-seals stored secrets and needs BROKER_ENCRYPTION_KEYS (the "
             "same keys the service uses); set it and run `broker migrate` again"
         )
-    keyring = KeyRing.parse(spec)
+    return KeyRing.parse(spec)
+
+
+def _reseal_all(bind: sa.Connection, keyring: KeyRing | None) -> None:
+    if keyring is None:
+        return
     after, skipped = "", 0
     while True:
         rows = bind.execute(
@@ -105,13 +112,14 @@ def _reseal_all(bind: sa.Connection) -> None:
                 .values(**new, key_id=keyring.primary)
             )
     if skipped:
-        print(  # noqa: T201 (migrations report on the console)
+        print(
             f"{skipped} install(s) did not open under the old binding and were left as they "
             "are (already re-sealed, damaged, or under a key that is not configured)"
         )
 
 
 def upgrade() -> None:
+    keyring = _keyring(op.get_bind())
     is_pg = op.get_bind().dialect.name == "postgresql"
     if is_pg:
         op.execute("CREATE SEQUENCE IF NOT EXISTS installs_change_seq")
@@ -128,11 +136,11 @@ def upgrade() -> None:
             )  # fmt: skip
             # Online: in autocommit each compare-and-set write commits on its own, so no
             # lock is held across the batches while live replicas serve traffic.
-            _reseal_all(op.get_bind())
+            _reseal_all(op.get_bind(), keyring)
     else:
         with op.batch_alter_table("installs") as batch:
             batch.create_index("ix_installs_change_seq", ["change_seq"])
-        _reseal_all(op.get_bind())
+        _reseal_all(op.get_bind(), keyring)
 
 
 def downgrade() -> None:

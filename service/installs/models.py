@@ -92,7 +92,7 @@ class Install(SQLModel, table=True):
 CHANGE_SEQUENCE = Sequence("installs_change_seq", metadata=SQLModel.metadata)
 
 
-class next_change_seq(FunctionElement[int]):  # noqa: N801 (reads as the SQL it renders)
+class next_change_seq(FunctionElement[int]):
     """The next change number, computed by the database inside the writing statement."""
 
     type = BigInteger()
