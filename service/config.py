@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # the store cache (every bundle and invoke reads the database).
     store_cache_seconds: float = Field(1.0, ge=0, le=30)
     store_cache_max_entries: int = Field(100_000, ge=0)
+    # A cached store is read again once it is this old, whatever the change feed said:
+    # the bound on anything the feed and the notifications both missed.
+    store_cache_max_age_seconds: float = Field(60.0, ge=1, le=3600)
     store_cache_preload: bool = True
 
     # Background jobs (service/jobs/). Each runs on one replica at a time (a lease).

@@ -19,7 +19,7 @@ from starlette.requests import HTTPConnection
 from service.access.audit_batch import AuditWriter
 from service.config import Settings
 from service.db import create_engine, create_sessionmaker
-from service.installs.cache import StoreCache
+from service.installs.cache import CHANGES_CHANNEL, StoreCache
 from service.installs.service import InstallService
 from service.jobs.loop import LeasedJob
 from service.jobs.retention import Retention, targets
@@ -86,10 +86,14 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
         settings.neto_client_id,
         poll_seconds=settings.store_cache_seconds,
         max_entries=settings.store_cache_max_entries,
+        max_age_seconds=settings.store_cache_max_age_seconds,
     )
     installs = InstallService(
         sessionmaker, config.keyring, store_cache, upstream, settings.neto_client_id
     )
+    listener = Listener(settings.database_url)
+    # PostgreSQL: another replica's install change drops this replica's copy on commit.
+    listener.subscribe(CHANGES_CHANNEL, store_cache.invalidate)
     services = Services(
         settings=settings,
         keyring=config.keyring,
@@ -97,7 +101,7 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
         api_urls=config.api_urls,
         engine=engine,
         sessionmaker=sessionmaker,
-        listener=Listener(settings.database_url),
+        listener=listener,
         http=create_http_client(session, settings),
         upstream=upstream,
         store_cache=store_cache,

@@ -1,8 +1,9 @@
 """The passthrough pipeline both doors to Neto share (`/invoke` and the Neto-compatible
 endpoint): the store and action checks, the capped request body, the store's usable
 credentials, the revoke fence, the upstream call under the store's limits, and what a
-refusal of the credentials means for the store. A door only decides how the caller, the
-action and the body arrive."""
+refusal of the credentials means for the store (confirmed by the install service before
+the store is flagged). A door only decides how the caller, the action and the body
+arrive."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from service.errors import (
     UpstreamUnauthorized,
 )
 from service.installs.models import InstallStatus
-from service.installs.sealing import credentials_fingerprint
 from service.neto.actions import ALL_ACTIONS, is_write
 from service.neto.credentials import StoreCredentials
 from service.neto.upstream import JSON_MEDIA, UpstreamResponse
@@ -98,10 +98,11 @@ async def forward(
 
     answer = await app.upstream.call(creds, action, body, request_id=rid, fence=fence, media=media)
     if answer.status in (401, 403):
-        await app.installs.mark_reauth_required(
-            store_id, actor=caller.sub, request_id=rid, action=action,
-            upstream_status=answer.status, token_fingerprint=credentials_fingerprint(creds),
-        )  # fmt: skip
+        # The store is flagged only if a verify read with the same credentials is refused
+        # too: one caller's refused request must not lock the store for everyone.
+        await app.installs.confirm_refusal(
+            creds, actor=caller.sub, request_id=rid, action=action, upstream_status=answer.status
+        )
         raise UpstreamUnauthorized()
     return answer
 

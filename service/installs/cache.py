@@ -1,16 +1,25 @@
 """A per-replica cache of opened store credentials for the hot paths, kept honest by a
-change feed.
+change feed, pushed invalidations, and a maximum age.
 
-Every change to an install (install, reinstall, revoke, re-auth, rotation) stamps
-`installs.updated_at`. Each replica polls `updated_at` every BROKER_STORE_CACHE_SECONDS
-(default 1 s) and drops the entries of stores changed since its last poll, so a revoke
-made on any replica stops bundles and invokes everywhere within one poll interval (the
-replica that served the revoke drops its entry at once). If polling fails, the cache
-stops trusting itself after two intervals and every request reads the database.
+Every change to an install (install, reinstall, revoke, re-auth) takes a new
+`installs.change_seq` from the database, never from a replica's clock, so replicas whose
+clocks disagree still agree on what changed. Three ways a replica learns of a change:
+- on PostgreSQL the install service NOTIFYs `CHANGES_CHANNEL` with the store id in the
+  change's own transaction, delivered on commit: other replicas drop their copy at once;
+- every BROKER_STORE_CACHE_SECONDS (default 1 s) each replica reads the rows whose change
+  number is above what it had seen CHANGE_WINDOW ago (the fallback, and all SQLite has).
+  Re-reading a window, not just "above the highest seen", matters on PostgreSQL: a
+  change number is taken when the row is written and becomes visible at commit, so a
+  lower number can appear after a higher one; the window is measured on this replica's
+  monotonic clock, which skew between replicas does not affect;
+- an entry older than BROKER_STORE_CACHE_MAX_AGE_SECONDS is read again, whatever the feed
+  said: whatever slipped past both (a change that committed more than CHANGE_WINDOW after
+  it was numbered, a replica started in the middle of one) is bounded by it.
+If polling fails, the cache stops trusting itself after two intervals and every request
+reads the database. The replica that served a change drops its copy itself at once.
 
-Entries carry no TTL otherwise, so a warm replica serves bundles without touching the
-database for the read; the cache is bounded (BROKER_STORE_CACHE_MAX_ENTRIES) and filled
-in the background at start-up.
+The cache is bounded (BROKER_STORE_CACHE_MAX_ENTRIES) and filled in the background at
+start-up.
 """
 
 from __future__ import annotations
@@ -19,11 +28,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import datetime, timedelta
+from collections import deque
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.db import utcnow
 from service.errors import StoreSecretUnreadable
 from service.installs import repository
 from service.installs.sealing import open_credentials
@@ -33,9 +41,11 @@ from service.web import metrics
 
 log = logging.getLogger("broker.store_cache")
 
-# Changes are re-read this far back on every poll: covers clock skew between replicas and
-# transactions that commit a while after they stamped updated_at.
-CHANGE_MARGIN = timedelta(seconds=10)
+# PostgreSQL channel of the install service's change notifications (payload: store id).
+CHANGES_CHANNEL = "broker_install_changes"
+# Seconds of this replica's polls whose change numbers are read again: covers a change
+# that commits a while after it took its number (transactions are killed well before).
+CHANGE_WINDOW = 10.0
 PRELOAD_BATCH = 1000
 # Per-store change counts kept before they are folded into one base (bounds memory).
 MAX_TRACKED_CHANGES = 100_000
@@ -50,13 +60,18 @@ class StoreCache:
         *,
         poll_seconds: float,
         max_entries: int,
+        max_age_seconds: float = 60.0,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._keyring = keyring
         self._client_id = client_id
         self._poll = poll_seconds
         self._max = max_entries
-        self._entries: dict[str, StoreCredentials] = {}
+        self._max_age = max_age_seconds
+        # Store id -> (credentials, when read on the monotonic clock).
+        self._entries: dict[str, tuple[StoreCredentials, float]] = {}
+        # (when, highest change number seen by then), for the feed's re-read window.
+        self._marks: deque[tuple[float, int]] = deque()
         self._trusted_until = 0.0
         # Bumped by every invalidation. A read that overlapped one is served but not
         # cached: it may have seen the row before a revoke committed, and caching it would
@@ -72,7 +87,9 @@ class StoreCache:
     async def start(self, *, preload: bool) -> None:
         if self._poll <= 0 or self._max <= 0:
             return  # caching disabled: every request reads the database
-        await self._refresh(utcnow() - CHANGE_MARGIN)
+        async with self._sessionmaker() as session:
+            self._marks.append((time.monotonic(), await repository.last_change(session)))
+        await self._refresh()
         self._tasks.append(asyncio.create_task(self._poll_loop(), name="store-cache-poll"))
         if preload:
             self._tasks.append(asyncio.create_task(self._preload(), name="store-cache-preload"))
@@ -87,10 +104,11 @@ class StoreCache:
 
     # -- reads -------------------------------------------------------------------------
     async def get(self, store_id: str) -> StoreCredentials | None:
-        if time.monotonic() < self._trusted_until:
+        now = time.monotonic()
+        if now < self._trusted_until:
             hit = self._entries.get(store_id)
-            if hit is not None:
-                return hit
+            if hit is not None and now - hit[1] < self._max_age:
+                return hit[0]
         epoch = self._epoch
         async with self._sessionmaker() as session:
             install = await repository.get(session, store_id)
@@ -137,34 +155,42 @@ class StoreCache:
             # Drop the oldest tenth (insertion order): cheap, and keeps hot stores cycling in.
             for key in list(self._entries)[: max(1, self._max // 10)]:
                 del self._entries[key]
-        self._entries[creds.store_id] = creds
+        self._entries.pop(creds.store_id, None)  # re-inserted last: the oldest go first
+        self._entries[creds.store_id] = (creds, time.monotonic())
 
-    async def _refresh(self, since: datetime) -> None:
+    async def _refresh(self) -> None:
+        floor = self._marks[0][1]
         async with self._sessionmaker() as session:
-            changed = await repository.changed_since(session, since)
-        # Every poll re-reads the whole look-back margin; a cached copy is dropped only if
-        # it predates the change, so a mass change (an import, a key rotation) empties
-        # the cache once rather than on every poll for the next few seconds. In-flight
-        # invokes see the store's version move and re-read it before they send.
+            changed = await repository.changed_since(session, floor)
+        # Every poll re-reads the whole window; a cached copy is dropped only if it
+        # predates the change, so a mass change (an import) empties the cache once rather
+        # than on every poll for the next few seconds. In-flight invokes see the store's
+        # version move and re-read it before they send.
         moved = False
-        for store_id, updated_at in changed:
+        highest = self._marks[-1][1]
+        for store_id, seq in changed:
+            highest = max(highest, seq)
             entry = self._entries.get(store_id)
-            if entry is not None and entry.updated_at >= updated_at:
+            if entry is not None and entry[0].change_seq >= seq:
                 continue  # this copy was read after the change
             self._entries.pop(store_id, None)
             self._note_change(store_id)
             moved = True
         if moved:
             self._epoch += 1
-        self._trusted_until = time.monotonic() + 2 * self._poll
+        now = time.monotonic()
+        self._marks.append((now, highest))
+        # Keep the newest mark that is at least CHANGE_WINDOW old as the next floor.
+        while len(self._marks) > 1 and self._marks[1][0] <= now - CHANGE_WINDOW:
+            self._marks.popleft()
+        self._trusted_until = now + 2 * self._poll
 
     async def _poll_loop(self) -> None:
         while True:
             await asyncio.sleep(self._poll)
-            started = utcnow()
             metrics.STORE_CACHE_ENTRIES.set(len(self._entries))
             try:
-                await self._refresh(started - CHANGE_MARGIN)
+                await self._refresh()
             except Exception as exc:  # the cache lapses on its own; requests read the DB
                 log.warning(
                     "store cache poll failed", extra={"fields": {"error_type": type(exc).__name__}}
@@ -190,7 +216,7 @@ class StoreCache:
                         creds = open_credentials(self._keyring, install, self._client_id)
                     except StoreSecretUnreadable:
                         continue  # logged at ERROR; requests for it answer the same error
-                    self._entries[install.store_id] = creds
+                    self._entries[install.store_id] = (creds, time.monotonic())
                 after = rows[-1].store_id
                 await asyncio.sleep(0)  # let requests run between batches
         except Exception as exc:

@@ -6,7 +6,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal, get_args
 
-from sqlalchemy import Column, Index, String, Text
+from sqlalchemy import BigInteger, Column, Index, Sequence, String, Text
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import Field, SQLModel
 
 from service.db import UTCDateTime, utcnow
@@ -42,10 +45,11 @@ class Install(SQLModel, table=True):
         Index("ix_installs_status_installed_at_store_id", "status", "installed_at", "store_id"),
         # `broker keys rotate` pages through one old key's rows by store id.
         Index("ix_installs_key_id_store_id", "key_id", "store_id"),
-        # The store caches' change feed polls this every second on every replica.
         Index("ix_installs_updated_at", "updated_at"),
         # The health sweep picks the active installs swept longest ago.
         Index("ix_installs_status_last_swept_at", "status", "last_swept_at"),
+        # The store caches' change feed polls this every second on every replica.
+        Index("ix_installs_change_seq", "change_seq"),
     )
 
     store_id: str = Field(sa_column=Column(String(64), primary_key=True))
@@ -68,6 +72,12 @@ class Install(SQLModel, table=True):
     updated_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )
+    # Assigned by the database on every change that matters to a cached copy (install,
+    # reinstall, revoke, status): the change feed's order, independent of any replica's
+    # clock. Never written from Python: `next_change_seq()`.
+    change_seq: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
     last_used_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     # When the health sweep last checked this install (NULL: never). Bookkeeping of the
@@ -80,3 +90,27 @@ class Install(SQLModel, table=True):
             f"Install(store_id={self.store_id!r}, store_domain={self.store_domain!r}, "
             f"auth_method={self.auth_method!r}, status={self.status!r})"
         )
+
+
+# PostgreSQL hands out change numbers from a sequence (unique even for concurrent writers
+# of one row); created with the tables and by the migration.
+CHANGE_SEQUENCE = Sequence("installs_change_seq", metadata=SQLModel.metadata)
+
+
+class next_change_seq(FunctionElement[int]):
+    """The next change number, computed by the database inside the writing statement."""
+
+    type = BigInteger()
+    inherit_cache = True
+
+
+@compiles(next_change_seq, "postgresql")
+def _next_change_seq_pg(element: next_change_seq, compiler: SQLCompiler, **kw: object) -> str:
+    return "nextval('installs_change_seq')"
+
+
+@compiles(next_change_seq)
+def _next_change_seq_default(element: next_change_seq, compiler: SQLCompiler, **kw: object) -> str:
+    # SQLite: one writer at a time holds the database lock from this read to its commit,
+    # so the largest number plus one is unique and in commit order.
+    return "(SELECT COALESCE(MAX(change_seq), 0) + 1 FROM installs)"

@@ -15,8 +15,8 @@ from sqlmodel import col
 
 from service.db import utcnow
 from service.errors import StoreNotFound
-from service.installs.models import AuthMethod, Install, InstallStatus
-from service.installs.sealing import fingerprint, sealed_values
+from service.installs.models import AuthMethod, Install, InstallStatus, next_change_seq
+from service.installs.sealing import Binding, fingerprint, sealed_values
 from service.security.crypto import KeyRing
 
 # The installs table for Core statements on the hot paths.
@@ -65,8 +65,15 @@ def _active_row(
         "token_fingerprint": fingerprint(token),
         "installed_at": now,
         "updated_at": now,
+        "change_seq": next_change_seq(),
         "revoked_at": None,
-        **sealed_values(keyring, store_id, secret=secret, user=user, billing=billing),
+        **sealed_values(
+            keyring,
+            Binding(store_id, store_domain, auth_method),
+            secret=secret,
+            user=user,
+            billing=billing,
+        ),
     }
 
 
@@ -132,7 +139,7 @@ async def set_status(
             col(Install.status) != status.value,
             *guard,
         )
-        .values(status=status.value, updated_at=utcnow())
+        .values(status=status.value, updated_at=utcnow(), change_seq=next_change_seq())
         .execution_options(synchronize_session=False)
     )
     return bool(getattr(result, "rowcount", 0))
@@ -140,16 +147,22 @@ async def set_status(
 
 async def revoke(session: AsyncSession, store_id: str) -> Install:
     """Destroy the sealed secret and mark the install revoked."""
-    install = await require(session, store_id)
     now = utcnow()
-    install.status = InstallStatus.revoked.value
-    install.secret_sealed = None
-    install.token_fingerprint = None
-    install.revoked_at = now
-    install.updated_at = now
-    session.add(install)
-    await session.flush()
-    return install
+    result = await session.execute(
+        update(INSTALLS)
+        .where(INSTALLS.c.store_id == store_id)
+        .values(
+            status=InstallStatus.revoked.value,
+            secret_sealed=None,
+            token_fingerprint=None,
+            revoked_at=now,
+            updated_at=now,
+            change_seq=next_change_seq(),
+        )
+    )
+    if not getattr(result, "rowcount", 0):
+        raise StoreNotFound()
+    return await require(session, store_id)
 
 
 async def active_page(session: AsyncSession, *, after: str, limit: int) -> list[Install]:
@@ -163,14 +176,21 @@ async def active_page(session: AsyncSession, *, after: str, limit: int) -> list[
     return list((await session.execute(stmt)).scalars())
 
 
-async def changed_since(session: AsyncSession, since: datetime) -> list[tuple[str, datetime]]:
-    """(store id, updated_at) of installs changed at or after `since`: the caches' change
-    feed. Core select of two columns: after a mass change this returns many rows."""
+async def changed_since(session: AsyncSession, after: int) -> list[tuple[str, int]]:
+    """(store id, change_seq) of installs whose change number is above `after`: the
+    caches' change feed. Core select of two columns: after a mass change this returns
+    many rows."""
     table = INSTALLS
     result = await session.execute(
-        select(table.c.store_id, table.c.updated_at).where(table.c.updated_at >= since)
+        select(table.c.store_id, table.c.change_seq).where(table.c.change_seq > after)
     )
     return [(row[0], row[1]) for row in result]
+
+
+async def last_change(session: AsyncSession) -> int:
+    """The highest change number committed so far (0 on an empty table)."""
+    result = await session.execute(select(func.coalesce(func.max(INSTALLS.c.change_seq), 0)))
+    return int(result.scalar_one())
 
 
 async def touch_last_used(conn: AsyncConnection, store_ids: list[str], at: datetime) -> set[str]:
@@ -253,7 +273,9 @@ async def insert_many(
         )
         for item in installs
     ]
-    await session.execute(insert(Install), rows)
+    for row in rows:
+        del row["change_seq"]  # numbered by the database, row by row, in the statement
+    await session.execute(insert(INSTALLS).values(change_seq=next_change_seq()), rows)
 
 
 async def due_for_sweep(

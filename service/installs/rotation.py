@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db import run_transaction
 from service.installs.models import Install
-from service.installs.sealing import reseal
+from service.installs.sealing import Binding, reseal
 from service.security.crypto import KeyRing, SealError
 
 DEFAULT_BATCH_SIZE = 200
@@ -96,7 +96,7 @@ Progress = Callable[[int, int], None]  # (installs done, installs to do)
 
 @dataclass(frozen=True)
 class _Resealed:
-    store_id: str
+    binding: Binding
     old_key_id: str
     old: tuple[str | None, str | None, str | None]
     new: tuple[str | None, str | None, str | None]
@@ -118,15 +118,15 @@ async def _count_under(session: AsyncSession, key_ids: list[str]) -> int:
 
 async def _read_batch(
     sessionmaker: async_sessionmaker[AsyncSession], key_id: str, after: str, limit: int
-) -> list[tuple[str, str | None, str | None, str | None]]:
+) -> list[tuple[Binding, str | None, str | None, str | None]]:
     async with sessionmaker() as session:
         rows = await session.execute(
-            select(C.store_id, *SEALED)
+            select(C.store_id, C.store_domain, C.auth_method, *SEALED)
             .where(C.key_id == key_id, C.store_id > after)
             .order_by(C.store_id)
             .limit(limit)
         )
-        return [(row[0], row[1], row[2], row[3]) for row in rows]
+        return [(Binding(row[0], row[1], row[2]), row[3], row[4], row[5]) for row in rows]
 
 
 async def _write_batch(
@@ -139,9 +139,17 @@ async def _write_batch(
             column.is_not_distinct_from(value)
             for column, value in zip(SEALED, row.old, strict=True)
         ]
+        binding = row.binding
         result = await session.execute(
             update(INSTALLS)
-            .where(C.store_id == row.store_id, C.key_id == row.old_key_id, *conditions)
+            .where(
+                C.store_id == binding.store_id,
+                # What the values were re-sealed for: a row changed since is left alone.
+                C.store_domain == binding.store_domain,
+                C.auth_method == binding.auth_method,
+                C.key_id == row.old_key_id,
+                *conditions,
+            )
             .values(
                 secret_sealed=row.new[0],
                 user_sealed=row.new[1],
@@ -195,20 +203,18 @@ async def _rotate_key(
 ) -> None:
     after = ""
     while rows := await _read_batch(sessionmaker, kid, after, batch_size):
-        after = rows[-1][0]
+        after = rows[-1][0].store_id
         batch: list[_Resealed] = []
-        for store_id, *old in rows:
+        for binding, *old in rows:
             try:
                 secret, user, billing = (
-                    reseal(keyring, store_id, column.key, value)
+                    reseal(keyring, binding, column.key, value)
                     for column, value in zip(SEALED, old, strict=True)
                 )
             except SealError:
-                report.damaged.add(store_id)
+                report.damaged.add(binding.store_id)
                 continue
-            batch.append(
-                _Resealed(store_id, kid, (old[0], old[1], old[2]), (secret, user, billing))
-            )
+            batch.append(_Resealed(binding, kid, (old[0], old[1], old[2]), (secret, user, billing)))
 
         async def write(session: AsyncSession, batch: list[_Resealed] = batch) -> list[_Resealed]:
             return await _write_batch(session, keyring.primary, batch)

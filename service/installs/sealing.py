@@ -1,5 +1,9 @@
 """Sealing an install's columns: secrets and PII go into the database only sealed, each
-bound to its row (table, column, store id), and come out only through `open_*`.
+bound to its row (table, column, store id) and to what decides where and how the secret
+is used (the store domain it is sent to, the auth method that picks its headers), and
+come out only through `open_*`. A row whose domain or auth method was changed in the
+database, around the broker, no longer opens: nobody without the keys can redirect a
+store's secret to another host.
 
 A value that does not open (tampered with, copied from another row, or sealed under a
 key that is not configured) is `store_secret_unreadable`, logged at ERROR for operators.
@@ -29,56 +33,70 @@ def fingerprint(secret: str) -> str:
     return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
-def _ctx(store_id: str, column: str) -> Context:
-    return Context("installs", column, store_id)
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """What an install's sealed values are bound to: its row and where its secret goes."""
+
+    store_id: str
+    store_domain: str
+    auth_method: str
+
+    @classmethod
+    def of(cls, install: Install) -> Binding:
+        return cls(install.store_id, install.store_domain, install.auth_method)
+
+    def ctx(self, column: str) -> Context:
+        return Context("installs", column, self.store_id, (self.store_domain, self.auth_method))
 
 
-def _seal_json(keyring: KeyRing, store_id: str, column: str, value: Any) -> str | None:
+def _seal_json(keyring: KeyRing, binding: Binding, column: str, value: Any) -> str | None:
     if value is None:
         return None
-    return keyring.seal(json.dumps(value, separators=(",", ":")).encode(), _ctx(store_id, column))
+    return keyring.seal(json.dumps(value, separators=(",", ":")).encode(), binding.ctx(column))
 
 
-def _open_json(keyring: KeyRing, store_id: str, column: str, sealed: str | None) -> Any:
+def _open_json(keyring: KeyRing, binding: Binding, column: str, sealed: str | None) -> Any:
     """Open a sealed column, or raise StoreSecretUnreadable after telling operators loudly.
 
     A failure here is never the caller's fault and never transient: the row was tampered
-    with, a ciphertext was copied from another store's row, or its key is not configured.
+    with (its domain or auth method changed too), a ciphertext was copied from another
+    store's row, or its key is not configured.
     """
     if sealed is None:
         return None
     try:
-        return json.loads(keyring.open(sealed, _ctx(store_id, column)))
+        return json.loads(keyring.open(sealed, binding.ctx(column)))
     except SealError as exc:
         log.error(
-            "a sealed column cannot be opened: tampered with, copied from another row, or "
-            "sealed under a key that is not configured",
-            extra={"fields": {"store_id": store_id, "column": column, "reason": str(exc)}},
+            "a sealed column cannot be opened: tampered with (its store domain or auth "
+            "method changed too), copied from another row, or sealed under a key that is "
+            "not configured",
+            extra={"fields": {"store_id": binding.store_id, "column": column, "reason": str(exc)}},
         )
         raise StoreSecretUnreadable() from None
 
 
 def sealed_values(
     keyring: KeyRing,
-    store_id: str,
+    binding: Binding,
     *,
     secret: dict[str, Any],
     user: dict[str, Any] | None,
     billing: dict[str, Any] | None,
 ) -> dict[str, Any]:
     return {
-        "secret_sealed": _seal_json(keyring, store_id, "secret_sealed", secret),
-        "user_sealed": _seal_json(keyring, store_id, "user_sealed", user),
-        "billing_sealed": _seal_json(keyring, store_id, "billing_sealed", billing),
+        "secret_sealed": _seal_json(keyring, binding, "secret_sealed", secret),
+        "user_sealed": _seal_json(keyring, binding, "user_sealed", user),
+        "billing_sealed": _seal_json(keyring, binding, "billing_sealed", billing),
         "key_id": keyring.primary,
     }
 
 
-def reseal(keyring: KeyRing, store_id: str, column: str, sealed: str | None) -> str | None:
+def reseal(keyring: KeyRing, binding: Binding, column: str, sealed: str | None) -> str | None:
     """The same plaintext sealed again under the primary key (key rotation)."""
     if sealed is None:
         return None
-    ctx = _ctx(store_id, column)
+    ctx = binding.ctx(column)
     return keyring.seal(keyring.open(sealed, ctx), ctx)
 
 
@@ -89,7 +107,7 @@ def _header_safe(value: str) -> bool:
 def open_credentials(keyring: KeyRing, install: Install, client_id: str | None) -> StoreCredentials:
     who = secret = None
     if install.secret_sealed is not None:
-        opened = _open_json(keyring, install.store_id, "secret_sealed", install.secret_sealed)
+        opened = _open_json(keyring, Binding.of(install), "secret_sealed", install.secret_sealed)
         if install.auth_method == AuthMethod.oauth:
             who, secret = client_id, opened["access_token"]
         else:
@@ -109,7 +127,7 @@ def open_credentials(keyring: KeyRing, install: Install, client_id: str | None) 
         # Interned: a hundred thousand cached copies of "active" cost nothing.
         auth_method=sys.intern(install.auth_method),
         status=sys.intern(install.status),
-        updated_at=install.updated_at,
+        change_seq=install.change_seq,
         who=who,
         secret=secret,
     )
@@ -130,9 +148,10 @@ def open_profile(keyring: KeyRing, install: Install) -> Profile:
     (and drops it at once) so an unreadable row shows up in GET /installs/{store_id}."""
     opened: dict[str, Any] = {}
     readable = True
+    binding = Binding.of(install)
     for column in SEALED_COLUMNS:
         try:
-            opened[column] = _open_json(keyring, install.store_id, column, getattr(install, column))
+            opened[column] = _open_json(keyring, binding, column, getattr(install, column))
         except StoreSecretUnreadable:
             readable = False
     return Profile(opened.get("user_sealed"), opened.get("billing_sealed"), readable)

@@ -10,6 +10,7 @@ a change to an install itself (tests/unit/test_install_service.py checks the sou
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -20,15 +21,20 @@ from service.audit.writer import record
 from service.db import run_transaction, utcnow
 from service.errors import BrokerError, StoreRevoked
 from service.installs import repository
-from service.installs.cache import StoreCache
+from service.installs.cache import CHANGES_CHANNEL, StoreCache
 from service.installs.models import AuthMethod, Install, InstallStatus
-from service.installs.sealing import open_credentials
+from service.installs.sealing import credentials_fingerprint, open_credentials
 from service.neto.actions import VERIFY_ACTION
+from service.neto.credentials import StoreCredentials
 from service.neto.oauth import TokenGrant
 from service.neto.upstream import UpstreamClient
+from service.notifications import notify
 from service.security.crypto import KeyRing
 
 T = TypeVar("T")
+# A refused call is confirmed with a verify read at most this often per store (replica).
+CONFIRM_INTERVAL_SECONDS = 10.0
+MAX_TRACKED_CONFIRMATIONS = 10_000
 # Work that must commit with the change or not at all (the OAuth flow consumes its state).
 AlsoInTransaction = Callable[[AsyncSession], Awaitable[None]]
 
@@ -67,15 +73,24 @@ class InstallService:
         self._cache = cache
         self._upstream = upstream
         self._client_id = client_id
+        # Store id -> when its last refusal was confirmed (monotonic): the rate limit.
+        self._confirmed_at: dict[str, float] = {}
 
     async def _change(self, store_id: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Run `work` (write and audit) in one transaction, then drop the cached copy.
 
         The drop comes after the commit, so no request can cache the old row again; it
         also happens when the commit failed, since a failed commit's outcome may be
-        unknown and a dropped copy is only read again."""
+        unknown and a dropped copy is only read again. Other replicas are notified by the
+        same transaction (PostgreSQL), so they hear of the change exactly when it commits."""
+
+        async def work_and_notify(session: AsyncSession) -> T:
+            result = await work(session)
+            await notify(session, CHANGES_CHANNEL, store_id)
+            return result
+
         try:
-            return await run_transaction(self._sessionmaker, work)
+            return await run_transaction(self._sessionmaker, work_and_notify)
         finally:
             self._cache.invalidate(store_id)
 
@@ -183,6 +198,41 @@ class InstallService:
             return changed
 
         return await self._change(store_id, work)
+
+    async def confirm_refusal(
+        self,
+        creds: StoreCredentials,
+        *,
+        actor: str,
+        request_id: str | None,
+        action: str,
+        upstream_status: int,
+    ) -> bool:
+        """Neto refused one call made with these credentials: flag the store only if the
+        cheap verify read, with the same credentials, is refused too. A refusal of one
+        caller's request (a web firewall in front of the store that dislikes its body)
+        says nothing about the credentials, and must not lock the store for every other
+        caller. At most one confirming read per store per CONFIRM_INTERVAL_SECONDS on
+        this replica, so no caller can turn its refusals into a stream of reads. True if
+        the store was flagged by this call."""
+        now = time.monotonic()
+        last = self._confirmed_at.get(creds.store_id)
+        if last is not None and now - last < CONFIRM_INTERVAL_SECONDS:
+            return False
+        if len(self._confirmed_at) >= MAX_TRACKED_CONFIRMATIONS:
+            cutoff = now - CONFIRM_INTERVAL_SECONDS
+            self._confirmed_at = {k: t for k, t in self._confirmed_at.items() if t > cutoff}
+        self._confirmed_at[creds.store_id] = now
+        try:
+            answer = await self._upstream.call(creds, VERIFY_ACTION, b"{}", request_id=request_id)
+        except BrokerError:
+            return False  # unreachable, rate-limited: nothing confirmed
+        if answer.status not in (401, 403):
+            return False
+        return await self.mark_reauth_required(
+            creds.store_id, actor=actor, request_id=request_id, action=action,
+            upstream_status=upstream_status, token_fingerprint=credentials_fingerprint(creds),
+        )  # fmt: skip
 
     async def verify(
         self,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
 
 # Neto's store ids as the broker accepts them everywhere (paths, registration, the token
 # endpoint's answer): what fits the column and can stand in a URL path unescaped.
@@ -35,14 +34,14 @@ class StoreCredentials:
     """What a bundle or an invoke needs, opened. The repr names no secret.
 
     Kept lean (one is cached per store): the two header values, not a dict of headers,
-    and the row's updated_at so the change feed can tell a stale copy from a fresh one.
+    and the row's change number so the change feed can tell a stale copy from a fresh one.
     """
 
     store_id: str
     store_domain: str
     auth_method: str
     status: str
-    updated_at: datetime
+    change_seq: int
     who: str | None  # the OAuth client id, or the API-key username
     secret: str | None  # the access token or API key; None once revoked
 

@@ -4,13 +4,17 @@ data that binds a ciphertext to the row and column it was written for.
 Format (text, so a key id is visible to `broker keys check` without decrypting):
     v1:<kid>:<base64url(nonce[12] || ciphertext || tag[16])>
 Associated data: b"ntb|v1|<table>|<column>|<row id>" — a value copied to another store's
-row or another column fails to open.
+row or another column fails to open. A context with `bound` values (what decides where and
+how the secret is used: an install's store domain and auth method) uses
+b"ntb|v2|" + JSON [table, column, row id, *bound] instead, so changing any of them in the
+database makes the value fail to open; the two forms never open each other's values.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -47,8 +51,14 @@ class Context:
     table: str
     column: str
     row_id: str
+    # Row values the ciphertext is bound to besides its place (JSON-encoded: no separator
+    # inside a value can make two different bindings read the same).
+    bound: tuple[str, ...] = ()
 
     def aad(self) -> bytes:
+        if self.bound:
+            place = [self.table, self.column, self.row_id, *self.bound]
+            return b"ntb|v2|" + json.dumps(place, separators=(",", ":")).encode()
         return f"ntb|{VERSION}|{self.table}|{self.column}|{self.row_id}".encode()
 
 

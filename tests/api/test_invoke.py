@@ -409,10 +409,15 @@ async def test_in_flight_cap_per_store(app_factory, settings_factory, neto, auth
 
 async def test_upstream_401_marks_the_store_reauth_required(app, client, neto, auth, door):
     await installed(client, neto)
-    neto.api_responses.append(fake.answer(401, b'{"Ack":"Error"}'))
+    # The call is refused, and so is the confirming read with the same credentials.
+    neto.api_responses.extend([fake.answer(401, b'{"Ack":"Error"}')] * 2)
     r = await door(client, STORE, "GetItem", json={}, headers=invoker(auth))
     assert_error(r, 502, "upstream_unauthorized")
-    assert len(neto.api_requests) == 1, "a 401 must not be retried"
+    assert [seen.action for seen in neto.api_requests] == ["GetItem", "GetCurrencySettings"], (
+        "a 401 is not retried; it is confirmed once with the verify read"
+    )
+    confirming = neto.api_requests[1]
+    assert confirming.headers["x_secret_key"] == neto.api_requests[0].headers["x_secret_key"]
     r = await client.get(f"/installs/{STORE}", headers=auth("installs:read"))
     assert r.json()["status"] == "reauth_required"
     r = await client.get(f"/credentials/{STORE}", headers=auth("credentials:read", stores=["*"]))
@@ -422,14 +427,39 @@ async def test_upstream_401_marks_the_store_reauth_required(app, client, neto, a
     [event] = await audit_events(app, "install.reauth_required")
     assert event.store_id == STORE
     assert event.details == {"action": "GetItem", "upstream_status": 401}
-    assert len(neto.api_requests) == 1
+    assert len(neto.api_requests) == 2
 
 
 async def test_upstream_403_also_needs_reauth(client, neto, auth, door):
     await installed(client, neto)
-    neto.api_responses.append(fake.answer(403, b"{}"))
+    neto.api_responses.extend([fake.answer(403, b"{}")] * 2)
     r = await door(client, STORE, "GetItem", json={}, headers=invoker(auth))
     assert_error(r, 502, "upstream_unauthorized")
+    r = await client.get(f"/installs/{STORE}", headers=auth("installs:read"))
+    assert r.json()["status"] == "reauth_required"
+
+
+async def test_one_callers_refused_body_does_not_lock_the_store_for_others(app, client, neto, auth):
+    """A web firewall in front of the store answers 403 to one caller's body: that caller
+    gets 502, the confirming read with the same credentials is accepted, and every other
+    caller goes on being served. Repeated refusals confirm at most once per interval."""
+    await installed(client, neto)
+    hostile = b'{"Filter":{"SKU":["<script>"]}}'
+    neto.refused_bodies.add(hostile)
+    json_headers = {**invoker(auth), "Content-Type": "application/json"}
+    for _ in range(3):
+        r = await client.post(f"/invoke/{STORE}/GetItem", content=hostile, headers=json_headers)
+        assert_error(r, 502, "upstream_unauthorized")
+    verifies = [seen for seen in neto.api_requests if seen.action == "GetCurrencySettings"]
+    assert len(verifies) == 1, "confirmations are rate-limited per store"
+
+    r = await client.get(f"/installs/{STORE}", headers=auth("installs:read"))
+    assert r.json()["status"] == "active"
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    assert r.status_code == 200, r.text
+    r = await client.get(f"/credentials/{STORE}", headers=auth("credentials:read", stores=["*"]))
+    assert r.status_code == 200, r.text
+    assert await audit_events(app, "install.reauth_required") == []
 
 
 # -- sizes, time, redirects, egress ------------------------------------------------------

@@ -73,6 +73,9 @@ class FakeNeto:
         self.token_requests: list[Seen] = []
         self.api_requests: list[Seen] = []
         self.api_delay = 0.0
+        # Request bodies answered 403 whatever the credentials (a web firewall in front of
+        # a store that dislikes one caller's request).
+        self.refused_bodies: set[bytes] = set()
         # Seconds the token endpoint waits before answering (widens race windows).
         self.token_delay = 0.0
         # Requests to any other path (e.g. where a redirect pointed): should stay empty.
@@ -98,6 +101,7 @@ class FakeNeto:
             self.token_requests.clear()
             self.api_requests.clear()
             self.stray_requests.clear()
+            self.refused_bodies.clear()
             self.api_delay = 0.0
             self.token_delay = 0.0
 
@@ -211,10 +215,14 @@ class FakeNeto:
             self.api_requests.append(seen)
             scripted = self.api_responses.popleft() if self.api_responses else None
             expected = self.credentials.get(domain)
+            refused = body in self.refused_bodies
         if self.api_delay:
             await asyncio.sleep(self.api_delay)
         if scripted is not None:
             return await scripted(request)
+        if refused:
+            return Response(b"<html>Request blocked</html>", status_code=403,
+                            media_type="text/html")  # fmt: skip
         if expected is None or any(seen.headers.get(k) != v for k, v in expected.items()):
             return JSONResponse({"Ack": "Error", "Messages": {"Error": [{"Message": "denied"}]}},
                                 status_code=401)  # fmt: skip

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import update
 
 from service.installs.models import Install
-from service.installs.sealing import sealed_values
+from service.installs.sealing import Binding, sealed_values
 from tests.hostile.support import footprint, raw_request
 from tests.support import assert_error, install_store
 
@@ -71,7 +71,11 @@ async def test_a_smuggled_crlf_secret_never_becomes_a_header(
     assert r.status_code == 201, r.text
     async with app.state.services.sessionmaker() as session, session.begin():
         values = sealed_values(
-            app.state.services.keyring, "K1", secret=secret, user=None, billing=None
+            app.state.services.keyring,
+            Binding("K1", "keys.example.com", "api_key"),
+            secret=secret,
+            user=None,
+            billing=None,
         )
         await session.execute(update(Install).where(Install.store_id == "K1").values(**values))
     app.state.services.store_cache.clear()

@@ -63,7 +63,9 @@ async def test_no_secret_leaks_from_invoke_flows(
         neto.api_responses.append(fake.answer(429, b'{"Ack":"Error"}'))
         assert (await invoke("K1", "GetOrder")).status_code == 429
         assert (await invoke("K1", "GetOrder")).status_code == 429  # paused
-        neto.api_responses.append(fake.answer(401, b'{"Ack":"Error"}'))
+        neto.api_responses.extend(
+            [fake.answer(401, b'{"Ack":"Error"}')] * 2
+        )  # + the confirming read
         assert (await invoke("N1001", "GetItem")).status_code == 502
         assert (await invoke("N1001", "GetItem")).status_code == 409
         # Caller errors carrying secrets in the body or the token.

@@ -90,7 +90,7 @@ async def test_caller_key_headers_reach_neither_upstream_nor_logs(
     sent_upstream = [
         json.dumps(s.headers) + s.body.decode("utf-8", "replace") for s in neto.api_requests
     ]
-    assert len(sent_upstream) == 7
+    assert len(sent_upstream) == 8  # the 401's confirming read included
     audit = [json.dumps(row, default=str) for row in await audit_rows(app)]
     everywhere = (
         ("upstream", sent_upstream),

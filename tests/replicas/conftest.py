@@ -65,12 +65,15 @@ class Replica:
         self.log.close()
 
 
-def start_replica(name: str, env: dict[str, str], workdir: Path) -> Replica:
+def start_replica(
+    name: str, env: dict[str, str], workdir: Path, prefix: tuple[str, ...] = ()
+) -> Replica:
+    """`prefix`: a command the broker runs under (e.g. faketime, for a shifted clock)."""
     port = free_port()
     log_path = workdir / f"replica-{name}.log"
     log = log_path.open("wb")
     process = subprocess.Popen(
-        broker_command("serve", "--host", "127.0.0.1", "--port", str(port)),
+        [*prefix, *broker_command("serve", "--host", "127.0.0.1", "--port", str(port))],
         env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     return Replica(name, f"http://127.0.0.1:{port}", process, log_path, log)

@@ -191,8 +191,8 @@ async def seed_under_old_key(db: async_sessionmaker[AsyncSession], ids: list[str
             "store_id": sid, "store_domain": f"{sid.lower()}.example.com",
             "auth_method": "oauth", "status": "active", "installed_at": now, "updated_at": now,
             **sealing.sealed_values(
-                old, sid, secret={"access_token": f"tok-{sid}"}, user={"id": sid},
-                billing={"city": "Perth"},
+                old, sealing.Binding(sid, f"{sid.lower()}.example.com", "oauth"),
+                secret={"access_token": f"tok-{sid}"}, user={"id": sid}, billing={"city": "Perth"},
             ),
         }
         for sid in ids

@@ -155,14 +155,14 @@ async def test_a_row_changed_between_read_and_write_is_left_to_its_writer(db: st
     sessionmaker = create_sessionmaker(engine)
     try:
         read = await keys._read_batch(sessionmaker, "k1", "", 10)
-        assert [r[0] for r in read] == ["S001", "S002", "S003"]
+        assert [r[0].store_id for r in read] == ["S001", "S002", "S003"]
 
-        def resealed(sid: str, *old: str | None) -> keys._Resealed:
+        def resealed(binding: sealing.Binding, *old: str | None) -> keys._Resealed:
             new = [
-                sealing.reseal(keyring, sid, c.key, v)
+                sealing.reseal(keyring, binding, c.key, v)
                 for c, v in zip(keys.SEALED, old, strict=True)
             ]
-            return keys._Resealed(sid, "k1", (old[0], old[1], old[2]), (new[0], new[1], new[2]))
+            return keys._Resealed(binding, "k1", (old[0], old[1], old[2]), (new[0], new[1], new[2]))
 
         batch = [resealed(*row) for row in read]
         # Between the read and the write: S001 is revoked, S002 reinstalled with a new token.
@@ -175,7 +175,7 @@ async def test_a_row_changed_between_read_and_write_is_left_to_its_writer(db: st
             )  # fmt: skip
         async with sessionmaker() as session, session.begin():
             written = await keys._write_batch(session, keyring.primary, batch)
-        assert [r.store_id for r in written] == ["S003"]
+        assert [r.binding.store_id for r in written] == ["S003"]
 
         now = await rows(db)
         assert now["S001"].secret_sealed is None, "the revoke must not be undone"
