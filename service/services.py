@@ -25,6 +25,7 @@ from service.neto.http import create_http_client, create_session
 from service.neto.upstream import UpstreamClient
 from service.neto.urls import ApiUrlBuilder
 from service.notifications import Listener
+from service.replicas.heartbeat import Heartbeat
 from service.security.callers import TokenVerifier
 from service.security.crypto import KeyRing
 
@@ -66,6 +67,7 @@ class Services:
     store_cache: StoreCache
     audit_writer: AuditWriter  # bundles' group-committed audit rows
     installs: InstallService
+    heartbeat: Heartbeat | None  # divides each store's Neto budget among live replicas
 
 
 @contextlib.asynccontextmanager
@@ -98,6 +100,11 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
         installs=InstallService(
             sessionmaker, config.keyring, store_cache, upstream, settings.neto_client_id
         ),
+        heartbeat=(
+            Heartbeat(sessionmaker, upstream.limits, settings.replica_heartbeat_seconds)
+            if settings.replica_heartbeat_seconds > 0
+            else None
+        ),
     )
     services.audit_writer.start()
     await services.listener.start()
@@ -105,9 +112,13 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
         await store_cache.start(preload=settings.store_cache_preload)
     except Exception:  # the database may be down at start; the cache then stays cold
         log.warning("store cache could not start; serving from the database")
+    if services.heartbeat is not None:
+        await services.heartbeat.start()
     try:
         yield services
     finally:
+        if services.heartbeat is not None:
+            await services.heartbeat.stop()
         await services.listener.stop()
         await store_cache.stop()
         await services.audit_writer.stop()

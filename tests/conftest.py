@@ -120,6 +120,10 @@ def settings_factory(
             "return_url_prefixes": RETURN_PREFIX,
             "token_exchange_timeout_seconds": 2,
             "upstream_deadline_seconds": 5,
+            # Many tests run two apps on one database at once; with heartbeats each would
+            # be the other's newcomer and hold its first calls. The division of the budget
+            # is tested with heartbeats on (tests/api/test_replica_budget.py, replicas/).
+            "replica_heartbeat_seconds": 0,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -153,7 +157,8 @@ async def app_factory(database_url: str) -> AsyncIterator[Callable[..., Any]]:
 async def truncate(url: str) -> None:
     engine = create_async_engine(url)
     async with engine.begin() as conn:
-        for table in ("audit_events", "pending_installs", "installs"):
+        tables = ("audit_events", "pending_installs", "installs", "broker_replicas", "store_pauses")
+        for table in tables:
             await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608
     await engine.dispose()
 

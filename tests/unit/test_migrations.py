@@ -7,7 +7,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import service.audit.models
 import service.installs.models
-import service.oauth.models  # noqa: F401
+import service.oauth.models
+import service.replicas.models  # noqa: F401
 from service.db import metadata
 
 
