@@ -25,6 +25,7 @@ from service.neto.http import create_http_client, create_session
 from service.neto.upstream import UpstreamClient
 from service.neto.urls import ApiUrlBuilder
 from service.notifications import Listener
+from service.oauth.throttle import AddressLimiter
 from service.replicas.heartbeat import Heartbeat
 from service.security.callers import TokenVerifier
 from service.security.crypto import KeyRing
@@ -67,6 +68,7 @@ class Services:
     store_cache: StoreCache
     audit_writer: AuditWriter  # bundles' group-committed audit rows
     installs: InstallService
+    install_limiter: AddressLimiter  # requests per client address on /oauth/ routes
     heartbeat: Heartbeat | None  # divides each store's Neto budget among live replicas
 
 
@@ -100,6 +102,7 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
         installs=InstallService(
             sessionmaker, config.keyring, store_cache, upstream, settings.neto_client_id
         ),
+        install_limiter=AddressLimiter(settings.install_rate_per_minute),
         heartbeat=(
             Heartbeat(sessionmaker, upstream.limits, settings.replica_heartbeat_seconds)
             if settings.replica_heartbeat_seconds > 0

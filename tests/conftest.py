@@ -124,6 +124,9 @@ def settings_factory(
             # be the other's newcomer and hold its first calls. The division of the budget
             # is tested with heartbeats on (tests/api/test_replica_budget.py, replicas/).
             "replica_heartbeat_seconds": 0,
+            # Every test client has one address; the limit is tested on its own
+            # (tests/api/test_install_bounds.py).
+            "install_rate_per_minute": 100_000,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
