@@ -61,9 +61,10 @@ def test_downgrade_to_empty_and_back(tmp_path):
             rows = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
         return {name for (name,) in rows} - {"alembic_version"}
 
+    every = {"installs", "pending_installs", "audit_events", "broker_replicas", "store_pauses"}
     command.upgrade(alembic_config(url), "head")
-    assert tables() == {"installs", "pending_installs", "audit_events"}
+    assert tables() == every
     command.downgrade(alembic_config(url), "base")
     assert tables() == set()
     command.upgrade(alembic_config(url), "head")
-    assert tables() == {"installs", "pending_installs", "audit_events"}
+    assert tables() == every
