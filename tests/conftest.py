@@ -127,6 +127,10 @@ def settings_factory(
             # Every test client has one address; the limit is tested on its own
             # (tests/api/test_install_bounds.py).
             "install_rate_per_minute": 100_000,
+            # The store budget's burst is a tenth of it: race tests fire more than 50 calls
+            # at one store at once. Budget tests set their own (test_invoke, test_limits,
+            # test_replica_budget, replicas/test_store_budget).
+            "store_rate_per_minute": 100_000,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
