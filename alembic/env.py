@@ -31,7 +31,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import service.audit.models
 import service.installs.models
 import service.jobs.models
-import service.oauth.models  # noqa: F401  (registers the tables on the metadata)
+import service.oauth.models
+import service.replicas.models  # noqa: F401  (registers the tables on the metadata)
 from service.config import normalize_database_url
 from service.db import metadata
 

@@ -85,6 +85,16 @@ class Settings(BaseSettings):
     store_max_in_flight: int = Field(8, ge=1)
     store_rate_per_minute: int = Field(500, ge=1)
     rate_limit_pause_seconds: float = Field(60.0, ge=0)
+    # The anonymous merchant routes (/oauth/install, /oauth/callback): requests a minute
+    # per client address (per replica), how many proxies in front append to
+    # X-Forwarded-For, and how many Neto-initiated installs may be pending at once.
+    install_rate_per_minute: int = Field(30, ge=1)
+    trusted_proxies: int = Field(0, ge=0, le=10)
+    max_pending_installs: int = Field(10_000, ge=1)
+    # How often each replica beats in `broker_replicas`: the store budget is re-divided,
+    # and other replicas' Neto pauses picked up, within a few of these. 0 turns the
+    # heartbeat off: the whole budget is then this replica's (a single replica only).
+    replica_heartbeat_seconds: float = Field(2.0, ge=0, le=30)
     upstream_max_retries: int = Field(2, ge=0, le=5)
     # How often each replica polls for changed installs: the revocation bound. 0 disables
     # the store cache (every bundle and invoke reads the database).

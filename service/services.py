@@ -28,6 +28,8 @@ from service.neto.http import create_http_client, create_session
 from service.neto.upstream import UpstreamClient
 from service.neto.urls import ApiUrlBuilder
 from service.notifications import Listener
+from service.oauth.throttle import AddressLimiter
+from service.replicas.heartbeat import Heartbeat
 from service.security.callers import TokenVerifier
 from service.security.crypto import KeyRing
 
@@ -70,6 +72,8 @@ class Services:
     audit_writer: AuditWriter  # bundles' group-committed audit rows
     installs: InstallService
     jobs: list[LeasedJob]  # background jobs (service/jobs/), each under its own lease
+    install_limiter: AddressLimiter  # requests per client address on /oauth/ routes
+    heartbeat: Heartbeat | None  # divides each store's Neto budget among live replicas
 
 
 @contextlib.asynccontextmanager
@@ -108,6 +112,12 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
         audit_writer=AuditWriter(sessionmaker),
         installs=installs,
         jobs=_jobs(settings, sessionmaker, installs, upstream),
+        install_limiter=AddressLimiter(settings.install_rate_per_minute),
+        heartbeat=(
+            Heartbeat(sessionmaker, upstream.limits, settings.replica_heartbeat_seconds)
+            if settings.replica_heartbeat_seconds > 0
+            else None
+        ),
     )
     services.audit_writer.start()
     await services.listener.start()
@@ -115,6 +125,8 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
         await store_cache.start(preload=settings.store_cache_preload)
     except Exception:  # the database may be down at start; the cache then stays cold
         log.warning("store cache could not start; serving from the database")
+    if services.heartbeat is not None:
+        await services.heartbeat.start()
     for job in services.jobs:
         job.start()
     try:
@@ -122,6 +134,8 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
     finally:
         for job in services.jobs:
             await job.stop()
+        if services.heartbeat is not None:
+            await services.heartbeat.stop()
         await services.listener.stop()
         await store_cache.stop()
         await services.audit_writer.stop()

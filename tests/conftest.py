@@ -125,6 +125,17 @@ def settings_factory(
             "upstream_deadline_seconds": 5,
             # The sweep calls Neto on its own; tests that want it turn it on.
             "health_sweep_hours": 0,
+            # Many tests run two apps on one database at once; with heartbeats each would
+            # be the other's newcomer and hold its first calls. The division of the budget
+            # is tested with heartbeats on (tests/api/test_replica_budget.py, replicas/).
+            "replica_heartbeat_seconds": 0,
+            # Every test client has one address; the limit is tested on its own
+            # (tests/api/test_install_bounds.py).
+            "install_rate_per_minute": 100_000,
+            # The store budget's burst is a tenth of it: race tests fire more than 50 calls
+            # at one store at once. Budget tests set their own (test_invoke, test_limits,
+            # test_replica_budget, replicas/test_store_budget).
+            "store_rate_per_minute": 100_000,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -158,7 +169,15 @@ async def app_factory(database_url: str) -> AsyncIterator[Callable[..., Any]]:
 async def truncate(url: str) -> None:
     engine = create_async_engine(url)
     async with engine.begin() as conn:
-        for table in ("audit_events", "pending_installs", "installs", "leases"):
+        tables = (
+            "audit_events",
+            "pending_installs",
+            "installs",
+            "leases",
+            "broker_replicas",
+            "store_pauses",
+        )
+        for table in tables:
             await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608
     await engine.dispose()
 

@@ -1,15 +1,26 @@
-"""Per-store limits on the calls the broker makes to Neto, kept per replica.
+"""Per-store limits on the calls the broker makes to Neto.
 
 Neto allows 500 requests a minute per store, shared by every integration of that store,
-and answers 429 ("wait a minute") past it. The broker keeps each store under its own
-budget (BROKER_STORE_RATE_PER_MINUTE, a sliding 60 s window, so no 60 s span ever holds
-more) and, after an upstream 429, pauses the store for BROKER_RATE_LIMIT_PAUSE_SECONDS:
-calls during the pause are answered 429 at once without going upstream. At most
-BROKER_STORE_MAX_IN_FLIGHT calls per store run at the same time; a call over that waits
-up to QUEUE_WAIT_SECONDS for a slot, then gets 429.
+and answers 429 ("wait a minute") past it. BROKER_STORE_RATE_PER_MINUTE is the store's
+budget across *all* replicas: no 60 s span ever holds more calls to one store, however
+many replicas send them.
 
-The state lives in this process: with N replicas a store can see up to N times the
-budget, so set BROKER_STORE_RATE_PER_MINUTE to 500 / N when running several replicas.
+Each replica holds a share of it (`Share`: the budget divided by the live replicas, which
+`neto/replicas.py` counts from the heartbeat table and re-sizes within seconds) as a token
+bucket per store: it refills at `rate` a second and holds at most `capacity` tokens (a
+tenth of the share, at least one). Token buckets add up where sliding windows do not: the
+calls of all replicas in any 60 s span are at most what their buckets held at its start
+(the capacities, a tenth of the budget) plus what refilled during it (the rates, nine
+tenths), so the budget holds even while the replica count changes, provided the rates
+never sum above it: a smaller share is taken at once, and a newcomer spends nothing until
+every other replica has seen it (`Share.active_in`). A hammered store is therefore held at
+90% of its budget, with bursts of up to 10%. No call costs a database round trip.
+
+After an upstream 429 the store is paused for BROKER_RATE_LIMIT_PAUSE_SECONDS: calls
+during the pause are answered 429 at once without going upstream. The pause is published
+(`on_pause`) so the other replicas pause the store too (`pause_from_elsewhere`). At most
+BROKER_STORE_MAX_IN_FLIGHT calls per store run at the same time on a replica; a call over
+that waits up to QUEUE_WAIT_SECONDS for a slot, then gets 429.
 """
 
 from __future__ import annotations
@@ -17,15 +28,16 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from service.errors import BrokerError, RateLimited
 from service.web import metrics
 
 WINDOW_SECONDS = 60.0
+# The part of a share that may be spent at once; the rest refills over the minute.
+BURST_FRACTION = 0.1
 # A short queue absorbs bursts; a long one would only move the wait into callers' timeouts.
 QUEUE_WAIT_SECONDS = 1.0
 # How many stores' state is kept before idle ones are swept out.
@@ -36,10 +48,30 @@ def rate_limited(retry_after: float, detail: str) -> BrokerError:
     return RateLimited(detail, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
+@dataclass(frozen=True, slots=True)
+class Share:
+    """One replica's part of a store's budget: a bucket of `capacity` refilling at `rate`
+    tokens a second."""
+
+    capacity: float
+    rate: float
+
+    @classmethod
+    def of(cls, budget_per_minute: int, replicas: int) -> Share:
+        share = budget_per_minute / max(1, replicas)
+        # A bucket needs a whole token to send at all; with a share under ten calls a
+        # minute the burst is that one token, and under two the share can no longer
+        # hold exactly (the refill stays at half the share rather than none).
+        capacity = max(1.0, share * BURST_FRACTION)
+        refill = max(share - capacity, share / 2)
+        return cls(capacity=capacity, rate=refill / WINDOW_SECONDS)
+
+
 @dataclass(slots=True)
 class _StoreState:
     slots: asyncio.Semaphore
-    sent: deque[float] = field(default_factory=deque)  # send times inside the window
+    tokens: float
+    at: float  # when `tokens` was last brought up to date
     paused_until: float = 0.0
     exhausted: bool = False
 
@@ -54,35 +86,78 @@ class StoreLimits:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._max_in_flight = max_in_flight
-        self._rate = rate_per_minute
-        self._pause_seconds = pause_seconds
+        self.budget = rate_per_minute
+        self.pause_seconds = pause_seconds
         self._clock = clock
-        # One entry per store called within the last window (idle ones are swept out as
-        # the table grows), so memory follows recent traffic, not the number of installs.
+        self.share = Share.of(rate_per_minute, 1)  # alone until the heartbeat says more
+        # Spending (and refilling) is allowed from here on; alone at start, buckets begin
+        # full. A newcomer among others is held (`hold`) and its buckets begin empty.
+        self._held_until = -math.inf
+        # Called with (store_id, seconds) when Neto pauses a store here, to tell the others.
+        self.on_pause: Callable[[str, float], None] | None = None
+        # One entry per store called recently (idle ones are swept out as the table
+        # grows), so memory follows recent traffic, not the number of installs.
         self._stores: dict[str, _StoreState] = {}
         self._sweep_at = SWEEP_EVERY
+
+    def set_share(self, share: Share) -> None:
+        """Switch to a new share. Every bucket is first brought up to date at the old
+        rate, so a larger share never refills time that passed under a smaller one."""
+        if share == self.share:
+            return
+        now = self._clock()
+        for state in self._stores.values():
+            self._refill(state, now)
+            state.tokens = min(state.tokens, share.capacity)
+        self.share = share
+
+    def hold(self, seconds: float) -> None:
+        """Spend nothing for `seconds` (a newcomer the others have not yet counted, or a
+        replica whose heartbeat fails and may no longer be counted)."""
+        self._held_until = max(self._held_until, self._clock() + seconds)
+
+    def held_for(self) -> float:
+        """Seconds until this replica may spend again (0 when it may now)."""
+        return max(0.0, self._held_until - self._clock())
 
     def _state(self, store_id: str) -> _StoreState:
         state = self._stores.get(store_id)
         if state is None:
             if len(self._stores) >= self._sweep_at:
                 self._sweep()
-            state = _StoreState(slots=asyncio.Semaphore(self._max_in_flight))
+            # A new bucket holds what it would have refilled since spending was last
+            # allowed here: a newcomer's does not start full, which would add a burst
+            # the others' buckets do not leave room for.
+            now = self._clock()
+            filled = max(0.0, now - self._held_until) * self.share.rate
+            state = _StoreState(
+                slots=asyncio.Semaphore(self._max_in_flight),
+                tokens=min(self.share.capacity, filled),
+                at=now,
+            )
             self._stores[store_id] = state
         return state
 
+    def _refill(self, state: _StoreState, now: float) -> None:
+        since = max(state.at, self._held_until)  # nothing refills while held
+        if now > since:
+            state.tokens = min(self.share.capacity, state.tokens + (now - since) * self.share.rate)
+        state.at = max(state.at, now)
+
     def _sweep(self) -> None:
-        """Forget stores with nothing to remember: no send in the window, no pause, no
-        call in flight. Amortised: the next sweep waits until the table doubles."""
+        """Forget stores with nothing to remember: a full bucket, no pause, no call in
+        flight. Amortised: the next sweep waits until the table doubles."""
         now = self._clock()
-        idle = [
-            store_id
-            for store_id, state in self._stores.items()
-            if state.paused_until <= now
-            and (not state.sent or state.sent[-1] <= now - WINDOW_SECONDS)
-            and not state.slots.locked()
-            and state.slots._value == self._max_in_flight
-        ]
+        idle = []
+        for store_id, state in self._stores.items():
+            self._refill(state, now)
+            if (
+                state.paused_until <= now
+                and state.tokens >= self.share.capacity
+                and not state.slots.locked()
+                and state.slots._value == self._max_in_flight
+            ):
+                idle.append(store_id)
         for store_id in idle:
             del self._stores[store_id]
         self._sweep_at = max(SWEEP_EVERY, 2 * len(self._stores))
@@ -102,51 +177,65 @@ class StoreLimits:
         self.check_paused(store_id)
         state = self._state(store_id)
         now = self._clock()
+        if now < self._held_until:
+            raise rate_limited(
+                self._held_until - now, "This store's request budget is used up; retry later."
+            )
         if not self._spend(state, now):
-            wait = state.sent[0] + WINDOW_SECONDS - now
+            wait = (1.0 - state.tokens) / self.share.rate if self.share.rate > 0 else 60.0
             raise rate_limited(wait, "This store's request budget is used up; retry later.")
 
     def try_take(self, store_id: str) -> bool:
         """Spend one request of the budget if there is one and no pause (for retries)."""
         state = self._state(store_id)
         now = self._clock()
-        return state.paused_until <= now and self._spend(state, now)
+        return state.paused_until <= now and now >= self._held_until and self._spend(state, now)
 
     def _spend(self, state: _StoreState, now: float) -> bool:
-        while state.sent and state.sent[0] <= now - WINDOW_SECONDS:
-            state.sent.popleft()
-        if len(state.sent) >= self._rate:
+        self._refill(state, now)
+        if state.tokens < 1.0:
             if not state.exhausted:  # count each time a store runs dry, not each refusal
                 state.exhausted = True
                 metrics.RATE_LIMIT_PAUSES.labels("budget").inc()
             return False
         state.exhausted = False
-        state.sent.append(now)
+        state.tokens -= 1.0
         return True
 
     def has_headroom(self, store_id: str, fraction: float) -> bool:
-        """True when the store is not paused, at least `fraction` of its budget is left
-        in the window and at least `fraction` of its slots are free (at least one): the
-        health sweep spends a request only then, so it stays behind callers' requests.
-        Spends nothing."""
-        state = self._stores.get(store_id)
-        if state is None:  # nothing sent in the window, nothing in flight
-            return True
+        """True when the store is not paused or held, at least `fraction` of its bucket is
+        left (and a whole token) and at least `fraction` of its slots are free (at least
+        one): the health sweep spends a request only then, so it stays behind callers'
+        requests. Spends nothing."""
         now = self._clock()
-        recent = sum(1 for sent in state.sent if sent > now - WINDOW_SECONDS)
-        free_slots = state.slots._value
+        if now < self._held_until:
+            return False
+        state = self._stores.get(store_id)
+        if state is None:  # untouched recently: a full bucket, every slot free
+            return True
+        self._refill(state, now)
         return (
             state.paused_until <= now
-            and self._rate - recent >= fraction * self._rate
-            and free_slots >= max(1.0, fraction * self._max_in_flight)
+            and state.tokens >= max(1.0, fraction * self.share.capacity)
+            and state.slots._value >= max(1.0, fraction * self._max_in_flight)
         )
 
     def pause(self, store_id: str) -> float:
-        """Neto answered 429: stop calling this store for the pause; returns its length."""
-        state = self._state(store_id)
-        state.paused_until = self._clock() + self._pause_seconds
+        """Neto answered 429: stop calling this store for the pause, here and (through
+        `on_pause`) on every other replica; returns its length."""
+        self._pause(store_id, self.pause_seconds)
         metrics.RATE_LIMIT_PAUSES.labels("upstream_429").inc()
-        return self._pause_seconds
+        if self.on_pause is not None:
+            self.on_pause(store_id, self.pause_seconds)
+        return self.pause_seconds
+
+    def pause_from_elsewhere(self, store_id: str, seconds: float) -> None:
+        """Another replica was told 429 for this store: pause it here too."""
+        self._pause(store_id, seconds)
+
+    def _pause(self, store_id: str, seconds: float) -> None:
+        state = self._state(store_id)
+        state.paused_until = max(state.paused_until, self._clock() + seconds)
 
     def in_flight(self, store_id: str) -> int:
         """How many of the store's slots are held now (0 once every call has let go)."""

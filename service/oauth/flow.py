@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from service.audit.writer import record
 from service.config import Settings
 from service.db import run_transaction
-from service.errors import BadRequest, BrokerError, OAuthNotConfigured
+from service.errors import BadRequest, BrokerError, OAuthNotConfigured, ServiceUnavailable
 from service.installs.service import InstallService
 from service.neto.oauth import authorize_url, exchange_code
 from service.oauth import pending
@@ -101,6 +101,17 @@ async def start(
         raise OAuthNotConfigured()
     domain = normalize_store_domain(raw_domain)
     return_url = check_return_url(settings, return_url)
+    anonymous = initiated_by == "neto"
+    if (
+        anonymous
+        and await pending.live_count(session, settings.max_pending_installs, initiated_by)
+        >= settings.max_pending_installs
+    ):
+        raise ServiceUnavailable(
+            "Too many installs are in progress right now. Wait a few minutes, then start "
+            "the install again from your Neto control panel.",
+            headers={"Retry-After": str(settings.state_ttl_seconds)},
+        )
     state, row = await pending.create(
         session,
         store_domain=domain,
@@ -108,13 +119,17 @@ async def start(
         initiated_by=initiated_by,
         ttl_seconds=settings.state_ttl_seconds,
     )
-    record(
-        session,
-        "install.started",
-        actor=initiated_by,
-        request_id=request_id,
-        store_domain=domain,
-    )
+    if not anonymous:
+        # Only a caller with a token starts an audited install: the anonymous internet
+        # must not grow the audit log. A Neto-initiated install is audited when it
+        # completes (install.created / install.reinstalled) or fails (install.failed).
+        record(
+            session,
+            "install.started",
+            actor=initiated_by,
+            request_id=request_id,
+            store_domain=domain,
+        )
     return Started(authorize_url(settings, domain, state), row.expires_at)
 
 

@@ -14,7 +14,7 @@ import hashlib
 import secrets
 from datetime import timedelta
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -25,8 +25,10 @@ from service.oauth.models import PendingInstall
 # A claim older than this is abandoned (its request died); the state may be claimed again
 # with a different code. Longer than any token exchange can take.
 CLAIM_LEASE = timedelta(seconds=120)
-# Expired pending installs are deleted this long after they expire.
-RETENTION = timedelta(days=1)
+# Expired pending installs are deleted this long after they expire (long enough for a
+# late callback to hear "expired" rather than "unknown"), so the table holds at most a
+# few state lifetimes of rows.
+RETENTION = timedelta(minutes=10)
 
 
 def digest(value: str) -> str:
@@ -58,6 +60,22 @@ async def create(
     )
     await session.flush()
     return state, pending
+
+
+async def live_count(session: AsyncSession, cap: int, initiated_by: str) -> int:
+    """How many unexpired, unused installs `initiated_by` has pending, counted up to
+    `cap` (the count stops there, so a full table costs no more than the cap)."""
+    live = (
+        select(col(PendingInstall.id))
+        .where(
+            col(PendingInstall.expires_at) > utcnow(),
+            col(PendingInstall.consumed_at).is_(None),
+            col(PendingInstall.initiated_by) == initiated_by,
+        )
+        .limit(cap)
+        .subquery()
+    )
+    return int((await session.execute(select(func.count()).select_from(live))).scalar_one())
 
 
 async def claim(session: AsyncSession, state: str, code: str) -> PendingInstall:

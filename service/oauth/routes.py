@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from service.errors import BadRequest, InstallDenied
 from service.oauth import flow
 from service.oauth.schemas import InstallStart, InstallStarted
+from service.oauth.throttle import client_address
 from service.services import services
 from service.web.api import ERRORS, ErrorBody
 from service.web.deps import Caller, SessionDep, request_id, require_scope
@@ -21,6 +22,12 @@ from service.web.responses import PAGE_HEADERS, html_page
 router = APIRouter()
 
 _CODE_RE = re.compile(r"^[a-z_]{1,64}$")
+
+
+def _throttle(request: Request) -> None:
+    """The per-address limit of the anonymous routes (oauth/throttle.py)."""
+    app = services(request)
+    app.install_limiter.admit(client_address(request, app.settings.trusted_proxies))
 
 
 def _single(request: Request, *names: str) -> None:
@@ -61,7 +68,11 @@ async def start_install(
     summary="Start an install from Neto's control panel",
     response_class=RedirectResponse,
     status_code=302,
-    responses={302: {"description": "Redirect to Neto's authorise page"}},
+    responses={
+        302: {"description": "Redirect to Neto's authorise page"},
+        429: {"description": "Too many requests from this client address (HTML page)"},
+        503: {"description": "Too many installs in progress (HTML page)"},
+    },
 )
 async def install(
     request: Request,
@@ -70,6 +81,7 @@ async def install(
 ) -> Response:
     """Neto sends the merchant here when they install the add-on. The broker creates a
     pending install and sends the merchant on to Neto to approve it."""
+    _throttle(request)
     _single(request, "store_domain")
     started = await flow.start(
         session,
@@ -97,6 +109,7 @@ async def callback(
 ) -> Response:
     """Checks the `state`, exchanges the code once, stores the install, and sends the
     merchant to the install's return URL or shows a confirmation page."""
+    _throttle(request)
     _single(request, "state", "code", "error")
     if error is not None:
         shown = error if _CODE_RE.match(error) else "error"

@@ -124,6 +124,7 @@ def cluster(
         neto_url=neto_server.url,
         encryption_keys=f"{NEW_KEY},{OLD_KEY}",
         BROKER_LOG_LEVEL="WARNING",
+        BROKER_INSTALL_RATE_PER_MINUTE="100000",  # every test request comes from loopback
     )
     migrated = subprocess.run(
         broker_command("migrate"), env=env, cwd=workdir, capture_output=True, timeout=60

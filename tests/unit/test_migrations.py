@@ -8,7 +8,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import service.audit.models
 import service.installs.models
 import service.jobs.models
-import service.oauth.models  # noqa: F401
+import service.oauth.models
+import service.replicas.models  # noqa: F401
 from service.db import metadata
 
 
@@ -61,9 +62,17 @@ def test_downgrade_to_empty_and_back(tmp_path):
             rows = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
         return {name for (name,) in rows} - {"alembic_version"}
 
+    every = {
+        "installs",
+        "pending_installs",
+        "audit_events",
+        "leases",
+        "broker_replicas",
+        "store_pauses",
+    }
     command.upgrade(alembic_config(url), "head")
-    assert tables() == {"installs", "pending_installs", "audit_events", "leases"}
+    assert tables() == every
     command.downgrade(alembic_config(url), "base")
     assert tables() == set()
     command.upgrade(alembic_config(url), "head")
-    assert tables() == {"installs", "pending_installs", "audit_events", "leases"}
+    assert tables() == every
