@@ -30,11 +30,15 @@ fi
 command -v docker >/dev/null || unavailable "no docker command"
 
 dockerd_pid=
+log=
 stop_dockerd() {
+  local status=$?
   if [ -n "$dockerd_pid" ]; then
     say "stopping the dockerd this run started (pid $dockerd_pid)"
     kill -TERM "$dockerd_pid" 2>/dev/null || true
     for _ in $(seq 1 30); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 1; done
+    # Its log is kept only when something failed.
+    if [ "$status" = 0 ]; then rm -f "$log"; fi
   fi
 }
 trap stop_dockerd EXIT
