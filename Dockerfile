@@ -1,14 +1,19 @@
-# syntax=docker/dockerfile:1
-#
 # Neto Token Broker image.
 #
 # Two stages so the runtime image carries only the virtualenv and the Alembic scripts:
 # no pip cache, no source tree, no compiler (every runtime dependency ships a manylinux
 # wheel). Build from the repository root:  docker build -t neto-token-broker .
+# (`make image` does that, on a local Debian base when the default cannot be pulled.)
+# No `# syntax=` line: BuildKit would pull that frontend from a registry, which an
+# air-gapped build machine cannot reach.
 
 # Both stages use the same base, pinned by tag: the venv copied between them points at
-# this image's /usr/local/bin/python3.11.
-FROM python:3.11-slim-bookworm AS build
+# this base's python3.11. An air-gapped build names its own mirrored copy of it (or any
+# Debian bookworm with python3.11 and python3.11-venv):
+#   docker build --build-arg BASE_IMAGE=registry.internal/python:3.11-slim-bookworm .
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS build
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -20,13 +25,21 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 
 WORKDIR /src
-# Only what `pip install .` needs; README* because pyproject's `readme` points at it.
+# Every dependency at the version and hash the lock records (`make lock` writes it from
+# pyproject.toml): each build installs the same bytes, and a tampered or substituted
+# file fails the hash check. --no-deps: the lock is the whole closure already.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock
+
+# Then the project alone. --no-build-isolation builds it with the locked setuptools
+# instead of fetching an unpinned one; --no-deps resolves nothing beyond the lock.
+# README* because pyproject's `readme` points at it.
 COPY pyproject.toml README* ./
 COPY service ./service
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir --no-deps --no-build-isolation .
 
 
-FROM python:3.11-slim-bookworm AS runtime
+FROM ${BASE_IMAGE} AS runtime
 
 # PYTHONDONTWRITEBYTECODE: the root filesystem is read-only in Kubernetes, and the
 # bytecode pip compiled at install time is already in the venv.

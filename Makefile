@@ -4,8 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+IMAGE ?= neto-token-broker:dev
+BASE_IMAGE ?= python:3.11-slim-bookworm
+# The legacy builder: it uses a locally imported base as it is and needs no BuildKit
+# frontend from a registry. Host network: the build engine may have no bridge.
+DOCKER_BUILD ?= DOCKER_BUILDKIT=0 docker build --network host
+UV_VERSION := 0.13.9
 
-.PHONY: run test demo bench openapi lint install install-test
+.PHONY: run test demo bench openapi lint install install-test image image-test lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,3 +56,24 @@ demo: install
 bench: install-test
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.run
+
+## make image: build the container image $(IMAGE) on BASE_IMAGE (default python:3.11-slim-bookworm;
+## when that cannot be pulled, on a local Debian base that scripts/image_base.sh builds once)
+image:
+	base="$$(scripts/image_base.sh '$(BASE_IMAGE)')" && \
+	  $(DOCKER_BUILD) --build-arg BASE_IMAGE="$$base" -t $(IMAGE) .
+	@docker image inspect -f '$(IMAGE): {{.Size}} bytes' $(IMAGE)
+
+## make image-test: build the image and run tests/image against containers of it (needs a
+## Linux Docker engine; starts one if it can and none runs). CI=true: no Docker is a failure.
+image-test: install-test
+	scripts/image_test.sh
+
+## make lock: rewrite requirements.lock (pinned, hashed) from pyproject.toml; UPGRADE=1 takes
+## the newest versions the ranges allow
+$(VENV)/.uv-$(UV_VERSION): | $(BIN)/python
+	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
+	touch $@
+
+lock: $(VENV)/.uv-$(UV_VERSION)
+	$(BIN)/python scripts/lock.py $(if $(UPGRADE),--upgrade)

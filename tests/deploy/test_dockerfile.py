@@ -35,9 +35,11 @@ class Stage:
         return [i.args for i in self.instructions if i.keyword == keyword]
 
 
-def parse_dockerfile(text: str) -> list[Stage]:
+def parse_dockerfile(text: str, global_args: dict[str, str] | None = None) -> list[Stage]:
     """Split into stages of (keyword, arguments), joining continuation lines and
-    dropping comments: enough to check structure without a Docker daemon."""
+    dropping comments: enough to check structure without a Docker daemon. `ARG name=value`
+    lines before the first FROM go into `global_args` (when given), and a stage's base
+    names them as `${name}`."""
     logical: list[str] = []
     current = ""
     for line in text.splitlines():
@@ -59,12 +61,21 @@ def parse_dockerfile(text: str) -> list[Stage]:
             match = re.fullmatch(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", args, re.I)
             assert match, f"cannot parse FROM {args!r}"
             stages.append(Stage(base=match[1], name=match[2], instructions=[]))
-        elif keyword in ("ARG", "") and not stages:
-            continue
+        elif keyword == "ARG" and not stages:
+            name, _, default = args.partition("=")
+            if global_args is not None:
+                global_args[name.strip()] = default.strip()
         else:
             assert stages, f"{keyword} before the first FROM"
             stages[-1].instructions.append(Instruction(keyword, args.strip()))
     return stages
+
+
+@pytest.fixture(scope="module")
+def global_args() -> dict[str, str]:
+    found: dict[str, str] = {}
+    parse_dockerfile(DOCKERFILE.read_text(), found)
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -129,13 +140,30 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
     assert result.returncode != 0 and {"DL3007", "DL3008"} <= codes, codes
 
 
-def test_image_is_multi_stage_on_the_pinned_slim_base(stages: list[Stage]) -> None:
+def test_image_is_multi_stage_on_one_base_argument_defaulting_to_the_pinned_slim_base(
+    stages: list[Stage], global_args: dict[str, str]
+) -> None:
     assert len(stages) >= 2, "expected a build stage and a runtime stage"
+    # One build argument for both stages: the venv copied between them points at the
+    # base's interpreter, so they must never differ. Air-gapped builds override it.
+    assert global_args.get("BASE_IMAGE") == BASE_IMAGE, global_args
     for stage in stages:
-        assert stage.base == BASE_IMAGE, f"stage {stage.name} is based on {stage.base}"
+        assert stage.base == "${BASE_IMAGE}", f"stage {stage.name} is based on {stage.base}"
     build = stages[0]
-    assert any("pip install --no-cache-dir ." in run for run in build.all("RUN"))
     assert any("venv" in run for run in build.all("RUN")), "the build stage makes no venv"
+
+
+def test_build_installs_the_hashed_lock_then_the_project_without_resolving(
+    stages: list[Stage],
+) -> None:
+    runs = stages[0].all("RUN")
+    lock = [i for i, r in enumerate(runs) if "-r requirements.lock" in r]
+    assert lock, "the build stage does not install requirements.lock"
+    assert "--require-hashes" in runs[lock[0]] and "--no-deps" in runs[lock[0]], runs[lock[0]]
+    project = [i for i, r in enumerate(runs) if re.search(r"pip install .*--no-deps.* \.$", r)]
+    assert project and project[0] > lock[0], f"the project must follow the lock: {runs}"
+    # No build isolation: the locked setuptools builds it, nothing unpinned is fetched.
+    assert "--no-build-isolation" in runs[project[0]] and "--no-cache-dir" in runs[project[0]]
 
 
 def test_runtime_stage_copies_only_the_venv_and_alembic(stages: list[Stage]) -> None:
