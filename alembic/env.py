@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import service.audit.models
+import service.events.models
 import service.installs.models
 import service.oauth.models  # noqa: F401  (registers the tables on the metadata)
 from service.config import normalize_database_url

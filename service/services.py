@@ -19,6 +19,9 @@ from starlette.requests import HTTPConnection
 from service.access.audit_batch import AuditWriter
 from service.config import Settings
 from service.db import create_engine, create_sessionmaker
+from service.events.outbox import CHANNEL as EVENTS_CHANNEL
+from service.events.signal import EventSignal
+from service.events.worker import DeliveryWorker
 from service.installs.cache import StoreCache
 from service.installs.service import InstallService
 from service.neto.http import create_http_client, create_session
@@ -66,6 +69,8 @@ class Services:
     store_cache: StoreCache
     audit_writer: AuditWriter  # bundles' group-committed audit rows
     installs: InstallService
+    event_signal: EventSignal  # wakes this replica's waiting `GET /events` requests
+    webhooks: DeliveryWorker  # this replica's webhook delivery worker
 
 
 @contextlib.asynccontextmanager
@@ -98,8 +103,17 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
         installs=InstallService(
             sessionmaker, config.keyring, store_cache, upstream, settings.neto_client_id
         ),
-    )
+        event_signal=EventSignal(),
+        webhooks=DeliveryWorker(
+            sessionmaker, config.keyring, settings, session,
+            create_session(settings, allow_private=True) if settings.webhook_hosts else None,
+        ),
+    )  # fmt: skip
+    for wake in (services.event_signal.fire, services.webhooks.wake):
+        services.listener.subscribe(EVENTS_CHANNEL, wake)
+        services.listener.on_reconnect(wake)
     services.audit_writer.start()
+    services.webhooks.start()
     await services.listener.start()
     try:
         await store_cache.start(preload=settings.store_cache_preload)
@@ -109,6 +123,7 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
         yield services
     finally:
         await services.listener.stop()
+        await services.webhooks.stop()
         await store_cache.stop()
         await services.audit_writer.stop()
         await services.http.aclose()

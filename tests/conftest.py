@@ -153,7 +153,10 @@ async def app_factory(database_url: str) -> AsyncIterator[Callable[..., Any]]:
 async def truncate(url: str) -> None:
     engine = create_async_engine(url)
     async with engine.begin() as conn:
-        for table in ("audit_events", "pending_installs", "installs"):
+        for table in (
+            "audit_events", "pending_installs", "installs",
+            "webhook_attempts", "webhook_deliveries", "webhooks", "events",
+        ):  # fmt: skip
             await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608
     await engine.dispose()
 

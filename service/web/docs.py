@@ -43,6 +43,8 @@ TAGS = [
     {"name": "credentials", "description": "Internal services: short-lived credential bundles."},
     {"name": "invoke", "description": "Internal services: call Neto through the broker."},
     {"name": "audit", "description": "Operators: who did what to which store."},
+    {"name": "events", "description": "Internal services: install changes, in commit order."},
+    {"name": "webhooks", "description": "Operators: push install changes to internal services."},
     {"name": "oauth", "description": "Merchants' browsers: the Neto OAuth install flow."},
     {"name": "health", "description": "Probes and Prometheus metrics."},
 ]

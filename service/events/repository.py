@@ -1,0 +1,43 @@
+"""Reading the event outbox, and pruning it by age."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from service.events.models import Event
+
+
+async def after(session: AsyncSession, after_seq: int, limit: int) -> list[Event]:
+    """Events past `after_seq`, in commit order (`seq` is assigned in commit order)."""
+    stmt = select(Event).where(col(Event.seq) > after_seq).order_by(col(Event.seq)).limit(limit)
+    return list((await session.execute(stmt)).scalars())
+
+
+async def last_seq(session: AsyncSession) -> int:
+    seq = await session.execute(select(Event.seq).order_by(col(Event.seq).desc()).limit(1))
+    return int(seq.scalar_one_or_none() or 0)
+
+
+async def get_many(session: AsyncSession, seqs: list[int]) -> dict[int, Event]:
+    rows = (await session.execute(select(Event).where(col(Event.seq).in_(seqs)))).scalars()
+    return {row.seq: row for row in rows if row.seq is not None}
+
+
+async def prune_events(session: AsyncSession, older_than: datetime, batch: int) -> int:
+    """Delete up to `batch` events that occurred before `older_than`, oldest first; the
+    number deleted (call again until it is below `batch`). The caller commits. Feed cursors
+    stay valid: they name a seq, and later events keep theirs."""
+    oldest = (
+        select(Event.seq)
+        .where(col(Event.occurred_at) < older_than)
+        .order_by(col(Event.occurred_at))
+        .limit(batch)
+    )
+    result = await session.execute(
+        delete(Event).where(col(Event.seq).in_(oldest)).execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
