@@ -32,7 +32,13 @@ def _csv(text: str | None) -> list[str] | None:
 @token_app.command("mint")
 def token_mint(
     sub: Annotated[str, typer.Option(help="The caller's name (sub claim).")],
-    scope: Annotated[str, typer.Option(help='Space-separated scopes, e.g. "installs:admin".')],
+    scope: Annotated[
+        str,
+        typer.Option(
+            help="Space-separated scopes: credentials:read, invoke, installs:start, "
+            "installs:read, installs:admin, events:read."
+        ),
+    ],
     stores: Annotated[str | None, typer.Option(help='Store ids, comma-separated, or "*".')] = None,
     actions: Annotated[
         str | None, typer.Option(help='Write actions, e.g. "Update*,AddItem".')

@@ -17,7 +17,8 @@ from tests.support import register_api_key_store
 
 COMMANDS = [
     [], ["serve"], ["migrate"], ["token"], ["token", "mint"], ["keys"], ["keys", "generate"],
-    ["installs"], ["installs", "list"],
+    ["installs"], ["installs", "list"], ["webhooks"], ["webhooks", "add"], ["webhooks", "list"],
+    ["webhooks", "remove"],
 ]  # fmt: skip
 
 
