@@ -164,7 +164,9 @@ class Settings(BaseSettings):
     @cached_property
     def webhook_hosts(self) -> frozenset[str]:
         return frozenset(
-            h.strip().lower().strip("[]") for h in self.webhook_allowed_hosts.split(",") if h.strip()
+            h.strip().lower().strip("[]")
+            for h in self.webhook_allowed_hosts.split(",")
+            if h.strip()
         )
 
     @property

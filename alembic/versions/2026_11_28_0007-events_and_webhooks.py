@@ -11,8 +11,8 @@ Create Date: 2026-11-29 00:07:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-
 from alembic import op
+
 from service.db import UTCDateTime
 
 revision: str = "e7f2c9a3d007"
@@ -86,9 +86,7 @@ def upgrade() -> None:
         sa.Column("error", sa.String(256), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_attempts")),
     )
-    op.create_index(
-        "ix_webhook_attempts_webhook_id_id", "webhook_attempts", ["webhook_id", "id"]
-    )
+    op.create_index("ix_webhook_attempts_webhook_id_id", "webhook_attempts", ["webhook_id", "id"])
 
 
 def downgrade() -> None:

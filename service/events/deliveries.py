@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
 
 from service.events.models import Webhook, WebhookAttempt, WebhookDelivery
@@ -45,7 +46,7 @@ class Outcome:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-def _due(now: datetime) -> list[object]:
+def _due(now: datetime) -> list[ColumnElement[bool]]:
     earlier = aliased(WebhookDelivery)
     held_back = exists().where(
         col(earlier.webhook_id) == col(D.webhook_id),

@@ -18,7 +18,7 @@ async def after(session: AsyncSession, after_seq: int, limit: int) -> list[Event
 
 
 async def last_seq(session: AsyncSession) -> int:
-    seq = await session.execute(select(Event.seq).order_by(col(Event.seq).desc()).limit(1))
+    seq = await session.execute(select(col(Event.seq)).order_by(col(Event.seq).desc()).limit(1))
     return int(seq.scalar_one_or_none() or 0)
 
 
@@ -32,7 +32,7 @@ async def prune_events(session: AsyncSession, older_than: datetime, batch: int) 
     number deleted (call again until it is below `batch`). The caller commits. Feed cursors
     stay valid: they name a seq, and later events keep theirs."""
     oldest = (
-        select(Event.seq)
+        select(col(Event.seq))
         .where(col(Event.occurred_at) < older_than)
         .order_by(col(Event.occurred_at))
         .limit(batch)

@@ -24,15 +24,15 @@ from service.events.schemas import (
 from service.events.signal import EventSignal
 from service.events.signing import event_json
 from service.services import services
-from service.web.api import ERRORS, error, no_store
+from service.web.api import ERRORS, Responses, error, no_store
 from service.web.cursors import decode_cursor, encode_cursor, split_page
 from service.web.deps import Caller, SessionDep, request_id, require_scope
 
 router = APIRouter(dependencies=[Depends(no_store)])
 
 WebhookId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^wh_[A-Za-z0-9_-]+$")]
-NO_WEBHOOK = {404: error("No such webhook subscription")}
-BAD_CURSOR = {400: error("A cursor not from this API")}
+NO_WEBHOOK: Responses = {404: error("No such webhook subscription")}
+BAD_CURSOR: Responses = {400: error("A cursor not from this API")}
 
 
 def _seq(cursor: str) -> int:

@@ -39,7 +39,7 @@ def backoff(attempt: int, base: float, cap: float) -> float:
     """Seconds before the next try: base * 2^(attempt-1), capped, jittered to 50-100 %
     so receivers that come back are not hit by every replica's retries at once."""
     delay = min(cap, base * 2 ** min(attempt - 1, 40))
-    return delay * random.uniform(0.5, 1.0)  # noqa: S311
+    return float(delay * random.uniform(0.5, 1.0))  # noqa: S311
 
 
 class DeliveryWorker:

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import truncate
 from tests.fakes.receiver import Receiver
 from tests.replicas.conftest import Cluster
-from tests.replicas.test_two_replicas import admin, db, http  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
 STORES = 30
@@ -27,6 +27,19 @@ async def receiver() -> AsyncIterator[Receiver]:
     r = await Receiver().start()
     yield r
     await r.stop()
+
+
+@pytest.fixture
+async def http(cluster: Cluster) -> AsyncIterator[httpx.AsyncClient]:
+    """A client for both replicas; the shared database emptied first."""
+    await truncate(cluster.database_url)
+    async with httpx.AsyncClient(timeout=15) as client:
+        yield client
+
+
+@pytest.fixture
+def admin(token: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token('installs:admin')}"}
 
 
 @pytest.fixture
@@ -46,7 +59,7 @@ async def register(http: httpx.AsyncClient, base: str, headers: dict[str, str], 
 
 async def test_feed_follower_misses_nothing_while_both_replicas_commit(
     cluster: Cluster, http: httpx.AsyncClient, admin: dict[str, str],
-    events_reader: dict[str, str], db: Any,
+    events_reader: dict[str, str],
 ) -> None:  # fmt: skip
     followed: list[dict[str, Any]] = []
     done = asyncio.Event()
@@ -77,7 +90,6 @@ async def test_feed_follower_misses_nothing_while_both_replicas_commit(
 
 async def test_each_event_is_delivered_once_by_one_of_two_replicas(
     cluster: Cluster, http: httpx.AsyncClient, admin: dict[str, str], receiver: Receiver,
-    db: Any,
 ) -> None:  # fmt: skip
     r = await http.post(f"{cluster.a.url}/webhooks", json={"url": receiver.url}, headers=admin)
     assert r.status_code == 201, r.text
@@ -106,7 +118,7 @@ async def test_each_event_is_delivered_once_by_one_of_two_replicas(
 
 async def test_long_poll_on_one_replica_wakes_on_a_commit_on_the_other(
     cluster: Cluster, http: httpx.AsyncClient, admin: dict[str, str],
-    events_reader: dict[str, str], db: Any,
+    events_reader: dict[str, str],
 ) -> None:  # fmt: skip
     wakes = []
     for n in range(5):
@@ -121,7 +133,8 @@ async def test_long_poll_on_one_replica_wakes_on_a_commit_on_the_other(
         answer = await asyncio.wait_for(waiting, 12)
         wakes.append(time.monotonic() - committed)
         assert [e["data"]["store_id"] for e in answer.json()["events"]] == [f"L{n}"]
+    median = statistics.median(wakes)
     print(f"\n[{cluster.backend}] feed wake-up after a commit on the other replica: "
-          f"max {max(wakes) * 1000:.0f} ms, median {statistics.median(wakes) * 1000:.0f} ms")  # fmt: skip
+          f"max {max(wakes) * 1000:.0f} ms, median {median * 1000:.0f} ms")  # fmt: skip
     bound = 1.0 if cluster.backend == "postgresql" else 1.5  # SQLite: the 1 s poll
     assert max(wakes) < bound
