@@ -38,6 +38,9 @@ class EventOut(BaseModel):
 
 
 class EventPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"events": [_EVENT_EXAMPLE], "next_cursor": "WzQyXQ"}]}
+    )
     events: list[EventOut]
     next_cursor: str = Field(
         description="Pass as `after` for the next call; the same cursor when nothing was new."
@@ -53,7 +56,30 @@ class WebhookIn(BaseModel):
     description: str | None = Field(default=None, max_length=256)
 
 
+_WEBHOOK_EXAMPLE: dict[str, Any] = {
+    "id": "wh_3q2x9yS0c8VbqkzE",
+    "url": "http://sync.internal:8080/hooks/neto",
+    "event_types": ["install.created", "install.revoked"],
+    "description": "catalogue sync",
+    "status": "active",
+    "created_at": "2026-01-02T03:04:05Z",
+    "created_by": "ops-alice",
+    "failing_since": None,
+}
+_ATTEMPT_EXAMPLE: dict[str, Any] = {
+    "id": 7,
+    "event_id": "evt_Hq3v9yS0c8VbqkzE5l0wXg",
+    "attempt": 2,
+    "attempted_at": "2026-01-02T03:04:06Z",
+    "status_code": 503,
+    "latency_ms": 12,
+    "error": "HTTP 503",
+    "ok": False,
+}
+
+
 class WebhookOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_WEBHOOK_EXAMPLE]})
     id: str = Field(examples=["wh_3q2x9yS0c8VbqkzE"])
     url: str
     event_types: list[str]
@@ -68,6 +94,11 @@ class WebhookOut(BaseModel):
 
 
 class WebhookCreated(WebhookOut):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [_WEBHOOK_EXAMPLE | {"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]
+        }
+    )
     secret: str = Field(
         description="The signing secret (`whsec_...`): shown this once, store it now.",
         examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
@@ -75,10 +106,12 @@ class WebhookCreated(WebhookOut):
 
 
 class WebhookList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_WEBHOOK_EXAMPLE]}]})
     items: list[WebhookOut]
 
 
 class AttemptOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_ATTEMPT_EXAMPLE]})
     id: int
     event_id: str
     attempt: int = Field(description="1 for the first try of this event, then 2, 3...")
@@ -90,5 +123,8 @@ class AttemptOut(BaseModel):
 
 
 class AttemptPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [_ATTEMPT_EXAMPLE], "next_cursor": None}]}
+    )
     items: list[AttemptOut]
     next_cursor: str | None = None
