@@ -58,6 +58,7 @@ class DeliveryWorker:
         self._private = private_session  # for allow-listed hosts only
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def wake(self, _payload: str = "") -> None:
         self._wake.set()
@@ -66,7 +67,14 @@ class DeliveryWorker:
         self._task = asyncio.create_task(self._run(), name="webhook-delivery")
 
     async def stop(self) -> None:
+        """Let the round in flight finish (its attempts are bounded by the timeout), so
+        no transaction is cut in half; cancel only if it overruns."""
         if self._task is not None:
+            self._stopping = True
+            self._wake.set()
+            grace = self._settings.webhook_timeout_seconds + 2
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait({self._task}, timeout=grace)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -75,10 +83,10 @@ class DeliveryWorker:
             await self._private.close()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
-                if await self.tick():
+                if await self.tick() and not self._stopping:
                     continue
                 pause = await self._idle_seconds()
             except asyncio.CancelledError:
