@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import service.audit.models
+import service.events.models
 import service.installs.models
 import service.jobs.models
 import service.oauth.models

@@ -111,6 +111,19 @@ class Settings(BaseSettings):
     # Audit rows and events older than this many days are pruned; 0 keeps everything.
     audit_retention_days: int = Field(90, ge=0)
     event_retention_days: int = Field(90, ge=0)
+    # Webhooks: receivers on these hosts (names or IPs, comma-separated) may sit on private
+    # addresses; every other receiver is under the egress rules above.
+    webhook_allowed_hosts: str = ""
+    webhook_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    # Retries: base * 2^(attempt-1) with jitter, capped; after the window the subscription
+    # is marked failing until an operator re-enables it.
+    webhook_retry_base_seconds: float = Field(5.0, gt=0)
+    webhook_retry_max_seconds: float = Field(3600.0, gt=0)
+    webhook_retry_window_seconds: float = Field(86400.0, gt=0)
+    webhook_response_max_bytes: int = Field(4096, ge=0, le=1024 * 1024)
+    # How often each replica's delivery worker and a waiting feed request look for new
+    # events when no notification wakes them (SQLite, or a lost LISTEN connection).
+    events_poll_seconds: float = Field(1.0, gt=0, le=30)
 
     db_pool_size: int = Field(10, ge=1)
     db_max_overflow: int = Field(10, ge=0)
@@ -185,6 +198,14 @@ class Settings(BaseSettings):
     @cached_property
     def allowed_return_prefixes(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.return_url_prefixes.split(",") if p.strip())
+
+    @cached_property
+    def webhook_hosts(self) -> frozenset[str]:
+        return frozenset(
+            h.strip().lower().strip("[]")
+            for h in self.webhook_allowed_hosts.split(",")
+            if h.strip()
+        )
 
     @property
     def is_sqlite(self) -> bool:

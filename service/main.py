@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from service.access import bundles, invoke, neto_door
 from service.audit import routes as audit_routes
 from service.config import Settings, load_settings
+from service.events import routes as event_routes
 from service.installs import routes as install_routes
 from service.oauth import routes as oauth_routes
 from service.services import StartupConfig, running
@@ -29,6 +30,8 @@ Keeps every merchant's Neto by Maropost credentials and brokers access to them.
   (`/credentials/{store_id}`) or call Neto through `/invoke/{store_id}/{action}`, or
   keep their Neto client and point it at `/neto/{store_id}/do/WS/NetoAPI`.
 * **Operators** inspect, verify and revoke installs under `/installs` and read `/audit`.
+* **Internal services** follow install changes through `/events` (long polling) or
+  webhooks (`/webhooks`).
 
 Press **Authorize** and paste a token from `broker token mint`.
 """
@@ -75,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         oauth_routes.router,
         install_routes.router,
         audit_routes.router,
+        event_routes.router,
         docs.router,
     ):
         app.include_router(router)

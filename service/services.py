@@ -19,6 +19,9 @@ from starlette.requests import HTTPConnection
 from service.access.audit_batch import AuditWriter
 from service.config import Settings
 from service.db import create_engine, create_sessionmaker
+from service.events.outbox import CHANNEL as EVENTS_CHANNEL
+from service.events.signal import EventSignal
+from service.events.worker import DeliveryWorker
 from service.installs.cache import CHANGES_CHANNEL, StoreCache
 from service.installs.service import InstallService
 from service.jobs.loop import LeasedJob
@@ -74,6 +77,8 @@ class Services:
     jobs: list[LeasedJob]  # background jobs (service/jobs/), each under its own lease
     install_limiter: AddressLimiter  # requests per client address on /oauth/ routes
     heartbeat: Heartbeat | None  # divides each store's Neto budget among live replicas
+    event_signal: EventSignal  # wakes this replica's waiting `GET /events` requests
+    webhooks: DeliveryWorker  # this replica's webhook delivery worker
 
 
 @contextlib.asynccontextmanager
@@ -118,8 +123,17 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
             if settings.replica_heartbeat_seconds > 0
             else None
         ),
-    )
+        event_signal=EventSignal(),
+        webhooks=DeliveryWorker(
+            sessionmaker, config.keyring, settings, session,
+            create_session(settings, allow_private=True) if settings.webhook_hosts else None,
+        ),
+    )  # fmt: skip
+    for wake in (services.event_signal.fire, services.webhooks.wake):
+        services.listener.subscribe(EVENTS_CHANNEL, wake)
+        services.listener.on_reconnect(wake)
     services.audit_writer.start()
+    services.webhooks.start()
     await services.listener.start()
     try:
         await store_cache.start(preload=settings.store_cache_preload)
@@ -137,6 +151,7 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
         if services.heartbeat is not None:
             await services.heartbeat.stop()
         await services.listener.stop()
+        await services.webhooks.stop()
         await store_cache.stop()
         await services.audit_writer.stop()
         await services.http.aclose()

@@ -176,6 +176,10 @@ async def truncate(url: str) -> None:
             "leases",
             "broker_replicas",
             "store_pauses",
+            "webhook_attempts",
+            "webhook_deliveries",
+            "webhooks",
+            "events",
         )
         for table in tables:
             await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608

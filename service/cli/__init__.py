@@ -1,14 +1,14 @@
 """The `broker` command: serve, migrate, mint operator tokens, manage keys, list installs,
-prune the audit log.
+prune the audit log, manage webhook subscriptions.
 
 Each command group lives in its own module; importing them registers their commands."""
 
 from __future__ import annotations
 
-from service.cli import audit, installs, keys, server, tokens
+from service.cli import audit, installs, keys, server, tokens, webhooks
 from service.cli.common import app
 
-__all__ = ["app", "audit", "installs", "keys", "main", "server", "tokens"]
+__all__ = ["app", "audit", "installs", "keys", "main", "server", "tokens", "webhooks"]
 
 
 def main() -> None:

@@ -21,10 +21,12 @@ token_app = typer.Typer(help="Caller tokens.", no_args_is_help=True)
 keys_app = typer.Typer(help="Encryption keys.", no_args_is_help=True)
 installs_app = typer.Typer(help="Installs.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
+webhooks_app = typer.Typer(help="Webhook subscriptions.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(keys_app, name="keys")
 app.add_typer(installs_app, name="installs")
 app.add_typer(audit_app, name="audit")
+app.add_typer(webhooks_app, name="webhooks")
 
 
 def settings_or_exit() -> Settings:

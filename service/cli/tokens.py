@@ -34,7 +34,10 @@ def token_mint(
     sub: Annotated[str, typer.Option(help="The caller's name (sub claim).")],
     scope: Annotated[
         str,
-        typer.Option(help='Scopes separated by ASCII spaces, e.g. "invoke credentials:read".'),
+        typer.Option(
+            help="Scopes separated by ASCII spaces: credentials:read, invoke, installs:start, "
+            "installs:read, installs:admin, events:read."
+        ),
     ],
     stores: Annotated[str | None, typer.Option(help='Store ids, comma-separated, or "*".')] = None,
     actions: Annotated[

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from service.audit.writer import record
 from service.db import run_transaction, utcnow
 from service.errors import BrokerError, StoreRevoked
+from service.events.outbox import emit
 from service.installs import repository
 from service.installs.cache import CHANGES_CHANNEL, StoreCache
 from service.installs.models import AuthMethod, Install, InstallStatus
@@ -126,6 +127,7 @@ class InstallService:
                 await also(session)
             _record_install(session, existed, actor, grant.store_id, request_id,
                             grant.store_domain, AuthMethod.oauth)  # fmt: skip
+            await _emit_installed(session, existed, grant.store_id, actor)
             return existed
 
         return await self._change(grant.store_id, work)
@@ -153,7 +155,7 @@ class InstallService:
             )
             _record_install(session, existed, actor, store_id, request_id,
                             store_domain, AuthMethod.api_key)  # fmt: skip
-            return await repository.require(session, store_id)
+            return await _emit_installed(session, existed, store_id, actor)
 
         return await self._change(store_id, work)
 
@@ -168,6 +170,7 @@ class InstallService:
             install = await repository.revoke(session, store_id)
             record(session, "install.revoked", actor=actor, store_id=store_id,
                    request_id=request_id)  # fmt: skip
+            await emit(session, "install.revoked", install, actor)
             return install
 
         return await self._change(store_id, work)
@@ -195,6 +198,8 @@ class InstallService:
                 record(session, "install.reauth_required", actor=actor, store_id=store_id,
                        request_id=request_id, action=action,
                        upstream_status=upstream_status)  # fmt: skip
+                install = await repository.require(session, store_id)
+                await emit(session, "install.reauth_required", install, actor)
             return changed
 
         return await self._change(store_id, work)
@@ -277,9 +282,21 @@ class InstallService:
             record(session, "install.verified", actor=actor, store_id=store_id,
                    request_id=request_id, ok=ok, upstream_status=upstream_status,
                    status=status, changed=changed)  # fmt: skip
+            if changed:
+                kind = "install.reactivated" if new_status == InstallStatus.active else (
+                    "install.reauth_required")  # fmt: skip
+                await emit(session, kind, await repository.require(session, store_id), actor)
             return VerifyOutcome(ok, status, upstream_status, detail, changed)
 
         return await self._change(store_id, work)
+
+
+async def _emit_installed(
+    session: AsyncSession, existed: bool, store_id: str, actor: str
+) -> Install:
+    install = await repository.require(session, store_id)
+    await emit(session, "install.reinstalled" if existed else "install.created", install, actor)
+    return install
 
 
 def _record_install(

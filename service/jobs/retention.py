@@ -21,7 +21,7 @@ from sqlalchemy import column, delete, select, table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.config import Settings
-from service.db import UTCDateTime, metadata, run_transaction, utcnow
+from service.db import UTCDateTime, run_transaction, utcnow
 from service.jobs.leases import LeaseKeeper
 from service.jobs.loop import LeasedJob
 from service.web import metrics
@@ -34,10 +34,6 @@ LEASE_SECONDS = 180.0
 BATCH_SIZE = 1000
 # Between batches: lets the bundles' group-committed audit inserts through.
 PAUSE_SECONDS = 0.05
-# The events outbox (issue 13, items 1-3): pruned once a table of this name with this
-# time column is registered on the models' metadata.
-EVENTS_TABLE = "events"
-EVENTS_TIME_COLUMN = "created_at"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +43,7 @@ class Retained:
     table: str
     time_column: str
     days: int
+    key: str = "id"  # an indexed, unique column to delete by
 
     def cutoff(self, now: datetime) -> datetime:
         return now - timedelta(days=self.days)
@@ -55,9 +52,11 @@ class Retained:
 def targets(settings: Settings) -> list[Retained]:
     """Every table with a retention; a retention of 0 days keeps everything. The
     registration point for more tables: one entry each (an `id` key and a time column)."""
-    registered = [Retained("audit_events", "at", settings.audit_retention_days)]
-    if EVENTS_TABLE in metadata.tables:
-        registered.append(Retained(EVENTS_TABLE, EVENTS_TIME_COLUMN, settings.event_retention_days))
+    registered = [
+        Retained("audit_events", "at", settings.audit_retention_days),
+        # A delivery still pending for a pruned event is marked expired by the worker.
+        Retained("events", "occurred_at", settings.event_retention_days, key="seq"),
+    ]
     return [target for target in registered if target.days > 0]
 
 
@@ -68,9 +67,10 @@ async def prune_batch(
     batch_size: int,
 ) -> int:
     """Delete up to `batch_size` rows older than `cutoff` in one transaction; how many."""
-    rows = table(target.table, column("id"), column(target.time_column, UTCDateTime()))
-    oldest = select(rows.c.id).where(rows.c[target.time_column] < cutoff).limit(batch_size)
-    stmt = delete(rows).where(rows.c.id.in_(oldest.scalar_subquery()))
+    rows = table(target.table, column(target.key), column(target.time_column, UTCDateTime()))
+    key = rows.c[target.key]
+    oldest = select(key).where(rows.c[target.time_column] < cutoff).limit(batch_size)
+    stmt = delete(rows).where(key.in_(oldest.scalar_subquery()))
 
     async def work(session: AsyncSession) -> int:
         return int(getattr(await session.execute(stmt), "rowcount", 0) or 0)

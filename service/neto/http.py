@@ -13,16 +13,21 @@ from service.config import Settings
 from service.security.egress import socket_factory
 
 
-def create_session(settings: Settings) -> aiohttp.ClientSession:
+def create_session(
+    settings: Settings, *, allow_private: bool | None = None
+) -> aiohttp.ClientSession:
     """The one shared aiohttp session every upstream call rides on. Call inside the
-    running event loop (lifespan)."""
+    running event loop (lifespan). `allow_private=True` builds the webhook session for
+    allow-listed receivers, which may sit on private addresses."""
     connector = aiohttp.TCPConnector(
         limit=0,  # per-store limits are enforced by the broker itself
         limit_per_host=0,
         ttl_dns_cache=60,
         keepalive_timeout=30,
         enable_cleanup_closed=True,
-        socket_factory=socket_factory(settings.egress_allow_private),
+        socket_factory=socket_factory(
+            settings.egress_allow_private if allow_private is None else allow_private
+        ),
     )
     return aiohttp.ClientSession(
         connector=connector,

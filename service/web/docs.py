@@ -49,6 +49,8 @@ TAGS = [
         "with a caller JWT as the key.",
     },
     {"name": "audit", "description": "Operators: who did what to which store."},
+    {"name": "events", "description": "Internal services: install changes, in commit order."},
+    {"name": "webhooks", "description": "Operators: push install changes to internal services."},
     {"name": "oauth", "description": "Merchants' browsers: the Neto OAuth install flow."},
     {"name": "health", "description": "Probes and Prometheus metrics."},
 ]

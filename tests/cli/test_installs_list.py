@@ -17,6 +17,7 @@ from tests.support import ENC_KEY, HS_KID, HS_SECRET, register_api_key_store
 COMMANDS = [
     [], ["serve"], ["migrate"], ["token"], ["token", "mint"], ["keys"], ["keys", "generate"],
     ["installs"], ["installs", "list"], ["audit"], ["audit", "prune"],
+    ["webhooks"], ["webhooks", "add"], ["webhooks", "list"], ["webhooks", "remove"],
 ]  # fmt: skip
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from service.events.models import Event
 from service.installs.models import Install
 from service.jobs.sweep import ACTOR, HealthSweep
 from service.neto.actions import VERIFY_ACTION
@@ -68,6 +69,14 @@ async def test_sweep_flags_a_store_neto_now_refuses_and_audits_only_what_matters
     assert [(r["event"], r["store_id"]) for r in swept] == [("install.verified", "S2")]
     assert swept[0]["details"]["changed"] is True
     assert swept[0]["details"]["upstream_status"] == 401
+    # ...and the change emitted its event, as every install change does.
+    async with services.sessionmaker() as session:
+        events = (await session.execute(select(Event.type, Event.store_id, Event.data))).all()
+    assert [(e.type, e.store_id, e.data["actor"]) for e in events if e.store_id == "S2"][-1] == (
+        "install.reauth_required",
+        "S2",
+        ACTOR,
+    )
 
     # Swept within the period: the next tick leaves both alone.
     await sweep_of(services).tick()

@@ -6,6 +6,7 @@ from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import service.audit.models
+import service.events.models
 import service.installs.models
 import service.jobs.models
 import service.oauth.models
@@ -37,7 +38,7 @@ async def test_every_table_is_created_with_its_indexes(database_url):
             insp = inspect(sync_conn)
             return {
                 t: {ix["name"] for ix in insp.get_indexes(t)}
-                for t in ("installs", "pending_installs", "audit_events")
+                for t in ("installs", "pending_installs", "audit_events", "events")
             }
 
         indexes = await conn.run_sync(names)
@@ -45,6 +46,13 @@ async def test_every_table_is_created_with_its_indexes(database_url):
     assert "ix_installs_installed_at_store_id" in indexes["installs"]
     assert {"ix_installs_key_id_store_id", "ix_installs_updated_at"} <= indexes["installs"]
     assert {"ix_audit_events_store_id_id", "ix_audit_events_actor_id"} <= indexes["audit_events"]
+    assert "ix_events_occurred_at" in indexes["events"]  # retention prunes by age
+
+
+TABLES = {
+    "installs", "pending_installs", "audit_events", "leases", "broker_replicas",
+    "store_pauses", "events", "webhooks", "webhook_deliveries", "webhook_attempts",
+}  # fmt: skip
 
 
 def test_downgrade_to_empty_and_back(tmp_path):
@@ -62,17 +70,9 @@ def test_downgrade_to_empty_and_back(tmp_path):
             rows = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
         return {name for (name,) in rows} - {"alembic_version"}
 
-    every = {
-        "installs",
-        "pending_installs",
-        "audit_events",
-        "leases",
-        "broker_replicas",
-        "store_pauses",
-    }
     command.upgrade(alembic_config(url), "head")
-    assert tables() == every
+    assert tables() == TABLES
     command.downgrade(alembic_config(url), "base")
     assert tables() == set()
     command.upgrade(alembic_config(url), "head")
-    assert tables() == every
+    assert tables() == TABLES

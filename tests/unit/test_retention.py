@@ -93,10 +93,13 @@ async def test_prune_stops_when_the_lease_is_lost(app):
 def test_zero_days_keeps_everything_and_every_target_names_real_columns(settings_factory):
     assert retention.targets(settings_factory(audit_retention_days=0, event_retention_days=0)) == []
     registered = retention.targets(settings_factory())
-    assert ("audit_events", "at", 90) in [(t.table, t.time_column, t.days) for t in registered]
-    for target in registered:  # the events outbox too, once its table is on the metadata
+    assert [(t.table, t.time_column, t.key, t.days) for t in registered] == [
+        ("audit_events", "at", "id", 90),
+        ("events", "occurred_at", "seq", 90),
+    ]
+    for target in registered:
         table = metadata.tables[target.table]
-        assert target.time_column in table.c and "id" in table.c, target
+        assert target.time_column in table.c and target.key in table.c, target
 
 
 async def test_the_running_app_prunes_with_one_replica(app_factory, settings_factory, neto):

@@ -1,0 +1,25 @@
+"""Reading the event outbox, and pruning it by age."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from service.events.models import Event
+
+
+async def after(session: AsyncSession, after_seq: int, limit: int) -> list[Event]:
+    """Events past `after_seq`, in commit order (`seq` is assigned in commit order)."""
+    stmt = select(Event).where(col(Event.seq) > after_seq).order_by(col(Event.seq)).limit(limit)
+    return list((await session.execute(stmt)).scalars())
+
+
+async def last_seq(session: AsyncSession) -> int:
+    seq = await session.execute(select(col(Event.seq)).order_by(col(Event.seq).desc()).limit(1))
+    return int(seq.scalar_one_or_none() or 0)
+
+
+async def get_many(session: AsyncSession, seqs: list[int]) -> dict[int, Event]:
+    rows = (await session.execute(select(Event).where(col(Event.seq).in_(seqs)))).scalars()
+    return {row.seq: row for row in rows if row.seq is not None}

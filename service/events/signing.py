@@ -1,0 +1,52 @@
+"""Webhook payloads and their Standard Webhooks signature.
+
+Signed with `standardwebhooks`, the specification's reference implementation (tests
+verify with an independent HMAC). The body is the event's JSON as the feed shows it,
+ASCII-only, so the text that is signed is byte for byte the body that is sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from standardwebhooks.webhooks import Webhook as Signer
+
+from service.events.models import Event
+
+SECRET_PREFIX = "whsec_"  # noqa: S105  (the spec's prefix, not a secret)
+
+
+def new_secret() -> str:
+    """A signing secret as the specification spells it: `whsec_` + base64 of 32 bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    """The public shape of an event (the feed's items and a webhook's body)."""
+    return {
+        "id": event.event_id,
+        "type": event.type,
+        "timestamp": event.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "data": event.data,
+    }
+
+
+def body_of(event: Event) -> bytes:
+    return json.dumps(event_json(event), separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def signed_headers(secret: str, event_id: str, body: bytes, at: datetime) -> dict[str, str]:
+    """The three Standard Webhooks headers for one attempt (a retry signs anew)."""
+    at = at.replace(microsecond=0)
+    signature = Signer(secret).sign(msg_id=event_id, timestamp=at, data=body.decode("ascii"))
+    return {
+        "webhook-id": event_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": signature,
+        "content-type": "application/json",
+        "user-agent": "neto-token-broker",
+    }

@@ -1,0 +1,93 @@
+"""Webhook subscriptions: created with a fresh signing secret (sealed like a store's
+token, shown once), listed, removed, re-enabled. The admin API and the CLI both call
+these; each runs in the transaction its caller gives it."""
+
+from __future__ import annotations
+
+import secrets
+from urllib.parse import urlsplit
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from service.db import utcnow
+from service.errors import BadRequest, NotFound
+from service.events import deliveries
+from service.events.models import EVENT_TYPES, Webhook, WebhookAttempt, WebhookDelivery
+from service.events.signing import new_secret
+from service.security.crypto import Context, KeyRing
+
+
+def _ctx(webhook_id: str) -> Context:
+    return Context("webhooks", "secret_sealed", webhook_id)
+
+
+def check_url(url: str) -> str:
+    """http(s), a host, no credentials in it (they would show in listings and logs)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadRequest("The webhook URL must be an absolute http or https URL.")
+    if parts.username is not None or parts.password is not None:
+        raise BadRequest("The webhook URL must not carry credentials.")
+    return url
+
+
+def check_types(event_types: list[str]) -> list[str]:
+    unknown = sorted(set(event_types) - set(EVENT_TYPES))
+    if unknown:
+        raise BadRequest(f"Unknown event types: {', '.join(unknown)}.")
+    return sorted(set(event_types))
+
+
+async def create(
+    session: AsyncSession,
+    keyring: KeyRing,
+    *,
+    url: str,
+    event_types: list[str],
+    description: str | None,
+    actor: str,
+) -> tuple[Webhook, str]:
+    """The new subscription and its secret in clear (returned this once, never stored)."""
+    webhook_id = "wh_" + secrets.token_urlsafe(12)
+    secret = new_secret()
+    webhook = Webhook(
+        id=webhook_id, url=check_url(url), event_types=check_types(event_types),
+        description=description, secret_sealed=keyring.seal(secret.encode(), _ctx(webhook_id)),
+        key_id=keyring.primary, status="active", created_at=utcnow(), created_by=actor,
+    )  # fmt: skip
+    session.add(webhook)
+    await session.flush()
+    return webhook, secret
+
+
+def open_secret(keyring: KeyRing, webhook: Webhook) -> str:
+    return keyring.open(webhook.secret_sealed, _ctx(webhook.id)).decode()
+
+
+async def listing(session: AsyncSession) -> list[Webhook]:
+    return list(
+        (await session.execute(select(Webhook).order_by(col(Webhook.created_at)))).scalars()
+    )
+
+
+async def require(session: AsyncSession, webhook_id: str) -> Webhook:
+    webhook = await session.get(Webhook, webhook_id, populate_existing=True)
+    if webhook is None:
+        raise NotFound("No such webhook subscription.")
+    return webhook
+
+
+async def remove(session: AsyncSession, webhook_id: str) -> None:
+    """The subscription, what it was still owed, and its delivery log."""
+    await require(session, webhook_id)
+    for table in (WebhookAttempt, WebhookDelivery):
+        await session.execute(delete(table).where(col(table.webhook_id) == webhook_id))
+    await session.execute(delete(Webhook).where(col(Webhook.id) == webhook_id))
+
+
+async def enable(session: AsyncSession, webhook_id: str) -> Webhook:
+    await require(session, webhook_id)
+    await deliveries.reenable(session, webhook_id, utcnow())
+    return await require(session, webhook_id)

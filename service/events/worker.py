@@ -1,0 +1,196 @@
+"""The delivery worker: one per replica, every replica runs it.
+
+It claims due deliveries (`deliveries.claim`: each attempt by exactly one replica), POSTs
+each event signed per Standard Webhooks, and records every attempt. A failed attempt is
+retried with exponential backoff and jitter; once a delivery has failed for the whole
+retry window the subscription is marked failing. Idle, it sleeps until the next retry
+falls due, a new event is announced (LISTEN/NOTIFY on PostgreSQL), or the poll interval
+passes (the fallback, and SQLite's only way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
+
+import aiohttp
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.config import Settings
+from service.db import run_transaction, utcnow
+from service.events import deliveries, repository, subscriptions
+from service.events.deliveries import Claim, Outcome
+from service.events.models import Event, Webhook
+from service.events.signing import body_of, signed_headers
+from service.security.crypto import KeyRing, SealError
+from service.security.egress import EgressRefused
+
+log = logging.getLogger("broker.webhooks")
+
+BATCH = 32
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Seconds before the next try: base * 2^(attempt-1), capped, jittered to 50-100 %
+    so receivers that come back are not hit by every replica's retries at once."""
+    delay = min(cap, base * 2 ** min(attempt - 1, 40))
+    return float(delay * random.uniform(0.5, 1.0))  # noqa: S311
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        keyring: KeyRing,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        private_session: aiohttp.ClientSession | None,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._keyring = keyring
+        self._settings = settings
+        self._session = session  # under the egress rules
+        self._private = private_session  # for allow-listed hosts only
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def wake(self, _payload: str = "") -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="webhook-delivery")
+
+    async def stop(self) -> None:
+        """Let the round in flight finish (its attempts are bounded by the timeout), so
+        no transaction is cut in half; cancel only if it overruns."""
+        if self._task is not None:
+            self._stopping = True
+            self._wake.set()
+            grace = self._settings.webhook_timeout_seconds + 2
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait({self._task}, timeout=grace)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._private is not None:
+            await self._private.close()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                if await self.tick() and not self._stopping:
+                    continue
+                pause = await self._idle_seconds()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("webhook delivery round failed; retrying")
+                pause = self._settings.events_poll_seconds
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await self._wake.wait()
+
+    async def _idle_seconds(self) -> float:
+        poll = self._settings.events_poll_seconds
+        async with self._sessionmaker() as session:
+            due = await deliveries.next_due(session)
+        if due is None:
+            return poll
+        return max(0.01, min(poll, (due - utcnow()).total_seconds()))
+
+    async def tick(self) -> int:
+        """One round: claim what is due and attempt it all. The number attempted."""
+        lease = timedelta(seconds=self._settings.webhook_timeout_seconds * 2 + 5)
+
+        async def take(session: AsyncSession) -> list[tuple[Claim, Webhook, Event | None]]:
+            claims = await deliveries.claim(session, utcnow(), lease, BATCH)
+            events = await repository.get_many(session, [c.seq for c in claims])
+            hooks = {w.id: w for w in await subscriptions.listing(session)}
+            return [(c, hooks[c.webhook_id], events.get(c.seq)) for c in claims]
+
+        claimed = await run_transaction(self._sessionmaker, take)
+        await asyncio.gather(*(self._attempt(c, w, e) for c, w, e in claimed))
+        return len(claimed)
+
+    async def _attempt(self, claim: Claim, webhook: Webhook, event: Event | None) -> None:
+        if event is None:  # pruned by retention before it could be delivered
+            await run_transaction(
+                self._sessionmaker, lambda s: deliveries.dropped(s, claim.delivery_id)
+            )
+            return
+        at = utcnow()
+        outcome = await self._post(webhook, event, at)
+        settings = self._settings
+
+        async def finish(session: AsyncSession) -> None:
+            await deliveries.record_attempt(session, claim, event.event_id, at, outcome)
+            now = utcnow()
+            if outcome.ok:
+                await deliveries.delivered(session, claim.delivery_id, now)
+            elif (
+                now - claim.first_attempt_at
+            ).total_seconds() >= settings.webhook_retry_window_seconds:
+                await deliveries.mark_failing(session, claim.webhook_id, claim.delivery_id, now)
+            else:
+                delay = backoff(claim.attempt, settings.webhook_retry_base_seconds,
+                                settings.webhook_retry_max_seconds)  # fmt: skip
+                await deliveries.retry_at(
+                    session, claim.delivery_id, now + timedelta(seconds=delay)
+                )
+
+        await run_transaction(self._sessionmaker, finish)
+        if not outcome.ok:
+            log.info(
+                "webhook attempt failed",
+                extra={"fields": {"webhook_id": webhook.id, "event_id": event.event_id,
+                                  "attempt": claim.attempt, "status": outcome.status_code,
+                                  "error": outcome.error}},
+            )  # fmt: skip
+
+    async def _post(self, webhook: Webhook, event: Event, at: datetime) -> Outcome:
+        """One POST: no redirects followed, the answer read up to a small cap, a hard
+        timeout. The error names what went wrong, never the URL's or answer's content."""
+        try:
+            secret = subscriptions.open_secret(self._keyring, webhook)
+        except SealError:
+            log.error(
+                "a webhook secret cannot be opened", extra={"fields": {"webhook_id": webhook.id}}
+            )
+            return Outcome(None, 0, "signing secret unreadable")
+        body = body_of(event)
+        host = (urlsplit(webhook.url).hostname or "").lower()
+        session = (
+            self._private
+            if self._private and host in self._settings.webhook_hosts
+            else self._session
+        )
+        timeout = aiohttp.ClientTimeout(total=self._settings.webhook_timeout_seconds)
+        started = time.monotonic()
+        status: int | None = None
+        error: str | None = None
+        try:
+            async with session.post(
+                webhook.url, data=body, headers=signed_headers(secret, event.event_id, body, at),
+                allow_redirects=False, timeout=timeout,
+            ) as answer:  # fmt: skip
+                status = answer.status
+                await answer.content.read(self._settings.webhook_response_max_bytes)
+        except TimeoutError:
+            error = "timeout"
+        except aiohttp.ClientConnectorError as exc:
+            refused = isinstance(exc.os_error, EgressRefused)
+            error = "egress refused" if refused else "connection failed"
+        except (aiohttp.ClientError, OSError) as exc:
+            error = f"no answer ({type(exc).__name__})"
+        latency = int((time.monotonic() - started) * 1000)
+        if status is not None and not 200 <= status < 300:
+            error = f"HTTP {status}"
+        return Outcome(status, latency, error)
