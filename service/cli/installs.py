@@ -32,11 +32,11 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 async def _read_installs(
     settings: Settings, status: str | None, search: str | None, limit: int
 ) -> list[Install]:
-    from service.installs import repository
+    from service.installs import queries
 
     async def work(sessionmaker: Any) -> list[Install]:
         async with sessionmaker() as session:
-            return await repository.page(session, status=status, q=search, after=None, limit=limit)
+            return await queries.page(session, status=status, q=search, after=None, limit=limit)
 
     return await with_database(settings, work)
 

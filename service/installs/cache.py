@@ -33,7 +33,7 @@ from collections import deque
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.errors import StoreSecretUnreadable
-from service.installs import repository
+from service.installs import queries, repository
 from service.installs.sealing import open_credentials
 from service.neto.credentials import StoreCredentials
 from service.security.crypto import KeyRing
@@ -88,7 +88,7 @@ class StoreCache:
         if self._poll <= 0 or self._max <= 0:
             return  # caching disabled: every request reads the database
         async with self._sessionmaker() as session:
-            self._marks.append((time.monotonic(), await repository.last_change(session)))
+            self._marks.append((time.monotonic(), await queries.last_change(session)))
         await self._refresh()
         self._tasks.append(asyncio.create_task(self._poll_loop(), name="store-cache-poll"))
         if preload:
@@ -161,7 +161,7 @@ class StoreCache:
     async def _refresh(self) -> None:
         floor = self._marks[0][1]
         async with self._sessionmaker() as session:
-            changed = await repository.changed_since(session, floor)
+            changed = await queries.changed_since(session, floor)
         # Every poll re-reads the whole window; a cached copy is dropped only if it
         # predates the change, so a mass change (an import) empties the cache once rather
         # than on every poll for the next few seconds. In-flight invokes see the store's
@@ -203,7 +203,7 @@ class StoreCache:
             while len(self._entries) < self._max:
                 epoch = self._epoch
                 async with self._sessionmaker() as session:
-                    rows = await repository.active_page(session, after=after, limit=PRELOAD_BATCH)
+                    rows = await queries.active_page(session, after=after, limit=PRELOAD_BATCH)
                 if not rows:
                     break
                 if epoch != self._epoch:  # something changed meanwhile: re-read this batch

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from service.errors import BadRequest
-from service.installs import repository
+from service.installs import queries, repository
 from service.installs.models import Install, StatusName
 from service.installs.schemas import (
     ApiKeyInstall,
@@ -107,7 +107,7 @@ async def list_installs(
     """Installs newest first. Pages are keyed on (install time, store id), so installs
     added while paging neither repeat nor hide others."""
     after = install_key(cursor) if cursor else None
-    rows = await repository.page(session, status=status, q=q, after=after, limit=limit + 1)
+    rows = await queries.page(session, status=status, q=q, after=after, limit=limit + 1)
     page, next_cursor = split_page(rows, limit, install_cursor)
     return InstallPage(
         items=[InstallSummary.model_validate(row, from_attributes=True) for row in page],

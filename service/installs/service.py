@@ -10,9 +10,7 @@ a change to an install itself (tests/unit/test_install_service.py checks the sou
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -25,6 +23,7 @@ from service.installs import repository
 from service.installs.cache import CHANGES_CHANNEL, StoreCache
 from service.installs.models import AuthMethod, Install, InstallStatus
 from service.installs.sealing import credentials_fingerprint, open_credentials
+from service.installs.verification import ConfirmationGate, VerifyOutcome, verdict
 from service.neto.actions import VERIFY_ACTION
 from service.neto.credentials import StoreCredentials
 from service.neto.oauth import TokenGrant
@@ -33,31 +32,8 @@ from service.notifications import notify
 from service.security.crypto import KeyRing
 
 T = TypeVar("T")
-# A refused call is confirmed with a verify read at most this often per store (replica).
-CONFIRM_INTERVAL_SECONDS = 10.0
-MAX_TRACKED_CONFIRMATIONS = 10_000
 # Work that must commit with the change or not at all (the OAuth flow consumes its state).
 AlsoInTransaction = Callable[[AsyncSession], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyOutcome:
-    ok: bool
-    status: str
-    upstream_status: int | None
-    detail: str
-    changed: bool
-
-
-def verdict(upstream_status: int) -> tuple[bool, InstallStatus | None, str]:
-    """What Neto's answer to the verify read says about the stored credentials: ok, the
-    status the install should have (None: leave it), and a sentence for the operator."""
-    if upstream_status in (401, 403):
-        detail = f"Neto refused the stored credentials (HTTP {upstream_status})."
-        return False, InstallStatus.reauth_required, detail
-    if 200 <= upstream_status < 300:
-        return True, InstallStatus.active, "Neto accepted the stored credentials."
-    return False, None, f"Neto answered HTTP {upstream_status}; status left unchanged."
 
 
 class InstallService:
@@ -75,7 +51,7 @@ class InstallService:
         self._upstream = upstream
         self._client_id = client_id
         # Store id -> when its last refusal was confirmed (monotonic): the rate limit.
-        self._confirmed_at: dict[str, float] = {}
+        self._confirmations = ConfirmationGate()
 
     async def _change(self, store_id: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Run `work` (write and audit) in one transaction, then drop the cached copy.
@@ -220,14 +196,8 @@ class InstallService:
         caller. At most one confirming read per store per CONFIRM_INTERVAL_SECONDS on
         this replica, so no caller can turn its refusals into a stream of reads. True if
         the store was flagged by this call."""
-        now = time.monotonic()
-        last = self._confirmed_at.get(creds.store_id)
-        if last is not None and now - last < CONFIRM_INTERVAL_SECONDS:
+        if not self._confirmations.admit(creds.store_id):
             return False
-        if len(self._confirmed_at) >= MAX_TRACKED_CONFIRMATIONS:
-            cutoff = now - CONFIRM_INTERVAL_SECONDS
-            self._confirmed_at = {k: t for k, t in self._confirmed_at.items() if t > cutoff}
-        self._confirmed_at[creds.store_id] = now
         try:
             answer = await self._upstream.call(creds, VERIFY_ACTION, b"{}", request_id=request_id)
         except BrokerError:

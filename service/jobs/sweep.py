@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db import run_transaction, utcnow
 from service.errors import BrokerError
-from service.installs import repository
+from service.installs import queries, repository
 from service.installs.service import InstallService
 from service.jobs.leases import LeaseKeeper
 from service.jobs.loop import LeasedJob
@@ -72,10 +72,10 @@ class HealthSweep(LeasedJob):
     async def tick(self) -> None:
         now = utcnow()
         async with self._sessionmaker() as session:
-            active = await repository.count_active(session)
+            active = await queries.count_active(session)
             quota = math.ceil(active * self.tick_seconds / self._period.total_seconds())
             # Twice the quota: stores deferred for their callers don't use up the tick.
-            due = await repository.due_for_sweep(
+            due = await queries.due_for_sweep(
                 session, swept_before=now - self._period, limit=2 * quota
             )
         metrics.SWEEP_LAG.set(self._lag(now, due))

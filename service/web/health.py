@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import text
 
 from service.errors import Unauthorized
-from service.installs import repository
+from service.installs import queries
 from service.services import services
 from service.web import metrics
 from service.web.api import ErrorBody
@@ -109,7 +109,7 @@ async def metrics_text(request: Request, session: SessionDep) -> Response:
     _require_scrape_token(request)
     try:
         async with asyncio.timeout(2):
-            metrics.set_installs(await repository.count_by_status(session))
+            metrics.set_installs(await queries.count_by_status(session))
     except Exception:
         # A database outage is exactly when the request metrics matter: serve them, and
         # leave the installs gauge at its last reading.
