@@ -22,6 +22,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.background import cancel_and_wait
+
 log = logging.getLogger("broker.notifications")
 
 RECONNECT_MIN_SECONDS = 0.5
@@ -84,9 +86,7 @@ class Listener:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     def _dispatch(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:

@@ -14,7 +14,6 @@ the store just before a revoke, and would have left just after it, is refused in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime
 from typing import Any
@@ -23,6 +22,7 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.audit.models import AuditEvent
+from service.background import cancel_and_wait
 from service.db import run_transaction, utcnow
 from service.errors import StoreRevoked
 from service.installs import repository
@@ -47,9 +47,7 @@ class AuditWriter:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def write(

@@ -3,7 +3,8 @@ sentence instead of a traceback, and a database for one command's work."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -15,6 +16,25 @@ if TYPE_CHECKING:
     from service.security.crypto import KeyRing
 
 T = TypeVar("T")
+
+
+@contextmanager
+def database_errors(doing: str) -> Iterator[None]:
+    """A database that cannot be reached (or is not migrated) ends the command with a
+    sentence that says what to check, not a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except (SQLAlchemyError, OSError) as exc:
+        typer.secho(
+            f"cannot {doing} ({type(exc).__name__}): is BROKER_DATABASE_URL reachable "
+            "and migrated (`broker migrate`)?",
+            err=True,
+            fg="red",
+        )
+        raise typer.Exit(1) from None
+
 
 app = typer.Typer(help="Neto Token Broker.", no_args_is_help=True, add_completion=False)
 token_app = typer.Typer(help="Caller tokens.", no_args_is_help=True)

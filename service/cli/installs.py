@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from service.cli.common import installs_app, settings_or_exit, with_database
+from service.cli.common import database_errors, installs_app, settings_or_exit, with_database
 from service.config import Settings
 from service.installs.models import Install, InstallStatus
 
@@ -52,21 +52,11 @@ def installs_list(
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many rows.")] = 50,
 ) -> None:
     """Print a table of installs, newest first (times in UTC). Never shows a secret."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     settings = settings_or_exit()
-    try:
+    with database_errors("read installs"):
         rows = asyncio.run(
             _read_installs(settings, status.value if status else None, search, limit + 1)
         )
-    except (SQLAlchemyError, OSError) as exc:
-        typer.secho(
-            f"cannot read installs ({type(exc).__name__}): is BROKER_DATABASE_URL reachable "
-            "and migrated (`broker migrate`)?",
-            err=True,
-            fg="red",
-        )
-        raise typer.Exit(1) from None
     more = len(rows) > limit
     rows = rows[:limit]
     table = [

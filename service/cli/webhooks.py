@@ -9,7 +9,13 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from service.cli.common import keyring_or_exit, settings_or_exit, webhooks_app, with_database
+from service.cli.common import (
+    database_errors,
+    keyring_or_exit,
+    settings_or_exit,
+    webhooks_app,
+    with_database,
+)
 from service.cli.installs import format_table
 
 T = TypeVar("T")
@@ -17,24 +23,16 @@ T = TypeVar("T")
 
 def _run(work: Callable[[Any], Awaitable[T]]) -> T:
     """Run `work(session)` in one transaction; a sentence instead of a traceback."""
-    from sqlalchemy.exc import SQLAlchemyError
 
     from service.db import run_transaction
     from service.errors import BrokerError
 
     settings = settings_or_exit()
     try:
-        return asyncio.run(with_database(settings, lambda sm: run_transaction(sm, work)))
+        with database_errors("reach the database"):
+            return asyncio.run(with_database(settings, lambda sm: run_transaction(sm, work)))
     except BrokerError as exc:
         typer.secho(exc.detail, err=True, fg="red")
-        raise typer.Exit(1) from None
-    except (SQLAlchemyError, OSError) as exc:
-        typer.secho(
-            f"cannot reach the database ({type(exc).__name__}): is BROKER_DATABASE_URL "
-            "reachable and migrated (`broker migrate`)?",
-            err=True,
-            fg="red",
-        )
         raise typer.Exit(1) from None
 
 

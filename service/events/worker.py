@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service.background import cancel_and_wait
 from service.config import Settings
 from service.db import run_transaction, utcnow
 from service.events import deliveries, repository, subscriptions
@@ -75,9 +76,7 @@ class DeliveryWorker:
             grace = self._settings.webhook_timeout_seconds + 2
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait({self._task}, timeout=grace)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         if self._private is not None:
             await self._private.close()

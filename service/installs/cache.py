@@ -25,13 +25,13 @@ start-up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service.background import cancel_and_wait
 from service.errors import StoreSecretUnreadable
 from service.installs import queries, repository
 from service.installs.sealing import open_credentials
@@ -96,10 +96,7 @@ class StoreCache:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks.clear()
 
     # -- reads -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import contextlib
 import logging
 from abc import ABC, abstractmethod
 
+from service.background import cancel_and_wait
 from service.jobs.leases import LeaseKeeper
 
 log = logging.getLogger("broker.jobs")
@@ -52,9 +53,7 @@ class LeasedJob(ABC):
         try:
             await asyncio.wait_for(asyncio.shield(self._task), STOP_GRACE_SECONDS)
         except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         self._task = None
         with contextlib.suppress(Exception):  # the database may be gone at shutdown
             await self.lease.release()

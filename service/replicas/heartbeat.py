@@ -33,6 +33,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
+from service.background import cancel_and_wait
 from service.db import run_transaction
 from service.neto.limits import Share, StoreLimits
 from service.replicas.models import Replica, StorePause
@@ -79,9 +80,7 @@ class Heartbeat:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         try:  # the others take over our share at their next beat
             await run_transaction(
                 self._sessionmaker,
