@@ -40,13 +40,25 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="The database answers and keys are loaded",
-    responses={503: {"description": "Not ready: the database does not answer"}},
+    summary="The database answers, keys are loaded, the store budget's share is known",
+    responses={
+        503: {
+            "description": "Not ready: the database does not answer, or the replica "
+            "is not yet counted in the stores' shared budget"
+        }
+    },
 )
 async def readyz(request: Request) -> Response:
-    """200 when the database answers a query within two seconds and keys are loaded."""
+    """200 when the database answers a query within two seconds, keys are loaded, and this
+    replica may spend its share of the stores' budget (a new replica waits until the
+    others count it, a couple of heartbeats; so does one whose heartbeat fails). While
+    not ready, a load balancer sends it no traffic, so callers never meet its hold."""
     app = services(request)
-    checks = {"keys": app.keyring is not None, "database": False}
+    checks = {
+        "keys": app.keyring is not None,
+        "database": False,
+        "budget": app.upstream.limits.held_for() == 0,
+    }
     try:
         async with asyncio.timeout(2):
             async with app.engine.connect() as conn:

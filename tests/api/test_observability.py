@@ -74,7 +74,20 @@ async def test_unmatched_paths_share_one_label(client):
 async def test_readyz_is_200_when_the_database_answers(client):
     response = await client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "checks": {"keys": True, "database": True}}
+    assert response.json() == {
+        "status": "ready",
+        "checks": {"keys": True, "database": True, "budget": True},
+    }
+
+
+async def test_readyz_is_503_while_the_replica_may_not_spend_its_budget_share(app, client):
+    """A new replica (or one whose heartbeat fails) holds its calls until the others count
+    it: not ready meanwhile, so a load balancer sends its callers elsewhere."""
+    app.state.services.upstream.limits.hold(30)
+    response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"keys": True, "database": True, "budget": False}
+    assert "budget" in response.json()["detail"]
 
 
 async def test_readyz_is_503_with_the_envelope_when_the_database_does_not_answer(
@@ -96,7 +109,7 @@ async def test_readyz_is_503_with_the_envelope_when_the_database_does_not_answer
         assert body["error"] == "service_unavailable"
         assert body["request_id"] == response.headers["x-request-id"]
         assert "database" in body["detail"]
-        assert body["checks"] == {"keys": True, "database": False}
+        assert body["checks"] == {"keys": True, "database": False, "budget": True}
         assert (await client.get("/healthz")).status_code == 200, "liveness does not need a DB"
         metrics = await client.get("/metrics")
         assert metrics.status_code == 200, "an outage is when request metrics matter most"

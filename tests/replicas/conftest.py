@@ -42,6 +42,23 @@ def broker_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "service.cli", *args]
 
 
+def replica_env(database_url: str, neto_url: str, **extra: str) -> dict[str, str]:
+    """A replica process's environment: the test deployment with both rotation keys."""
+    settings = {
+        "BROKER_LOG_LEVEL": "WARNING",
+        "BROKER_INSTALL_RATE_PER_MINUTE": "100000",  # every test request comes from loopback
+        # Replica tests hammer single stores; the budget test sets its own.
+        "BROKER_STORE_RATE_PER_MINUTE": "100000",
+        **extra,
+    }
+    return broker_env(
+        database_url=database_url,
+        neto_url=neto_url,
+        encryption_keys=f"{NEW_KEY},{OLD_KEY}",
+        **settings,
+    )
+
+
 @dataclass
 class Replica:
     name: str
@@ -119,13 +136,7 @@ def cluster(
         if not os.environ.get("BROKER_TEST_DATABASE_URL"):
             pytest.skip("PostgreSQL replicas need BROKER_TEST_DATABASE_URL")
         url = normalize_database_url(os.environ["BROKER_TEST_DATABASE_URL"])
-    env = broker_env(
-        database_url=url,
-        neto_url=neto_server.url,
-        encryption_keys=f"{NEW_KEY},{OLD_KEY}",
-        BROKER_LOG_LEVEL="WARNING",
-        BROKER_INSTALL_RATE_PER_MINUTE="100000",  # every test request comes from loopback
-    )
+    env = replica_env(url, neto_server.url)
     migrated = subprocess.run(
         broker_command("migrate"), env=env, cwd=workdir, capture_output=True, timeout=60
     )

@@ -26,7 +26,7 @@ from tests.fakes.neto import FakeNeto, FakeNetoServer
 from tests.replicas.conftest import (
     Replica,
     broker_command,
-    broker_env,
+    replica_env,
     start_replica,
     wait_ready,
 )
@@ -72,7 +72,7 @@ def skewed(
         url = normalize_database_url(os.environ["BROKER_TEST_DATABASE_URL"])
     # SQLite has no push: the poll interval is the bound there, so it polls every 0.5 s
     # to keep a margin under the second (at the default 1 s the worst case measured 1.02 s).
-    env = broker_env(url, neto_server.url, BROKER_STORE_CACHE_SECONDS=POLL[backend])
+    env = replica_env(url, neto_server.url, BROKER_STORE_CACHE_SECONDS=POLL[backend])
     migrated = subprocess.run(
         broker_command("migrate"), env=env, cwd=workdir, capture_output=True, timeout=60
     )

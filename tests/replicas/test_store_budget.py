@@ -22,7 +22,7 @@ from tests.fakes.neto import FakeNeto, FakeNetoServer
 from tests.replicas.conftest import (
     Replica,
     broker_command,
-    broker_env,
+    replica_env,
     start_replica,
     wait_ready,
 )
@@ -41,7 +41,7 @@ def pg_env(neto_server: FakeNetoServer, tmp_path: Path) -> Iterator[dict[str, st
     if not os.environ.get("BROKER_TEST_DATABASE_URL"):
         pytest.skip("replicas sharing a budget need PostgreSQL (BROKER_TEST_DATABASE_URL)")
     url = normalize_database_url(os.environ["BROKER_TEST_DATABASE_URL"])
-    env = broker_env(url, neto_server.url, BROKER_STORE_RATE_PER_MINUTE=str(BUDGET))
+    env = replica_env(url, neto_server.url, BROKER_STORE_RATE_PER_MINUTE=str(BUDGET))
     migrated = subprocess.run(
         broker_command("migrate"), env=env, cwd=tmp_path, capture_output=True, timeout=60
     )
