@@ -6,11 +6,16 @@ import asyncio
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from service.cli.common import keyring_or_exit, keys_app, settings_or_exit, with_database
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from service.keys.rotation import RotationReport, SealedTable
 
 
 @keys_app.command("generate")
@@ -28,86 +33,111 @@ def keys_generate(
     typer.echo(f"{kid}:{generate_key()}")
 
 
+def _sealed_tables() -> tuple[SealedTable, ...]:
+    """Every table with sealed columns: a key is needed while any of them uses it."""
+    from service.events import subscriptions
+    from service.installs import sealing
+
+    return (sealing.ROTATION, subscriptions.ROTATION)
+
+
 @keys_app.command("rotate")
 def keys_rotate(
     batch_size: Annotated[
-        int, typer.Option(min=1, max=5000, help="Installs re-sealed per transaction.")
+        int, typer.Option(min=1, max=5000, help="Rows re-sealed per transaction.")
     ] = 200,
 ) -> None:
-    """Re-encrypt every stored secret under the primary key (the first of
-    BROKER_ENCRYPTION_KEYS). Safe while the service serves traffic; running it again
-    does nothing. Configure the new key first on every replica ("new:...,old:...")."""
+    """Re-encrypt every stored secret (installs, webhook signing secrets) under the
+    primary key (the first of BROKER_ENCRYPTION_KEYS). Safe while the service serves
+    traffic; running it again does nothing. Configure the new key first on every replica
+    ("new:...,old:...")."""
     from service.errors import BrokerError
-    from service.installs import rotation
+    from service.keys import rotation
 
     settings = settings_or_exit()
     keyring = keyring_or_exit(settings)
-    with _progress_bar("re-sealing installs") as progress:
-        try:
-            report = asyncio.run(
-                with_database(
-                    settings,
-                    lambda sm: rotation.rotate(
-                        sm, keyring, batch_size=batch_size, progress=progress
-                    ),
+
+    async def run(sessionmaker: async_sessionmaker[AsyncSession]) -> list[RotationReport]:
+        reports = []
+        for table in _sealed_tables():
+            with _progress_bar(f"re-sealing {table.noun}") as progress:
+                reports.append(
+                    await rotation.rotate(
+                        sessionmaker, keyring, table, batch_size=batch_size, progress=progress
+                    )
                 )
-            )
-        except BrokerError as exc:
-            typer.secho(f"rotation stopped: {exc.detail}", err=True, fg="red")
-            raise typer.Exit(1) from None
-    if report.total == 0 and report.ok:
-        typer.echo(f"nothing to rotate: every sealed install is under key {report.primary!r}")
+        return reports
+
+    try:
+        reports = asyncio.run(with_database(settings, run))
+    except BrokerError as exc:
+        typer.secho(f"rotation stopped: {exc.detail}", err=True, fg="red")
+        raise typer.Exit(1) from None
+    if all(report.total == 0 and report.ok for report in reports):
+        typer.echo(f"nothing to rotate: everything sealed is under key {keyring.primary!r}")
         return
+    for report in reports:
+        if report.total or not report.ok:  # a table with nothing to do says nothing
+            _say_rotated(report)
+    if not all(report.ok for report in reports):
+        raise typer.Exit(1)
+
+
+def _say_rotated(report: RotationReport) -> None:
+    noun = report.noun
     typer.echo(
-        f"rotated {report.rotated} installs to key {report.primary!r} "
+        f"rotated {report.rotated} {noun} to key {report.primary!r} "
         f"({report.cleared} held nothing sealed; {report.changed_concurrently} changed "
         "concurrently and were left to their writer or re-read)"
     )
     for kid, count in sorted(report.missing_keys.items()):
         typer.secho(
-            f"{count} installs are sealed under key {kid!r}, which is not configured: add it "
+            f"{count} {noun} are sealed under key {kid!r}, which is not configured: add it "
             "to BROKER_ENCRYPTION_KEYS (after the primary) and run this again",
             fg="red",
         )
     if report.damaged:
         typer.secho(
-            f"{len(report.damaged)} installs could not be opened (tampered with or damaged): "
+            f"{len(report.damaged)} {noun} could not be opened (tampered with or damaged): "
             + ", ".join(sorted(report.damaged)[:20]),
             fg="red",
         )
-    if not report.ok:
-        raise typer.Exit(1)
 
 
 @keys_app.command("check")
 def keys_check() -> None:
-    """Say which keys the stored data needs. Fails when data is sealed under a key that
-    is not configured, or when a configured key (not the primary) seals nothing."""
+    """Say which keys the stored data (installs, webhook signing secrets) needs. Fails
+    when data is sealed under a key that is not configured, or when a configured key (not
+    the primary) seals nothing."""
     from service.errors import BrokerError
-    from service.installs import rotation
+    from service.keys import rotation
 
     settings = settings_or_exit()
     keyring = keyring_or_exit(settings)
+    tables = _sealed_tables()
     try:
-        usage = asyncio.run(with_database(settings, lambda sm: rotation.key_usage(sm, keyring)))
+        usage = asyncio.run(
+            with_database(settings, lambda sm: rotation.key_usage(sm, keyring, tables))
+        )
     except BrokerError as exc:
         typer.secho(f"check failed: {exc.detail}", err=True, fg="red")
         raise typer.Exit(1) from None
     for kid in usage.configured:
-        count = usage.counts.get(kid, 0)
+        sealed = usage.sealed_by(kid)
+        seals = " and ".join(f"{count} {noun}" for noun, count in sealed.items())
         if kid == usage.primary:
-            typer.echo(f"key {kid!r} (primary): seals {count} installs")
-        elif count:
+            typer.echo(f"key {kid!r} (primary): seals {seals}")
+        elif any(sealed.values()):
             typer.echo(
-                f"key {kid!r}: seals {count} installs; still needed "
+                f"key {kid!r}: seals {seals}; still needed "
                 "(run `broker keys rotate` to move them to the primary)"
             )
         else:
             typer.secho(f"key {kid!r} is unused; remove it from BROKER_ENCRYPTION_KEYS", fg="red")
-    for unknown, count in usage.unknown.items():
+    for (noun, unknown), count in usage.unknown.items():
         name = "no key id" if unknown is None else f"key {unknown!r}"
         typer.secho(
-            f"{count} installs are sealed under {name}, which is not configured: they cannot "
+            f"{count} {noun} are sealed under {name}, which is not configured: they cannot "
             "be opened until that key is added back to BROKER_ENCRYPTION_KEYS",
             fg="red",
         )

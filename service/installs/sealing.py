@@ -20,6 +20,7 @@ from typing import Any
 
 from service.errors import StoreSecretUnreadable
 from service.installs.models import AuthMethod, Install
+from service.keys.rotation import SealedTable
 from service.neto.credentials import StoreCredentials
 from service.security.crypto import Context, KeyRing, SealError
 
@@ -92,12 +93,16 @@ def sealed_values(
     }
 
 
-def reseal(keyring: KeyRing, binding: Binding, column: str, sealed: str | None) -> str | None:
-    """The same plaintext sealed again under the primary key (key rotation)."""
-    if sealed is None:
-        return None
-    ctx = binding.ctx(column)
-    return keyring.seal(keyring.open(sealed, ctx), ctx)
+def _rotation_ctx(store_id: str, bound: tuple[Any, ...], column: str) -> Context:
+    return Binding(store_id, bound[0], bound[1]).ctx(column)
+
+
+# How `broker keys rotate | check` (service/keys/rotation.py) sees this table: the index
+# `ix_installs_key_id_store_id` serves its keyset pages.
+ROTATION = SealedTable.of(
+    Install, "installs", row_id="store_id", sealed=SEALED_COLUMNS,
+    bound=("store_domain", "auth_method"), context=_rotation_ctx,
+)  # fmt: skip
 
 
 def _header_safe(value: str) -> bool:

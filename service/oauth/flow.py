@@ -22,6 +22,7 @@ from service.installs.service import InstallService
 from service.neto.oauth import authorize_url, exchange_code
 from service.oauth import pending
 from service.oauth.models import PendingInstall
+from service.security.crypto import KeyRing
 from service.security.domains import normalize_store_domain
 
 log = logging.getLogger("broker.install")
@@ -91,16 +92,21 @@ class Started:
 async def start(
     session: AsyncSession,
     settings: Settings,
+    keyring: KeyRing,
     *,
     raw_domain: str,
     return_url: str | None,
     initiated_by: str,
     request_id: str | None,
+    app_state: str | None = None,
 ) -> Started:
     if not settings.oauth_configured:
         raise OAuthNotConfigured()
     domain = normalize_store_domain(raw_domain)
     return_url = check_return_url(settings, return_url)
+    if app_state is not None and return_url is None:
+        # Only the return redirect carries it back: kept without one, it would be lost.
+        raise BadRequest("app_state needs a return_url: it is echoed on the return redirect.")
     anonymous = initiated_by == "neto"
     if (
         anonymous
@@ -118,6 +124,8 @@ async def start(
         return_url=return_url,
         initiated_by=initiated_by,
         ttl_seconds=settings.state_ttl_seconds,
+        keyring=keyring,
+        app_state=app_state,
     )
     if not anonymous:
         # Only a caller with a token starts an audited install: the anonymous internet
@@ -138,6 +146,7 @@ class Completed:
     store_id: str
     store_domain: str
     return_url: str | None
+    app_state: str | None = None
 
 
 async def complete(
@@ -145,6 +154,7 @@ async def complete(
     client: httpx.AsyncClient,
     settings: Settings,
     installs: InstallService,
+    keyring: KeyRing,
     *,
     state: str,
     code: str,
@@ -175,7 +185,10 @@ async def complete(
         if isinstance(exc, BrokerError):
             await _audit_failure(sessionmaker, claimed, exc, request_id)
         raise
-    return Completed(grant.store_id, grant.store_domain, claimed.return_url)
+    # Opened only now that the install is stored: a value that does not open costs the
+    # app its echo, never the merchant their install (pending.open_app_state).
+    app_state = pending.open_app_state(keyring, claimed) if claimed.return_url else None
+    return Completed(grant.store_id, grant.store_domain, claimed.return_url, app_state)
 
 
 async def _release(sessionmaker: async_sessionmaker[AsyncSession], pending_id: int) -> None:

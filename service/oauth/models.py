@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, String
+from sqlalchemy import Column, String, Text
 from sqlmodel import Field, SQLModel
 
 from service.db import UTCDateTime, utcnow
@@ -20,6 +20,9 @@ class PendingInstall(SQLModel, table=True):
     store_domain: str = Field(sa_column=Column(String(253), nullable=False))
     return_url: str | None = Field(default=None, sa_column=Column(String(2048)))
     initiated_by: str = Field(sa_column=Column(String(256), nullable=False))
+    # The app's opaque `app_state`, sealed and bound to this row's state hash
+    # (oauth/pending.py): echoed on the return redirect, never stored in clear.
+    app_state_sealed: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )

@@ -6,11 +6,16 @@ number of concurrent callbacks, on any number of replicas, exactly one wins. The
 is *consumed* in the transaction that stores the install, or released when nothing was
 stored, so a failure never burns the state (the merchant can approve again), while the
 same code is never exchanged twice.
+
+An app-initiated install may carry the app's opaque `app_state`: it is sealed, bound to
+the row by its state hash (which the broker derives from a state it generated, so no
+caller picks it), and opened only to be echoed on the return redirect.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from datetime import timedelta
 
@@ -21,6 +26,9 @@ from sqlmodel import col
 from service.db import utcnow
 from service.errors import InvalidState, StateExpired
 from service.oauth.models import PendingInstall
+from service.security.crypto import Context, KeyRing, SealError
+
+log = logging.getLogger("broker.install")
 
 # A claim older than this is abandoned (its request died); the state may be claimed again
 # with a different code. Longer than any token exchange can take.
@@ -35,6 +43,32 @@ def digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def _app_state_ctx(state_hash: str) -> Context:
+    return Context("pending_installs", "app_state_sealed", state_hash)
+
+
+def open_app_state(keyring: KeyRing, row: PendingInstall) -> str | None:
+    """The app's state, or None when there is none or it does not open.
+
+    A value that does not open was tampered with, copied from another pending row, or
+    sealed under a key removed since: operators hear it at ERROR. The install goes on
+    without it (docs/security.md): the app already treats a return without its state as
+    one it cannot tie to a session, since the merchant's browser can drop the parameter.
+    """
+    if row.app_state_sealed is None:
+        return None
+    try:
+        return keyring.open(row.app_state_sealed, _app_state_ctx(row.state_hash)).decode()
+    except SealError as exc:
+        log.error(
+            "a pending install's app_state cannot be opened: tampered with, copied from "
+            "another row, or sealed under a key that is not configured; the return "
+            "redirect goes without it",
+            extra={"fields": {"pending_id": row.id, "reason": str(exc)}},
+        )
+        return None
+
+
 async def create(
     session: AsyncSession,
     *,
@@ -42,14 +76,20 @@ async def create(
     return_url: str | None,
     initiated_by: str,
     ttl_seconds: int,
+    keyring: KeyRing,
+    app_state: str | None = None,
 ) -> tuple[str, PendingInstall]:
     state = secrets.token_urlsafe(32)  # 256 bits
+    state_hash = digest(state)
     now = utcnow()
     pending = PendingInstall(
-        state_hash=digest(state),
+        state_hash=state_hash,
         store_domain=store_domain,
         return_url=return_url,
         initiated_by=initiated_by,
+        app_state_sealed=None
+        if app_state is None
+        else keyring.seal(app_state.encode(), _app_state_ctx(state_hash)),
         created_at=now,
         expires_at=now + timedelta(seconds=ttl_seconds),
     )

@@ -51,13 +51,16 @@ async def start_install(
     caller: Annotated[Caller, Depends(require_scope("installs:start"))],
 ) -> InstallStarted:
     """Creates a pending install and returns the Neto URL to send the merchant to."""
+    app = services(request)
     started = await flow.start(
         session,
-        services(request).settings,
+        app.settings,
+        app.keyring,
         raw_domain=body.store_domain,
         return_url=body.return_url,
         initiated_by=caller.sub,
         request_id=request_id(request),
+        app_state=body.app_state,
     )
     return InstallStarted(authorize_url=started.authorize_url, state_expires_at=started.expires_at)
 
@@ -83,9 +86,11 @@ async def install(
     pending install and sends the merchant on to Neto to approve it."""
     _throttle(request)
     _single(request, "store_domain")
+    app = services(request)
     started = await flow.start(
         session,
-        services(request).settings,
+        app.settings,
+        app.keyring,
         raw_domain=store_domain,
         return_url=None,
         initiated_by="neto",
@@ -121,12 +126,14 @@ async def callback(
         raise BadRequest("The link is missing its code or state. Start the install again.")
     app = services(request)
     done = await flow.complete(
-        app.sessionmaker, app.http, app.settings, app.installs, state=state, code=code,
+        app.sessionmaker, app.http, app.settings, app.installs, app.keyring,
+        state=state, code=code,
         request_id=request_id(request),
     )  # fmt: skip
     request.state.store_id = done.store_id
     if done.return_url:
-        target = flow.add_query(done.return_url, store_id=done.store_id, status="installed")
+        echo = {"app_state": done.app_state} if done.app_state is not None else {}
+        target = flow.add_query(done.return_url, store_id=done.store_id, status="installed", **echo)
         return RedirectResponse(target, status_code=302, headers=PAGE_HEADERS)
     page = html_page(
         "Your Neto store is connected",

@@ -24,6 +24,19 @@ class InstallStart(BaseModel):
         "prefix (BROKER_RETURN_URL_PREFIXES).",
         examples=["https://app.example.com/neto/installed"],
     )
+    app_state: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        pattern=r"^[\x20-\x7e]+$",
+        description="Opaque to the broker: stored sealed with the pending install and echoed "
+        "as the `app_state` query parameter (URL-encoded) on the return redirect, so the app "
+        "can tie the return to its own session. 1 to 512 printable ASCII characters "
+        "(space to `~`). Needs `return_url`: without a redirect it could never come back, "
+        "so it is refused (400 `validation_error`). Treat a return without it as untied: "
+        "the merchant's browser carries the redirect and can drop it.",
+        examples=["session-7f3a9c"],
+    )
 
 
 class InstallStarted(BaseModel):

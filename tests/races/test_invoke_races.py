@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import select
 
-from service.installs import rotation as keys
 from service.installs.models import Install
-from service.installs.sealing import fingerprint
+from service.installs.sealing import ROTATION, fingerprint
+from service.keys import rotation as keys
 from service.security.crypto import KeyRing, generate_key
 from tests.fakes import neto as fake
 from tests.support import ENC_KEY, install_store, start_install
@@ -194,7 +194,7 @@ async def test_key_rotation_during_invoke_traffic_loses_nothing(
     workers = [asyncio.create_task(traffic(i)) for i in range(6)]
     await asyncio.sleep(0.05)
     report = await keys.rotate(
-        app.state.services.sessionmaker, KeyRing.parse(keyring), batch_size=5
+        app.state.services.sessionmaker, KeyRing.parse(keyring), ROTATION, batch_size=5
     )
     rotating = False
     await asyncio.gather(*workers)

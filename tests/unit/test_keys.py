@@ -1,4 +1,5 @@
-"""`broker keys rotate` and `broker keys check` on a real database (both backends)."""
+"""`broker keys rotate` and `broker keys check` on a real database (both backends), over
+every table with sealed columns: installs and webhook signing secrets."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from typer.testing import CliRunner
 
 from service.cli import app as cli
 from service.db import create_sessionmaker
+from service.events import subscriptions
+from service.events.models import Webhook
 from service.installs import repository as stores
-from service.installs import rotation as keys
 from service.installs import sealing
 from service.installs.models import AuthMethod, Install
+from service.keys import rotation as keys
 from service.security.crypto import KeyRing, generate_key, key_id_of
 from tests.conftest import truncate
 from tests.support import HS_KID, HS_SECRET
@@ -64,12 +67,24 @@ async def revoke(url: str, store_id: str) -> None:
     await engine.dispose()
 
 
-async def rows(url: str) -> dict[str, Install]:
+async def rows(url: str, model: Any = Install, key: str = "store_id") -> dict[str, Any]:
     engine = create_async_engine(url)
     async with create_sessionmaker(engine)() as session:
-        found = {i.store_id: i for i in (await session.execute(select(Install))).scalars()}
+        found = {getattr(r, key): r for r in (await session.execute(select(model))).scalars()}
     await engine.dispose()
     return found
+
+
+async def seed_webhook(url: str, spec: str) -> tuple[str, str]:
+    """A subscription whose secret is sealed under the primary key of `spec`."""
+    engine = create_async_engine(url)
+    async with create_sessionmaker(engine)() as session, session.begin():
+        webhook, secret = await subscriptions.create(
+            session, KeyRing.parse(spec), url="https://hooks.example.com/in",
+            event_types=[], description=None, actor="test",
+        )  # fmt: skip
+    await engine.dispose()
+    return webhook.id, secret
 
 
 def sealed_kids(install: Install) -> set[str]:
@@ -92,8 +107,8 @@ def test_rotate_moves_every_install_to_the_primary_key_and_check_says_which_keys
     both = f"{NEW},{OLD}"
     before = run_cli(db, both, "keys", "check")
     assert before.exit_code == 0, before.output
-    assert "key 'k2' (primary): seals 0 installs" in before.output
-    assert "key 'k1': seals 8 installs; still needed" in before.output
+    assert "key 'k2' (primary): seals 0 installs and 0 webhook secrets" in before.output
+    assert "key 'k1': seals 8 installs and 0 webhook secrets; still needed" in before.output
 
     result = run_cli(db, both, "keys", "rotate", "--batch-size", "3")
     assert result.exit_code == 0, result.output
@@ -128,17 +143,28 @@ def test_rotate_moves_every_install_to_the_primary_key_and_check_says_which_keys
     }, "a second run must not rewrite anything"
 
 
-def test_check_and_rotate_fail_when_the_old_key_was_removed_before_rotating(db: str) -> None:
-    asyncio.run(seed(db, OLD, ["S001", "S002"]))
+@pytest.mark.parametrize("stuck", ["installs", "webhook secrets"])
+def test_check_and_rotate_fail_when_the_old_key_was_removed_before_rotating(
+    db: str, stuck: str
+) -> None:
+    if stuck == "installs":
+        asyncio.run(seed(db, OLD, ["S001", "S002"]))
+    else:  # the installs are fine; only the signing secrets are under the removed key
+        asyncio.run(seed(db, NEW, ["S001"]))
+        for _ in range(2):
+            asyncio.run(seed_webhook(db, OLD))
+    message = f"2 {stuck} are sealed under key 'k1', which is not configured"
     check = run_cli(db, NEW, "keys", "check")
     assert check.exit_code == 1, check.output
-    assert "2 installs are sealed under key 'k1', which is not configured" in check.output
+    assert message in check.output
 
     rotate = run_cli(db, NEW, "keys", "rotate")
     assert rotate.exit_code == 1, rotate.output
-    assert "2 installs are sealed under key 'k1', which is not configured" in rotate.output
-    assert {r.key_id for r in asyncio.run(rows(db)).values()} == {"k1"}, "nothing was touched"
+    assert message in rotate.output
+    left = asyncio.run(rows(db)) if stuck == "installs" else asyncio.run(rows(db, Webhook, "id"))
+    assert {r.key_id for r in left.values()} == {"k1"}, "nothing was touched"
     assert "tok-" not in check.output + rotate.output
+    assert "whsec_" not in check.output + rotate.output
 
 
 def test_check_fails_for_an_unused_old_key_and_passes_with_only_the_primary(db: str) -> None:
@@ -154,17 +180,10 @@ async def test_a_row_changed_between_read_and_write_is_left_to_its_writer(db: st
     engine = create_async_engine(db)
     sessionmaker = create_sessionmaker(engine)
     try:
-        read = await keys._read_batch(sessionmaker, "k1", "", 10)
-        assert [r[0].store_id for r in read] == ["S001", "S002", "S003"]
-
-        def resealed(binding: sealing.Binding, *old: str | None) -> keys._Resealed:
-            new = [
-                sealing.reseal(keyring, binding, c.key, v)
-                for c, v in zip(keys.SEALED, old, strict=True)
-            ]
-            return keys._Resealed(binding, "k1", (old[0], old[1], old[2]), (new[0], new[1], new[2]))
-
-        batch = [resealed(*row) for row in read]
+        table = sealing.ROTATION
+        read = await keys.read_batch(sessionmaker, table, "k1", "", 10)
+        assert [row_id for row_id, _, _ in read] == ["S001", "S002", "S003"]
+        batch = [keys.reseal(keyring, table, *row[:2], "k1", row[2]) for row in read]
         # Between the read and the write: S001 is revoked, S002 reinstalled with a new token.
         await revoke(db, "S001")
         async with sessionmaker() as session, session.begin():
@@ -174,8 +193,8 @@ async def test_a_row_changed_between_read_and_write_is_left_to_its_writer(db: st
                 user=USER, billing=BILLING,
             )  # fmt: skip
         async with sessionmaker() as session, session.begin():
-            written = await keys._write_batch(session, keyring.primary, batch)
-        assert [r.binding.store_id for r in written] == ["S003"]
+            written = await keys.write_batch(session, table, keyring.primary, batch)
+        assert [r.row_id for r in written] == ["S003"]
 
         now = await rows(db)
         assert now["S001"].secret_sealed is None, "the revoke must not be undone"
@@ -183,10 +202,63 @@ async def test_a_row_changed_between_read_and_write_is_left_to_its_writer(db: st
         assert creds.headers["X_SECRET_KEY"] == "fresh", "the reinstall must not be overwritten"
 
         # A full run picks up the revoked row's remaining values.
-        report = await keys.rotate(sessionmaker, keyring)
+        report = await keys.rotate(sessionmaker, keyring, table)
         assert report.ok and report.rotated == 1 and report.changed_concurrently == 0
         final = await rows(db)
         assert {sid: r.key_id for sid, r in final.items()} == dict.fromkeys(final, "k2")
         assert sealed_kids(final["S001"]) == {"k2"}
+    finally:
+        await engine.dispose()
+
+
+# -- webhook signing secrets ----------------------------------------------------------
+
+
+def test_rotate_moves_webhook_secrets_to_the_primary_key_with_the_installs(db: str) -> None:
+    asyncio.run(seed(db, OLD, ["S001"]))
+    seeded = [asyncio.run(seed_webhook(db, OLD)) for _ in range(3)]
+    both = f"{NEW},{OLD}"
+    before = run_cli(db, both, "keys", "check")
+    assert before.exit_code == 0, before.output
+    assert "key 'k1': seals 1 installs and 3 webhook secrets; still needed" in before.output
+
+    result = run_cli(db, both, "keys", "rotate", "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    assert "rotated 1 installs to key 'k2'" in result.output
+    assert "rotated 3 webhook secrets to key 'k2'" in result.output
+
+    after = asyncio.run(rows(db, Webhook, "id"))
+    new_only = KeyRing.parse(NEW)
+    for webhook_id, secret in seeded:
+        row = after[webhook_id]
+        assert row.key_id == "k2" and key_id_of(row.secret_sealed) == "k2", webhook_id
+        assert subscriptions.open_secret(new_only, row) == secret, "the same secret, re-sealed"
+    ok = run_cli(db, NEW, "keys", "check")
+    assert ok.exit_code == 0, ok.output
+    assert "key 'k2' (primary): seals 1 installs and 3 webhook secrets" in ok.output
+    again = run_cli(db, both, "keys", "rotate")
+    assert again.exit_code == 0 and "nothing to rotate" in again.output, again.output
+
+
+async def test_a_webhook_removed_or_replaced_during_rotation_is_left_to_its_writer(
+    db: str,
+) -> None:
+    gone, _ = await seed_webhook(db, OLD)
+    kept, kept_secret = await seed_webhook(db, OLD)
+    keyring = KeyRing.parse(f"{NEW},{OLD}")
+    engine = create_async_engine(db)
+    sessionmaker = create_sessionmaker(engine)
+    table = subscriptions.ROTATION
+    try:
+        read = await keys.read_batch(sessionmaker, table, "k1", "", 10)
+        batch = [keys.reseal(keyring, table, *row[:2], "k1", row[2]) for row in read]
+        async with sessionmaker() as session, session.begin():
+            await subscriptions.remove(session, gone)
+        async with sessionmaker() as session, session.begin():
+            written = await keys.write_batch(session, table, keyring.primary, batch)
+        assert [r.row_id for r in written] == [kept]
+        now = await rows(db, Webhook, "id")
+        assert gone not in now, "a removed subscription must not come back"
+        assert subscriptions.open_secret(KeyRing.parse(NEW), now[kept]) == kept_secret
     finally:
         await engine.dispose()
