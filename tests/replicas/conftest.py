@@ -9,6 +9,7 @@ sets it); SQLite runs too, with both processes on one database file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -72,13 +73,18 @@ class Replica:
         return self.log_path.read_text(errors="replace")[-3000:]
 
     def stop(self) -> None:
+        # The whole process group: under faketime the broker is faketime's child, and
+        # signalling faketime alone would leave the broker running (and joining the next
+        # test's database as a replica).
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)  # graceful: in-flight requests finish
+            os.killpg(self.process.pid, signal.SIGTERM)  # graceful: in-flight requests finish
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # anything the group left behind
         self.log.close()
 
 
@@ -91,7 +97,7 @@ def start_replica(
     log = log_path.open("wb")
     process = subprocess.Popen(
         [*prefix, *broker_command("serve", "--host", "127.0.0.1", "--port", str(port))],
-        env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+        env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     return Replica(name, f"http://127.0.0.1:{port}", process, log_path, log)
 
