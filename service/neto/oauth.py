@@ -7,17 +7,20 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import httpx
 from pydantic import SecretStr
 
 from service.config import Settings
 from service.errors import (
+    BrokerError,
     InvalidStoreDomain,
     StoreDomainMismatch,
     TokenExchangeFailed,
     UpstreamTimeout,
 )
 from service.neto.credentials import is_store_id
+from service.neto.upstream import egress_refused
 from service.security.domains import normalize_store_domain
 from service.security.egress import EgressRefused
 
@@ -86,6 +89,19 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _unreachable(exc: BaseException) -> BrokerError:
+    """Why no answer came. httpx-aiohttp reports every aiohttp connection error, a refused
+    connection included, as httpx.ConnectTimeout: the cause says what really happened."""
+    if egress_refused(exc):  # BROKER_NETO_OAUTH_URL points inside the network
+        return TokenExchangeFailed(
+            "Neto's token endpoint address is not one the broker may connect to."
+        )
+    connect_failed = isinstance(exc.__cause__, aiohttp.ClientConnectorError)
+    if isinstance(exc, httpx.TimeoutException) and not connect_failed:
+        return UpstreamTimeout("Neto's token endpoint did not answer in time.")
+    return TokenExchangeFailed("Neto's token endpoint could not be reached.")
+
+
 async def exchange_code(
     client: httpx.AsyncClient, settings: Settings, code: str, expected_domain: str
 ) -> TokenGrant:
@@ -112,10 +128,8 @@ async def exchange_code(
             timeout=timeout,
         ) as response:
             body = await _read_capped(response, settings.token_response_max_bytes)
-    except httpx.TimeoutException:
-        raise UpstreamTimeout("Neto's token endpoint did not answer in time.") from None
-    except (httpx.HTTPError, EgressRefused, OSError):
-        raise TokenExchangeFailed("Neto's token endpoint could not be reached.") from None
+    except (httpx.HTTPError, EgressRefused, OSError) as exc:
+        raise _unreachable(exc) from None
     if response.status_code != 200:
         raise TokenExchangeFailed(
             f"Neto's token endpoint answered {response.status_code}{_safe_error_code(body)}."

@@ -41,6 +41,8 @@ class ApiUrlBuilder:
                 quote(store_domain, safe="") if part == _PLACEHOLDER else part
                 for part in self.path_parts
             )
+        if ":" in host:  # an IPv6 literal (tests and the demo on [::1]): bracketed
+            host = f"[{host}]"
         return yarl.URL.build(
             scheme=self.scheme, host=host, port=self.port, path=path, encoded=True
         )

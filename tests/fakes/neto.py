@@ -310,6 +310,29 @@ class _DroppedResponse(Response):
         raise ConnectionAbortedError("fake Neto drops the connection")
 
 
+class _DeclaredOnly(Response):
+    """Declares a Content-Length, sends one byte of it, then stalls."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(self.size).encode())]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b"{", "more_body": True})
+        await asyncio.sleep(30)
+
+
+def declared_length(size: int) -> Handler:
+    """An answer known to be too large from its headers alone: refused without waiting."""
+
+    async def handler(request: Request) -> Response:
+        return _DeclaredOnly(size)
+
+    return handler
+
+
 def drop_connection() -> Handler:
     async def handler(request: Request) -> Response:
         return _DroppedResponse()
@@ -322,11 +345,12 @@ class FakeNetoServer:
 
     def __init__(self, fake: FakeNeto | None = None, host: str = "127.0.0.1", port: int = 0):
         self.fake = fake or FakeNeto()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.port = self.sock.getsockname()[1]
-        self.url = f"http://{host}:{self.port}"
+        self.url = f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
         config = uvicorn.Config(
             self.fake.app, log_level="warning", lifespan="off", access_log=False,
             timeout_graceful_shutdown=1,
