@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from service.audit.models import AuditEvent
+from service.neto.actions import WRITE_ACTIONS
 from service.web import metrics
 from tests.fakes import neto as fake
 from tests.support import (
@@ -533,3 +534,61 @@ async def test_loopback_store_is_refused_at_connect_time(app_factory, settings_f
     assert_error(r, 502, "upstream_unreachable")
     assert "not one the broker may connect to" in r.json()["detail"]
     assert not neto.api_requests
+
+
+@pytest.mark.parametrize("action", sorted(WRITE_ACTIONS))
+async def test_every_write_action_needs_a_grant_and_is_never_retried(client, neto, auth, action):
+    """All 25 writes, not a sample: a write let through without a grant, or retried after
+    Neto answered (it may have applied it), is the bug this guards."""
+    await installed(client, neto)
+    r = await client.post(f"/invoke/{STORE}/{action}", json={}, headers=invoker(auth))
+    assert_error(r, 403, "action_not_allowed")
+    assert not neto.api_requests, f"{action} reached Neto without a grant"
+    neto.api_responses.append(fake.answer(503, b"busy", "text/plain"))
+    r = await client.post(
+        f"/invoke/{STORE}/{action}", json={}, headers=invoker(auth, actions=[action])
+    )
+    assert r.status_code == 503 and r.content == b"busy", r.text
+    assert [s.action for s in neto.api_requests] == [action], f"{action} was sent again"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("over", [-1, 0, 1], ids=["under", "at", "over"])
+async def test_the_response_cap_is_exact(client, app, neto, auth, chunked, over):
+    """32 MiB (the documented default) passes whole, to the byte; one byte more does not."""
+    cap = app.state.services.settings.max_response_bytes
+    assert cap == 32 * MiB
+    await installed(client, neto)
+    neto.api_responses.append(fake.huge(cap + over, chunked=chunked))
+    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+    if over > 0:
+        assert_error(r, 502, "upstream_response_too_large")
+    else:
+        assert r.status_code == 200, r.text[:200]
+        assert len(r.content) == cap + over
+    assert len(neto.api_requests) == 1
+
+
+@pytest.mark.parametrize("use_path", ["invoke", "bundle"])
+async def test_a_revoke_stops_a_store_this_replica_has_cached(
+    app_factory, settings_factory, neto, auth, use_path
+):
+    """The cache is not polled in this test (30 s): only the revoke's own invalidation can
+    stop the cached credentials."""
+    app = await app_factory(settings_factory(store_cache_seconds=30))
+    async with await client_for(app) as client:
+        await installed(client, neto)
+
+        async def use() -> httpx.Response:
+            if use_path == "bundle":
+                headers = auth("credentials:read", stores=[STORE])
+                return await client.get(f"/credentials/{STORE}", headers=headers)
+            return await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+
+        assert (await use()).status_code == 200
+        assert (await use()).status_code == 200
+        assert len(app.state.services.store_cache) == 1, "the store is cached"
+        r = await client.delete(f"/installs/{STORE}", headers=auth("installs:admin"))
+        assert r.status_code == 200, r.text
+        assert_error(await use(), 410, "store_revoked")
+    assert len(neto.api_requests) == (2 if use_path == "invoke" else 0)

@@ -11,6 +11,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from service.db import utcnow
 from service.installs.models import Install
 from service.oauth.models import PendingInstall
+from service.oauth.pending import CLAIM_LEASE
 from tests.support import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -377,3 +378,45 @@ async def test_the_database_holds_no_plaintext_token_email_or_address(client, ap
                       got["code"], got["state"]):  # fmt: skip
         assert plaintext not in dump, f"{plaintext!r} is readable in the database"
     assert "N77" in dump  # the dump did read the rows
+
+
+async def test_a_used_link_stays_used_after_its_claim_lease_runs_out(client, app, neto):
+    """The claim lease (120 s) only covers a callback in progress; a consumed state is
+    refused for good, so a used install link with a fresh code never reinstalls."""
+    got = await install_store(client, neto, DOMAIN)
+    async with app.state.services.sessionmaker() as session, session.begin():
+        await session.execute(
+            update(PendingInstall).values(claimed_at=utcnow() - CLAIM_LEASE - timedelta(seconds=1))
+        )
+    [before] = await rows(app, Install)
+    r = await callback(client, code=neto.authorize(DOMAIN, store_id="N1001"), state=got["state"])
+    assert r.status_code == 400 and r.headers["x-broker-error"] == "invalid_state", r.text
+    assert "already used" in r.text
+    assert len(neto.token_requests) == 1, "a used link exchanged a second code"
+    [after] = await rows(app, Install)
+    assert after.token_fingerprint == before.token_fingerprint
+    assert after.updated_at == before.updated_at
+
+
+async def test_a_refused_connection_to_the_token_endpoint_is_not_reported_as_a_timeout(
+    app_factory, settings_factory, neto
+):
+    import socket
+
+    import httpx
+
+    with socket.socket() as closed:  # bound, never listening: connects are refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        app = await app_factory(
+            settings_factory(neto_oauth_url=f"http://127.0.0.1:{port}/oauth/v2")
+        )
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://broker.test"
+        ) as client:
+            q = await start_install(client, DOMAIN)
+            r = await callback(client, code=neto.authorize(DOMAIN), state=q["state"])
+    assert r.status_code == 502, r.text
+    assert r.headers["x-broker-error"] == "token_exchange_failed"
+    assert "could not be reached" in r.text
+    assert await rows(app, Install) == []
