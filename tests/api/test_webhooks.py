@@ -47,6 +47,17 @@ async def attempts(client, auth, webhook_id: str) -> list[dict[str, Any]]:
     return list(reversed(r.json()["items"]))  # oldest first
 
 
+async def logged(client, auth, hook_id: str) -> list[dict[str, Any]]:
+    """The subscription's delivery log once it holds an attempt (it is written after the
+    receiver answers, so it may trail what the receiver saw)."""
+    for _ in range(100):
+        log = await attempts(client, auth, hook_id)
+        if log:
+            return log
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no delivery attempt was logged for {hook_id}")
+
+
 async def test_delivery_is_signed_per_standard_webhooks(client, auth, receiver):
     hook = await subscribe(client, auth, receiver.url, description="sync")
     assert hook["secret"].startswith("whsec_") and hook["status"] == "active"
@@ -154,13 +165,10 @@ async def test_allow_list_admits_private_receivers_and_only_them(
         await register_api_key_store(client, auth("installs:admin"), "A1")
         [got] = await receiver.wait_for(1)
         assert got.headers["webhook-id"]
-        for _ in range(50):
-            log = await attempts(client, auth, unlisted["id"])
-            if log:
-                break
-            await asyncio.sleep(0.05)
+        # The delivery log is written after the receiver answered: wait for both rows.
+        log = await logged(client, auth, unlisted["id"])
         assert log[0]["error"] == "egress refused" and log[0]["status_code"] is None
-        assert (await attempts(client, auth, listed["id"]))[0]["ok"] is True
+        assert (await logged(client, auth, listed["id"]))[0]["ok"] is True
         await asyncio.sleep(0.2)
         assert len(receiver.received) == 1, "an unlisted private host was reached"
 
@@ -170,11 +178,7 @@ async def test_redirects_are_not_followed(client, auth, receiver):
     hook = await subscribe(client, auth, receiver.url)
     await register_api_key_store(client, auth("installs:admin"), "X1")
     await receiver.wait_for(1)
-    for _ in range(50):
-        log = await attempts(client, auth, hook["id"])
-        if log:
-            break
-        await asyncio.sleep(0.05)
+    log = await logged(client, auth, hook["id"])
     assert log[0]["status_code"] == 307 and log[0]["ok"] is False
 
 
