@@ -15,8 +15,10 @@ from service.services import services
 from service.web import metrics
 from service.web.api import ERRORS, StoreId, error
 from service.web.deps import BEARER_SECURITY, authenticate, request_id
+from service.web.lean import store_id as lean_store_id
 
 router = APIRouter(tags=["credentials"])
+PATH = "/credentials/{store_id}"
 
 
 def _zulu(at: datetime) -> str:
@@ -24,7 +26,7 @@ def _zulu(at: datetime) -> str:
 
 
 @router.get(
-    "/credentials/{store_id}",
+    PATH,
     summary="A short-lived credential bundle for one store",
     response_model=Bundle,
     responses={
@@ -42,7 +44,7 @@ def _zulu(at: datetime) -> str:
 async def credentials(request: Request, store_id: StoreId) -> JSONResponse:
     """The store's API URL and auth headers, valid for BROKER_BUNDLE_TTL_SECONDS. Every
     bundle is recorded in the audit log (caller, store, bundle id; never the secret)."""
-    # The hot path: no dependency chain, one function per step (see docs/performance.md).
+    # The hot path: served by `serve` below, one function per step (docs/performance.md).
     request.state.store_id = store_id  # the access log names the store even when refused
     caller = authenticate(request, "credentials:read")
     caller.require_store(store_id)
@@ -70,3 +72,8 @@ async def credentials(request: Request, store_id: StoreId) -> JSONResponse:
     }
     metrics.BUNDLES.labels(creds.auth_method).inc()
     return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+
+async def serve(request: Request) -> JSONResponse:
+    """`credentials` as a lean route (service/web/lean.py)."""
+    return await credentials(request, lean_store_id(request))

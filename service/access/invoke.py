@@ -13,9 +13,11 @@ from service.errors import UnsupportedMediaType
 from service.neto.actions import READ_ACTIONS, WRITE_ACTIONS
 from service.web.api import ERRORS, StoreId, error
 from service.web.body_limit import is_json
-from service.web.deps import Caller, require_scope
+from service.web.deps import Caller, authenticate, require_scope
+from service.web.lean import store_id as lean_store_id
 
 router = APIRouter(tags=["invoke"])
+PATH = "/invoke/{store_id}/{action:anytext}"
 
 
 class _AnyText(Convertor[str]):
@@ -57,7 +59,7 @@ ACTION_DOC = (
 
 
 @router.post(
-    "/invoke/{store_id}/{action:anytext}",
+    PATH,
     summary="Call a Neto API action for a store",
     response_class=Response,
     openapi_extra={"requestBody": REQUEST_BODY},
@@ -105,3 +107,10 @@ async def invoke(
         raise UnsupportedMediaType()
     answer = await forward(request, caller, store_id, action, capped_body(request))
     return passthrough(answer)
+
+
+async def serve(request: Request) -> Response:
+    """`invoke` as a lean route (service/web/lean.py): the caller first, then the path, in
+    FastAPI's order (a dependency before the parameters)."""
+    caller = authenticate(request, "invoke")
+    return await invoke(request, lean_store_id(request), request.path_params["action"], caller)

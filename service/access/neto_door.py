@@ -25,8 +25,10 @@ from service.neto.actions import READ_ACTIONS, WRITE_ACTIONS
 from service.web.api import ERRORS, StoreId, error
 from service.web.body_limit import is_json
 from service.web.deps import BEARER_SECURITY, verify_caller
+from service.web.lean import store_id as lean_store_id
 
 router = APIRouter(tags=["neto"])
+PATH = "/neto/{store_id}/do/WS/NetoAPI"
 
 # Where a Neto client puts its key, in the order Neto documents them.
 TOKEN_HEADERS = ("netoapi_key", "x_secret_key")
@@ -117,7 +119,7 @@ REQUEST_BODY = {
 
 
 @router.post(
-    "/neto/{store_id}/do/WS/NetoAPI",
+    PATH,
     summary="Neto's own API protocol, for existing Neto clients",
     response_class=Response,
     openapi_extra={"parameters": PARAMETERS, "requestBody": REQUEST_BODY, **BEARER_SECURITY},
@@ -159,3 +161,8 @@ async def neto_api(request: Request, store_id: StoreId) -> Response:
     media = media_headers(headers)
     answer = await forward(request, caller, store_id, action, capped_body(request), media)
     return passthrough(answer)
+
+
+async def serve(request: Request) -> Response:
+    """`neto_api` as a lean route (service/web/lean.py)."""
+    return await neto_api(request, lean_store_id(request))

@@ -1,0 +1,140 @@
+"""The hot routes are plain Starlette routes (service/web/lean.py) in front of their FastAPI
+declarations. They must answer exactly as the FastAPI routes would (same statuses, codes,
+details and headers, in the same order of checks), be matched before anything else, be
+labelled by their template in logs and metrics, and stay described by the OpenAPI
+document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from service.access import bundles, invoke, neto_door
+from service.web.lean import LeanRoute
+from tests.support import install_store
+
+STORE = "N1001"
+BAD_ID = "bad!id"
+LONG_ID = "a" * 65
+NETO = "/neto/{}/do/WS/NetoAPI"
+
+
+def requests(auth: Any) -> list[tuple[str, str, dict[str, str], bytes]]:
+    """(method, path, headers, body): refusals of every kind, and answers that succeed."""
+    read = auth("credentials:read", stores=[STORE])
+    call = auth("invoke", stores=[STORE])
+    other = auth("credentials:read invoke", stores=["N2"])
+    neto = {"NETOAPI_ACTION": "GetItem", **call}
+    return [
+        ("GET", f"/credentials/{BAD_ID}", {}, b""),
+        ("GET", f"/credentials/{LONG_ID}", read, b""),
+        ("GET", f"/credentials/{BAD_ID}", read, b""),
+        ("GET", f"/credentials/{STORE}", {}, b""),
+        ("GET", f"/credentials/{STORE}", {"Authorization": "Bearer nope"}, b""),
+        ("GET", f"/credentials/{STORE}", other, b""),
+        ("GET", f"/credentials/{STORE}", call, b""),
+        ("GET", "/credentials/N404", auth("credentials:read", stores=["*"]), b""),
+        ("HEAD", f"/credentials/{STORE}", read, b""),
+        ("POST", f"/credentials/{STORE}", read, b""),
+        ("GET", f"/credentials/{STORE}", read, b""),
+        ("POST", f"/invoke/{BAD_ID}/GetItem", {}, b"{}"),
+        ("POST", f"/invoke/{BAD_ID}/GetItem", call, b"{}"),
+        ("POST", f"/invoke/{LONG_ID}/GetItem", call, b"{}"),
+        ("POST", f"/invoke/{STORE}/GetItem", read, b"{}"),
+        ("POST", f"/invoke/{STORE}/NoSuchAction", call, b"{}"),
+        ("POST", f"/invoke/{STORE}/UpdateItem", call, b"{}"),
+        ("POST", f"/invoke/{STORE}/GetItem", {**call, "Content-Type": "text/plain"}, b"x"),
+        ("GET", f"/invoke/{STORE}/GetItem", call, b""),
+        ("POST", f"/invoke/{STORE}/GetItem", {**call, "Content-Type": "application/json"}, b"{}"),
+        ("POST", NETO.format(BAD_ID), {}, b"{}"),
+        ("POST", NETO.format(BAD_ID), neto, b"{}"),
+        ("POST", NETO.format(STORE), call, b"{}"),
+        ("POST", NETO.format(STORE), {**neto, "Accept": "application/xml"}, b"{}"),
+        ("POST", NETO.format(STORE), {"NETOAPI_ACTION": "GetItem"}, b"{}"),
+        ("PUT", NETO.format(STORE), neto, b"{}"),
+        ("POST", NETO.format(STORE), neto, b"{}"),
+    ]
+
+
+COMPARED_HEADERS = (
+    "content-type",
+    "cache-control",
+    "x-broker-error",
+    "www-authenticate",
+    "allow",
+    "x-content-type-options",
+    "content-security-policy",
+)
+
+
+def answer(response: httpx.Response) -> tuple[Any, ...]:
+    """What must not differ between the two implementations (request and bundle ids and
+    times do by nature; the bundle's shape must not)."""
+    headers = {k: response.headers.get(k) for k in COMPARED_HEADERS}
+    body = response.content.replace(response.headers["x-request-id"].encode(), b"<rid>")
+    if response.request.method == "GET" and response.status_code == 200 and response.content:
+        bundle = response.json()  # its shape and store, not the random id and times
+        body = repr((sorted(bundle), bundle["store_id"], bundle["headers"])).encode()
+    return response.status_code, headers, body
+
+
+async def test_the_lean_routes_answer_exactly_as_the_fastapi_routes(app, client, neto, auth):
+    await install_store(client, neto, "shop.example.com", store_id=STORE)
+    cases = requests(auth)
+
+    async def run() -> list[tuple[Any, ...]]:
+        return [
+            answer(await client.request(method, path, headers=headers, content=body))
+            for method, path, headers, body in cases
+        ]
+
+    lean = await run()
+    served = app.router.routes
+    assert all(isinstance(route, LeanRoute) for route in served[:3])
+    app.router.routes = [route for route in served if not isinstance(route, LeanRoute)]
+    try:
+        declared = await run()
+    finally:
+        app.router.routes = served
+    for case, got, expected in zip(cases, lean, declared, strict=True):
+        assert got == expected, (case[:2], got, expected)
+    statuses = {status for status, _, _ in lean}
+    assert {200, 401, 403, 404, 405, 415, 422} <= statuses, statuses  # the cases bite
+    # The upstream was really called: both implementations reached the fake Neto.
+    assert len([r for r in neto.api_requests if r.action == "GetItem"]) == 2 * 3
+
+
+async def test_the_hot_routes_are_matched_first_and_documented(app):
+    served = [(route.path, route.methods) for route in app.router.routes[:3]]
+    assert served == [
+        (bundles.PATH, {"GET"}),
+        (invoke.PATH, {"POST"}),
+        (neto_door.PATH, {"POST"}),
+    ]
+    paths = app.openapi()["paths"]
+    credentials = paths["/credentials/{store_id}"]["get"]
+    assert [p["name"] for p in credentials["parameters"]] == ["store_id"]
+    assert credentials["security"] == [{"CallerJWT": []}]
+    assert credentials["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Bundle"
+    }
+    call = paths["/invoke/{store_id}/{action}"]["post"]
+    assert [p["name"] for p in call["parameters"]] == ["store_id", "action"]
+    assert call["security"] == [{"CallerJWT": []}]
+    door = paths["/neto/{store_id}/do/WS/NetoAPI"]["post"]
+    assert "NETOAPI_ACTION" in [p["name"] for p in door["parameters"]]
+
+
+async def test_lean_requests_are_logged_and_counted_by_route_template(
+    app, client, neto, auth, caplog
+):
+    await install_store(client, neto, "shop.example.com", store_id=STORE)
+    caplog.set_level("INFO", logger="broker.access")
+    r = await client.get(f"/credentials/{STORE}", headers=auth("credentials:read", stores=[STORE]))
+    assert r.status_code == 200
+    lines = [rec for rec in caplog.records if rec.name == "broker.access"]
+    fields = lines[-1].fields  # type: ignore[attr-defined]
+    assert fields["route"] == "/credentials/{store_id}"
+    assert fields["store_id"] == STORE and fields["status"] == 200
+    assert fields["caller"] == "test-service"
