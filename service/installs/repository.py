@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -165,20 +165,20 @@ async def revoke(session: AsyncSession, store_id: str) -> Install:
     return await require(session, store_id)
 
 
-async def touch_last_used(conn: AsyncConnection, store_ids: list[str], at: datetime) -> set[str]:
-    """Stamp the stores' last use; returns those not revoked. The row write waits for a
-    concurrent revoke of the same row, so the answer is the committed truth."""
-    table = INSTALLS  # Core, not the ORM's bulk-update path: this runs per batch
-    result = await conn.execute(
+async def stamp_last_used(conn: AsyncConnection, used: dict[str, datetime]) -> None:
+    """Stamp each store's last use (bundles, in the background): never backwards, never on
+    a revoked install. Core and one executemany: it covers every store used lately."""
+    table = INSTALLS
+    statement = (
         update(table)
         .where(
-            table.c.store_id.in_(store_ids),
+            table.c.store_id == bindparam("sid"),
             table.c.status != InstallStatus.revoked.value,
+            table.c.last_used_at.is_(None) | (table.c.last_used_at < bindparam("at")),
         )
-        .values(last_used_at=at)
-        .returning(table.c.store_id)
+        .values(last_used_at=bindparam("at"))
     )
-    return set(result.scalars())
+    await conn.execute(statement, [{"sid": sid, "at": at} for sid, at in sorted(used.items())])
 
 
 async def insert_many(

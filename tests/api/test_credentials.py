@@ -3,13 +3,17 @@ rules, the store and scope checks, and how every caller-token refusal looks over
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
+from service.access import audit_batch
 from service.installs import repository as stores
 from service.installs.models import InstallStatus
+from service.main import create_app
 from tests.support import (
     AUDIENCE,
     CLIENT_ID,
@@ -221,3 +225,48 @@ async def test_every_token_refusal_is_a_401_envelope(client, authorization):
         presented = authorization.split(" ", 1)[1]
         assert presented not in r.text
         assert presented[:40] not in r.text
+
+
+async def _last_used(app, store_id: str) -> datetime | None:
+    async with app.state.services.sessionmaker() as session:
+        install = await stores.get(session, store_id)
+        return install.last_used_at if install else None
+
+
+async def test_bundles_stamp_last_used_in_the_background(
+    app_factory, settings_factory, neto, auth, monkeypatch
+):
+    """`last_used_at` is stamped for the stores bundles were issued for, at most one stamp
+    interval late, never on a revoked store, and what is pending is stamped at shutdown."""
+    monkeypatch.setattr(audit_batch, "STAMP_SECONDS", 0.2)
+    app = await app_factory(settings_factory())
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://broker.test"
+    ) as client:
+        await install_store(client, neto, "shop.example.com", store_id="N1001")
+        await install_store(client, neto, "idle.example.com", store_id="N1002")
+        before = datetime.now(UTC) - timedelta(seconds=1)
+        r = await client.get("/credentials/N1001", headers=auth(READ, stores=["N1001"]))
+        assert r.status_code == 200, r.text
+        for _ in range(100):
+            if await _last_used(app, "N1001") is not None:
+                break
+            await asyncio.sleep(0.05)
+        stamped = await _last_used(app, "N1001")
+        assert stamped is not None and before <= stamped <= datetime.now(UTC)
+        assert await _last_used(app, "N1002") is None, "a store with no bundle is not stamped"
+
+    monkeypatch.setattr(audit_batch, "STAMP_SECONDS", 3600.0)
+    quiet = settings_factory()
+    lifespan = (late := create_app(quiet)).router.lifespan_context(late)
+    await lifespan.__aenter__()
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=late), base_url="http://broker.test"
+        ) as client:
+            r = await client.get("/credentials/N1002", headers=auth(READ, stores=["N1002"]))
+            assert r.status_code == 200, r.text
+        assert await _last_used(late, "N1002") is None, "not yet: the interval is an hour"
+    finally:
+        await lifespan.__aexit__(None, None, None)
+    assert await _last_used(app, "N1002") is not None, "the stop stamps what was pending"
