@@ -16,6 +16,7 @@ from service.web import metrics
 from service.web.api import ERRORS, StoreId, error
 from service.web.deps import BEARER_SECURITY, authenticate, request_id
 from service.web.lean import store_id as lean_store_id
+from service.web.responses import FastJSONResponse
 
 router = APIRouter(tags=["credentials"])
 PATH = "/credentials/{store_id}"
@@ -71,7 +72,7 @@ async def credentials(request: Request, store_id: StoreId) -> JSONResponse:
         "expires_at": _zulu(now + timedelta(seconds=app.settings.bundle_ttl_seconds)),
     }
     metrics.BUNDLES.labels(creds.auth_method).inc()
-    return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+    return FastJSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
 async def serve(request: Request) -> JSONResponse:

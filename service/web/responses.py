@@ -9,6 +9,7 @@ import html
 from typing import Any
 from xml.sax.saxutils import escape as xml_escape
 
+import orjson
 from starlette.datastructures import Headers
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
@@ -42,6 +43,14 @@ small{{color:#667085}}</style></head>
 """
 
 
+class FastJSONResponse(JSONResponse):
+    """JSON rendered by orjson: the same compact bytes as Starlette's `JSONResponse` for
+    the plain dicts and strings the broker answers with, in a fraction of the time."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 def html_page(title: str, message: str, *, ok: bool, extra: str = "") -> str:
     return _PAGE.format(
         title=html.escape(title),
@@ -71,7 +80,7 @@ def error_response(scope: Any, exc: BrokerError) -> Response:
     if str(scope.get("path", "")).startswith("/neto/"):
         return neto_error(scope, exc, request_id, headers)
     body = {"error": exc.code, "detail": exc.detail, "request_id": request_id}
-    return JSONResponse(body, status_code=exc.status, headers=headers)
+    return FastJSONResponse(body, status_code=exc.status, headers=headers)
 
 
 def wants_xml(scope: Any) -> bool:
@@ -102,4 +111,4 @@ def neto_error(scope: Any, exc: BrokerError, request_id: str, headers: dict[str,
                          media_type="application/xml")  # fmt: skip
     error = {"Message": exc.detail, "SeverityCode": "Error", "Description": description}
     neto = {"Ack": "Error", "Messages": {"Error": [error]}}
-    return JSONResponse(neto, status_code=exc.status, headers=headers)
+    return FastJSONResponse(neto, status_code=exc.status, headers=headers)
