@@ -116,9 +116,12 @@ class AuditWriter:
             except TimeoutError:
                 continue
             batch = [first]
-            # Linger a moment so concurrent requests share the transaction: a commit costs
-            # far more than a row, and small batches would make every bundle pay for one.
-            await asyncio.sleep(LINGER_SECONDS)
+            # With nothing else queued, linger a moment so concurrent requests share the
+            # transaction: a commit costs far more than a row, and small batches would make
+            # every bundle pay for one. Under load the queue has filled during the last
+            # commit, and waiting would only add latency.
+            if self._queue.empty():
+                await asyncio.sleep(LINGER_SECONDS)
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             await self._commit(batch)

@@ -48,9 +48,20 @@ INSTALLS = Gauge(
 )
 
 
+# Each request's labelled series, looked up once: `labels()` takes a lock and builds its
+# key on every call, a cost every request would pay. Bounded like the series themselves
+# (methods x route templates x statuses).
+_REQUEST_SERIES: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
-    REQUESTS.labels(method, route, str(status)).inc()
-    LATENCY.labels(method, route).observe(seconds)
+    key = (method, route, status)
+    series = _REQUEST_SERIES.get(key)
+    if series is None:
+        series = (REQUESTS.labels(method, route, str(status)), LATENCY.labels(method, route))
+        _REQUEST_SERIES[key] = series
+    series[0].inc()
+    series[1].observe(seconds)
 
 
 STORE_CACHE_ENTRIES = Gauge(
