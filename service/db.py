@@ -160,10 +160,20 @@ async def run_transaction(
 ) -> T:
     """Run `work` in its own transaction, retrying lock contention and serialization
     failures with jittered backoff. Other database failures become 503."""
+
+    async def once() -> T:
+        async with sessionmaker() as session, session.begin():
+            return await work(session)
+
+    return await retrying(once, attempts=attempts)
+
+
+async def retrying(transaction: Callable[[], Awaitable[T]], *, attempts: int = 5) -> T:
+    """Run a whole transaction, again after lock contention or a serialization failure
+    (jittered backoff); an unavailable database becomes 503."""
     for attempt in range(1, attempts + 1):
         try:
-            async with sessionmaker() as session, session.begin():
-                return await work(session)
+            return await transaction()
         except DBAPIError as exc:
             if is_transient(exc) and attempt < attempts:
                 await asyncio.sleep(min(0.5, 0.02 * 2**attempt) * random.uniform(0.5, 1.5))  # noqa: S311

@@ -114,7 +114,9 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
         http=create_http_client(session, settings),
         upstream=upstream,
         store_cache=store_cache,
-        audit_writer=AuditWriter(sessionmaker),
+        audit_writer=AuditWriter(
+            sessionmaker, sqlite_path=engine.url.database if settings.is_sqlite else None
+        ),
         installs=installs,
         jobs=_jobs(settings, sessionmaker, installs, upstream),
         install_limiter=AddressLimiter(settings.install_rate_per_minute),
@@ -132,7 +134,7 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
     for wake in (services.event_signal.fire, services.webhooks.wake):
         services.listener.subscribe(EVENTS_CHANNEL, wake)
         services.listener.on_reconnect(wake)
-    services.audit_writer.start()
+    await services.audit_writer.start()
     services.webhooks.start()
     await services.listener.start()
     try:

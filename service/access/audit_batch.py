@@ -32,8 +32,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service.access.audit_sqlite import SqliteBatchConnection
 from service.background import cancel_and_wait
-from service.db import run_transaction, utcnow
+from service.db import retrying, run_transaction, utcnow
 from service.errors import StoreRevoked
 from service.installs import repository
 from service.installs.models import InstallStatus
@@ -73,15 +74,21 @@ RETURNING store_id
 class AuditWriter:
     """Group commit for bundles' audit rows; also keeps installs' last-used times."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], sqlite_path: str | None = None
+    ) -> None:
         self._sessionmaker = sessionmaker
+        # On SQLite the batch has a connection of its own (audit_sqlite.py).
+        self.sqlite = SqliteBatchConnection(sqlite_path) if sqlite_path is not None else None
         self._queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[None]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._stamp_seconds = STAMP_SECONDS
         self._used: dict[str, datetime] = {}  # stores used since the last stamp
         self._stamped = time.monotonic()
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        if self.sqlite is not None:
+            await self.sqlite.start()
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
     async def stop(self) -> None:
@@ -89,6 +96,8 @@ class AuditWriter:
             await cancel_and_wait(self._task)
             self._task = None
         await self._stamp()  # what was used since the last stamp is not lost at shutdown
+        if self.sqlite is not None:
+            await self.sqlite.close()
 
     async def write(self, event: str, *, actor: str, store_id: str, request_id: str,
                     **details: Any) -> None:  # fmt: skip
@@ -147,21 +156,23 @@ class AuditWriter:
 
     async def _flush(self, rows: list[dict[str, Any]]) -> set[str]:
         """Insert the rows whose stores are not revoked; returns those stores."""
+        if self.sqlite is not None:
+            params: list[Any] = []
+            for row in rows:
+                at = row["at"].replace(tzinfo=None).isoformat(" ", "microseconds")
+                params += (at, row["event"], row["actor"], row["store_id"],
+                           row["request_id"], json.dumps(row["details"]))  # fmt: skip
+            sqlite, statement = self.sqlite, _sqlite(len(rows))
+            returned = await retrying(lambda: sqlite.run(statement, params))
+            return {store_id for (store_id,) in returned}
+
+        names = ("at", "event", "actor", "store_id", "request_id")
+        columns = [[row[name] for row in rows] for name in names]
+        columns.append([json.dumps(row["details"]) for row in rows])
 
         async def work(session: AsyncSession) -> set[str]:
             conn = await session.connection()
-            if conn.dialect.name == "postgresql":
-                names = ("at", "event", "actor", "store_id", "request_id")
-                columns = [[row[name] for row in rows] for name in names]
-                columns.append([json.dumps(row["details"]) for row in rows])
-                result = await conn.exec_driver_sql(_POSTGRES, tuple(columns))
-            else:
-                params: list[Any] = []
-                for row in rows:
-                    at = row["at"].replace(tzinfo=None).isoformat(" ", "microseconds")
-                    params += (at, row["event"], row["actor"], row["store_id"],
-                               row["request_id"], json.dumps(row["details"]))  # fmt: skip
-                result = await conn.exec_driver_sql(_sqlite(len(rows)), tuple(params))
+            result = await conn.exec_driver_sql(_POSTGRES, tuple(columns))
             return {store_id for (store_id,) in result}
 
         return await run_transaction(self._sessionmaker, work)

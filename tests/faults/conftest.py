@@ -10,6 +10,7 @@ from tests.faults.injector import DatabaseFaults
 
 @pytest.fixture
 def db_faults(app: Any) -> Iterator[DatabaseFaults]:
-    faults = DatabaseFaults(app.state.services.engine)
+    audit = app.state.services.audit_writer.sqlite
+    faults = DatabaseFaults(app.state.services.engine, audit.connection if audit else None)
     yield faults
     faults.close()
