@@ -95,7 +95,7 @@ class AuditWriter:
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None
-        await self._stamp()  # what was used since the last stamp is not lost at shutdown
+        await self.stamp_last_used()  # what was used since the last stamp is not lost at shutdown
         if self.sqlite is not None:
             await self.sqlite.close()
 
@@ -118,7 +118,7 @@ class AuditWriter:
     async def _run(self) -> None:
         while True:
             if time.monotonic() - self._stamped >= self._stamp_seconds:
-                await self._stamp()
+                await self.stamp_last_used()
             wait = self._stamped + self._stamp_seconds - time.monotonic()
             try:
                 first = await asyncio.wait_for(self._queue.get(), timeout=wait)
@@ -177,9 +177,9 @@ class AuditWriter:
 
         return await run_transaction(self._sessionmaker, work)
 
-    async def _stamp(self) -> None:
+    async def stamp_last_used(self) -> None:
         """Stamp `last_used_at` on the stores used since the last stamp (never backwards,
-        never on a revoked install)."""
+        never on a revoked install). The writer does every STAMP_SECONDS and at stop."""
         self._stamped = time.monotonic()
         used, self._used = self._used, {}
         if not used:
