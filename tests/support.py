@@ -18,6 +18,7 @@ import httpx
 import uvicorn
 from alembic import command
 from alembic.config import Config
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -186,6 +187,31 @@ async def register_api_key_store(
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+def metric_or_none(text: str, name: str, **labels: str) -> float | None:
+    """One series' value in a Prometheus exposition (`/metrics`), or None when it is not
+    exported (a labelled counter has no series before its first increment)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """One series' value; fails when it is not exported, so that `== 0` proves a zero
+    was exported rather than passing on a missing or renamed series."""
+    value = metric_or_none(text, name, **labels)
+    if value is None:
+        exported = [
+            sample.labels
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        ]
+        raise AssertionError(f"no series {name} {labels} exported; {name} has {exported}")
+    return value
 
 
 class LiveBroker:
