@@ -10,6 +10,8 @@ import json
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -38,6 +40,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_ready(
+    url: str, alive: Callable[[], bool], seconds: float, logs: Callable[[], str]
+) -> None:
+    """Polls `url`/readyz until it answers 200. Fails at once when `alive()` says the
+    server exited, or after `seconds`; either way with `logs()`, its output."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if not alive():
+            raise AssertionError(f"{url} exited before it was ready:\n{logs()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url}/readyz not 200 after {seconds} s:\n{logs()}")
+        time.sleep(0.1)
 
 
 def broker_env(

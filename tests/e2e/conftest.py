@@ -5,17 +5,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from service.config import Settings
 from tests.conftest import truncate
-from tests.support import broker_env, free_port
+from tests.support import broker_env, free_port, wait_ready
 
 
 @dataclass
@@ -52,18 +50,8 @@ def broker_server(
             )  # fmt: skip
         server = BrokerProcess(url, process, log)
         started.append(server)
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"broker exited with {process.returncode}:\n{server.output()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    return server
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"broker not ready after 30 s:\n{server.output()}")
-            time.sleep(0.1)
+        wait_ready(url, lambda: process.poll() is None, 30, server.output)
+        return server
 
     yield start
     for server in started:
