@@ -25,6 +25,7 @@ from service.config import Settings, normalize_database_url
 from service.main import create_app
 from service.security.callers import mint
 from tests.fakes.neto import FakeNeto, FakeNetoServer
+from tests.fakes.receiver import Receiver
 from tests.support import (
     AUDIENCE,
     CLIENT_ID,
@@ -101,6 +102,14 @@ def neto(neto_server: FakeNetoServer) -> Iterator[FakeNeto]:
     neto_server.fake.reset()
     yield neto_server.fake
     neto_server.fake.reset()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook receiver on loopback: records each delivery, answers as scripted."""
+    r = await Receiver().start()
+    yield r
+    await r.stop()
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ import json
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -18,6 +20,7 @@ import httpx
 import uvicorn
 from alembic import command
 from alembic.config import Config
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -37,6 +40,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_ready(
+    url: str, alive: Callable[[], bool], seconds: float, logs: Callable[[], str]
+) -> None:
+    """Polls `url`/readyz until it answers 200. Fails at once when `alive()` says the
+    server exited, or after `seconds`; either way with `logs()`, its output."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if not alive():
+            raise AssertionError(f"{url} exited before it was ready:\n{logs()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url}/readyz not 200 after {seconds} s:\n{logs()}")
+        time.sleep(0.1)
 
 
 def broker_env(
@@ -186,6 +208,31 @@ async def register_api_key_store(
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+def metric_or_none(text: str, name: str, **labels: str) -> float | None:
+    """One series' value in a Prometheus exposition (`/metrics`), or None when it is not
+    exported (a labelled counter has no series before its first increment)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """One series' value; fails when it is not exported, so that `== 0` proves a zero
+    was exported rather than passing on a missing or renamed series."""
+    value = metric_or_none(text, name, **labels)
+    if value is None:
+        exported = [
+            sample.labels
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        ]
+        raise AssertionError(f"no series {name} {labels} exported; {name} has {exported}")
+    return value
 
 
 class LiveBroker:

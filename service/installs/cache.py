@@ -81,6 +81,9 @@ class StoreCache:
         # that read the store checks it before each attempt upstream (`version`).
         self._changes: dict[str, int] = {}
         self._clears = 0
+        # Completed reads of the change feed: what tests (and a debugger) wait on to know
+        # a poll has run, instead of sleeping and hoping one did.
+        self.polls = 0
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -181,6 +184,7 @@ class StoreCache:
         while len(self._marks) > 1 and self._marks[1][0] <= now - CHANGE_WINDOW:
             self._marks.popleft()
         self._trusted_until = now + 2 * self._poll
+        self.polls += 1
 
     async def _poll_loop(self) -> None:
         while True:

@@ -396,13 +396,18 @@ async def test_in_flight_cap_per_store(app_factory, settings_factory, neto, auth
     app = await app_factory(settings_factory(store_max_in_flight=1))
     async with await client_for(app) as client:
         await installed(client, neto)
-        neto.api_delay = 1.3  # longer than the broker's 1 s wait for a slot
-        first, second = await asyncio.gather(
-            door(client, STORE, "GetItem", json={}, headers=invoker(auth)),
-            door(client, STORE, "GetOrder", json={}, headers=invoker(auth)),
-        )
-    statuses = sorted([first.status_code, second.status_code])
-    assert statuses == [200, 429], (first.text, second.text)
+        neto.hold_api()  # the first call holds the store's only slot until released
+        held = asyncio.create_task(door(client, STORE, "GetItem", json={}, headers=invoker(auth)))
+        await neto.api_arrived(1)
+        try:
+            # Waits its 1 s for the slot, which the held call never frees, then gives up.
+            second = await door(client, STORE, "GetOrder", json={}, headers=invoker(auth))
+            assert_refused(second, 429, "rate_limited")
+            assert [seen.action for seen in neto.api_requests] == ["GetItem"]
+        finally:
+            neto.release_api()
+            first = await held
+    assert first.status_code == 200, first.text
     assert len(neto.api_requests) == 1
 
 

@@ -5,12 +5,25 @@ import time
 from datetime import timedelta
 
 import httpx
+import pytest
 from sqlalchemy import select, update
 
 from service.db import utcnow
+from service.installs import cache as store_cache
 from service.installs import repository as stores
-from service.installs.models import Install
+from service.installs.models import Install, next_change_seq
+from service.installs.repository import INSTALLS
 from tests.support import install_store
+
+
+async def polls_completed(cache: store_cache.StoreCache, count: int, within: float = 15.0) -> None:
+    """Returns once `count` more polls of the change feed have completed: the one running
+    now, if any, counts as the first, so a poll that began after a change needs two."""
+    target = cache.polls + count
+    deadline = time.monotonic() + within
+    while cache.polls < target:
+        assert time.monotonic() < deadline, f"{count} polls did not complete in {within} s"
+        await asyncio.sleep(0.01)
 
 
 async def test_a_revoke_on_another_replica_stops_bundles_within_the_poll_interval(
@@ -30,7 +43,7 @@ async def test_a_revoke_on_another_replica_stops_bundles_within_the_poll_interva
         # A change that does not go through the feed is not seen: the cache is serving.
         async with app.state.services.sessionmaker() as session, session.begin():
             await session.execute(update(Install).values(store_domain="changed.example.com"))
-        await asyncio.sleep(0.5)
+        await polls_completed(app.state.services.store_cache, 3)
         cached = await client.get("/credentials/N1", headers=headers)
         assert cached.json()["store_domain"] == "shop.example.com"
         # Another replica revokes: same database, this process's cache is not told.
@@ -83,36 +96,62 @@ async def test_preload_warms_the_cache_with_active_installs(app_factory, setting
 
 
 async def test_a_mass_change_empties_the_cache_once_not_on_every_poll(
-    app_factory, settings_factory, neto, auth
+    app_factory, settings_factory, neto, auth, monkeypatch
 ):
+    # Every poll re-reads the changes of the last CHANGE_WINDOW seconds (10 s); widened
+    # here so that a slow run cannot let the changes age out of it and pass for nothing.
+    monkeypatch.setattr(store_cache, "CHANGE_WINDOW", 600.0)
     app = await app_factory(settings_factory(store_cache_seconds=0.1))
+    cache = app.state.services.store_cache
+    ids = [f"M{n}" for n in range(20)]
     async with app.state.services.sessionmaker() as session, session.begin():
         await stores.insert_many(
             session,
             app.state.services.keyring,
             [
-                {"store_id": f"M{n}", "store_domain": f"m{n}.example.com",
-                 "auth_method": "api_key", "secret": {"username": "u", "api_key": f"k{n}"}}
-                for n in range(20)
+                {"store_id": sid, "store_domain": f"{sid.lower()}.example.com",
+                 "auth_method": "api_key", "secret": {"username": "u", "api_key": f"k{sid}"}}
+                for sid in ids
             ],
         )  # fmt: skip
-    await asyncio.sleep(0.3)  # the feed has reported the import
+    await polls_completed(cache, 2)  # the second began after the import committed
     headers = auth("credentials:read", stores=["*"])
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://broker.test"
     ) as client:
-        for n in range(20):
-            assert (await client.get(f"/credentials/M{n}", headers=headers)).status_code == 200
-    cached = len(app.state.services.store_cache)
-    assert cached >= 18, cached  # a poll may have overlapped a read or two
-    # The rows stay inside the feed's 30 s look-back, but were already acted on.
-    await asyncio.sleep(0.6)
-    assert len(app.state.services.store_cache) >= cached
+
+        async def fill() -> None:
+            # A read that overlaps a poll still reporting stores this replica has not
+            # cached yet is served but not cached: read again until every store is in.
+            for _ in range(50):
+                for sid in ids:
+                    r = await client.get(f"/credentials/{sid}", headers=headers)
+                    assert r.status_code == 200, r.text
+                if len(cache) == len(ids):
+                    return
+            pytest.fail(f"the cache holds {len(cache)} of {len(ids)} stores after 50 rounds")
+
+        # The import is still inside the look-back, but copies read after it are kept.
+        await fill()
+        await polls_completed(cache, 3)
+        assert len(cache) == len(ids), "later polls emptied the cache again after the import"
+
+        # Another replica changes every store at once (a re-import): the next poll that
+        # sees it drops every cached copy, once.
+        async with app.state.services.sessionmaker() as session, session.begin():
+            await session.execute(
+                update(INSTALLS)
+                .where(INSTALLS.c.store_id.in_(ids))
+                .values(change_seq=next_change_seq(), updated_at=utcnow())
+            )
+        await polls_completed(cache, 2)
+        assert len(cache) == 0, "the poll after a mass change kept copies it had to drop"
+        await fill()
+        await polls_completed(cache, 3)
+        assert len(cache) == len(ids), "later polls emptied the cache again after the change"
 
 
 async def test_store_versions_only_grow_when_the_change_table_is_folded(app, monkeypatch):
-    from service.installs import cache as store_cache
-
     monkeypatch.setattr(store_cache, "MAX_TRACKED_CHANGES", 3)
     cache = app.state.services.store_cache
     cache.invalidate("A")

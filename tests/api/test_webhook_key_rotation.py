@@ -3,10 +3,7 @@ by the rotation, it still signs deliveries once k1 is gone from the key ring."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
-import pytest
 from sqlalchemy import select
 
 from service.db import create_engine, create_sessionmaker
@@ -14,18 +11,11 @@ from service.events import subscriptions
 from service.events.models import Webhook
 from service.keys import rotation
 from service.security.crypto import KeyRing, generate_key, key_id_of
-from tests.fakes.receiver import Receiver, verify_signature
+from tests.fakes.receiver import verify_signature
 from tests.support import ENC_KEY, register_api_key_store
 
 OLD, NEW = f"k1:{ENC_KEY}", f"k2:{generate_key()}"
 FAST = {"events_poll_seconds": 0.1, "webhook_retry_base_seconds": 0.05}
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver().start()
-    yield r
-    await r.stop()
 
 
 async def test_a_rotated_webhook_secret_still_signs_with_only_the_new_key(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,13 +19,6 @@ FAST = {
     "webhook_retry_max_seconds": 0.4,
     "webhook_timeout_seconds": 1,
 }
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver().start()
-    yield r
-    await r.stop()
 
 
 @pytest.fixture

@@ -5,18 +5,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from service.config import Settings
 from tests.conftest import truncate
-from tests.support import broker_env, free_port
+from tests.support import broker_env, free_port, wait_ready
 
 
 @dataclass
@@ -53,18 +50,8 @@ def broker_server(
             )  # fmt: skip
         server = BrokerProcess(url, process, log)
         started.append(server)
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"broker exited with {process.returncode}:\n{server.output()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    return server
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"broker not ready after 30 s:\n{server.output()}")
-            time.sleep(0.1)
+        wait_ready(url, lambda: process.poll() is None, 30, server.output)
+        return server
 
     yield start
     for server in started:
@@ -77,13 +64,3 @@ def broker_server(
     import asyncio
 
     asyncio.run(truncate(database_url))
-
-
-def metric(text: str, name: str, **labels: Any) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return 0.0

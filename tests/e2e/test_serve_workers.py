@@ -6,7 +6,7 @@ import re
 
 import httpx
 
-from tests.e2e.conftest import metric
+from tests.support import metric
 
 
 def test_metrics_sum_over_all_workers(broker_server, tmp_path):

@@ -3,8 +3,11 @@ store API (`POST /{store_domain}/do/WS/NetoAPI`), served by uvicorn on loopback.
 
 Tests drive it through its attributes: `authorize()` issues a code like Neto would after
 a merchant approves, `token_responses` / `api_responses` script the next answers, and
-`token_requests` / `api_requests` record what the broker sent. `make demo` runs it as a
-local Neto emulator (`python -m tests.fakes.neto`).
+`token_requests` / `api_requests` record what the broker sent. `hold_api()` keeps store
+API requests waiting once recorded, until `release_api()`; `api_arrived(n)` waits until n
+have arrived: a test synchronises on the calls themselves, not on a sleep that a loaded
+machine can outlast. `make demo` runs it as a local Neto emulator
+(`python -m tests.fakes.neto`).
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ class FakeNeto:
         self.token_requests: list[Seen] = []
         self.api_requests: list[Seen] = []
         self.api_delay = 0.0
+        # Cleared by `hold_api()`: store API requests wait, once recorded, until it is set.
+        self.api_gate = threading.Event()
+        self.api_gate.set()
         # Request bodies answered 403 whatever the credentials (a web firewall in front of
         # a store that dislikes one caller's request).
         self.refused_bodies: set[bytes] = set()
@@ -104,6 +110,7 @@ class FakeNeto:
             self.refused_bodies.clear()
             self.api_delay = 0.0
             self.token_delay = 0.0
+            self.api_gate.set()
 
     def authorize(
         self,
@@ -146,6 +153,26 @@ class FakeNeto:
                 "x_secret_key": token,
             }
         return code
+
+    def hold_api(self) -> None:
+        """Store API requests from now on are recorded, then wait for `release_api()`."""
+        self.api_gate.clear()
+
+    def release_api(self) -> None:
+        self.api_gate.set()
+
+    async def api_arrived(self, count: int, within: float = 15.0) -> list[Seen]:
+        """Waits (in the test's loop) until `count` store API requests have arrived in all;
+        returns them."""
+        deadline = time.monotonic() + within
+        while True:
+            with self.lock:
+                seen = list(self.api_requests)
+            if len(seen) >= count:
+                return seen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(seen)} of {count} store API requests in {within} s")
+            await asyncio.sleep(0.005)
 
     def add_api_key_store(self, store_domain: str, username: str, api_key: str) -> None:
         with self.lock:
@@ -216,6 +243,7 @@ class FakeNeto:
             scripted = self.api_responses.popleft() if self.api_responses else None
             expected = self.credentials.get(domain)
             refused = body in self.refused_bodies
+        await released(self.api_gate)
         if self.api_delay:
             await asyncio.sleep(self.api_delay)
         if scripted is not None:
@@ -241,6 +269,16 @@ class FakeNeto:
         with self.lock:
             self.stray_requests.append(seen)
         return JSONResponse({"error": "not a Neto endpoint"}, status_code=404)
+
+
+async def released(gate: threading.Event, within: float = 30.0) -> None:
+    """Waits, in the fake's own loop, until a test sets `gate` from its thread: polled, as
+    a blocking wait would stall every other request the fake serves meanwhile."""
+    deadline = time.monotonic() + within
+    while not gate.is_set():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"fake Neto held a request for {within} s: never released")
+        await asyncio.sleep(0.005)
 
 
 # -- scripted answers for `api_responses` --------------------------------------------------

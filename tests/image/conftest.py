@@ -13,12 +13,10 @@ import asyncio
 import os
 import secrets
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -27,7 +25,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from service.config import normalize_database_url
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, ENC_KEY, HS_KID, HS_SECRET
 from tests.fakes.neto import FakeNetoServer
-from tests.support import free_port, reset_database
+from tests.support import free_port, reset_database, wait_ready
 
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/broker_image"
 # The one writable path inside the container (a tmpfs), as in the Helm chart.
@@ -151,18 +149,9 @@ def serve(
                "broker", "serve", "--host", "127.0.0.1", "--port", str(port))  # fmt: skip
         names.append(name)
         container = Container(name, url)
-        deadline = time.monotonic() + READY_SECONDS
-        while True:
-            if not container.state()["Running"]:
-                pytest.fail(f"the container exited:\n{container.logs()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    return container
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"/readyz not 200 after {READY_SECONDS} s:\n{container.logs()}")
-            time.sleep(0.2)
+        wait_ready(url, lambda: bool(container.state()["Running"]), READY_SECONDS,
+                   container.logs)  # fmt: skip
+        return container
 
     yield start
     for name in names:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from dataclasses import dataclass
 
@@ -32,15 +33,18 @@ ROUNDS = 3
 # Loopback delivery and the fake's thread picking the request up: a request whose bytes
 # left before the revoke answered may be recorded this much later.
 DELIVERY = 0.005
-# 503 is Neto's own "busy" (scripted below) passed through once a read's retries ran out;
-# 502/409: Neto refused the old token once the merchant approved again, and the store
-# needs re-authorisation until the reinstall commits.
-LEGAL_INVOKE = {
+# Neto answers "busy" this often (scripted below): a read retries it, and passes it on as
+# 503 only once its retries ran out, so at most this many invokes can answer 503.
+BUSY = 6
+# Every answer an invoke may give, with its error code. When each is legal is checked
+# against the revoke's and the reinstall's windows after the race.
+ERROR_CODES = {
     200: None,
-    503: None,
+    503: None,  # Neto's own "busy", passed through
+    429: "rate_limited",  # no slot freed up within the wait
     410: "store_revoked",
-    502: "upstream_unauthorized",
-    409: "store_reauth_required",
+    502: "upstream_unauthorized",  # Neto refused the old token: the merchant approved again
+    409: "store_reauth_required",  # ... and the store was flagged before the reinstall
 }
 
 
@@ -48,6 +52,13 @@ LEGAL_INVOKE = {
 class Window:
     started: float = 0.0
     finished: float = 0.0
+
+
+@dataclass
+class Invoke:
+    started: float
+    finished: float
+    status: int
 
 
 @pytest.fixture
@@ -83,18 +94,19 @@ async def race(client, app, neto, auth, store, domain, revoke_after, reinstall_a
     revoke, reinstall = Window(), Window()
     new_token: list[str] = []
     bundles: list[tuple[float, str | None]] = []
+    invokes_seen: list[Invoke] = []
     neto.api_delay = 0.01  # each call holds its slot a moment
-    for _ in range(6):  # some reads fail once and are retried after a backoff
+    for _ in range(BUSY):  # some reads fail once and are retried after a backoff
         neto.api_responses.append(fake.answer(503, b"busy"))
 
     async def invokes() -> None:
         for _ in range(PER_TASK):
+            started = time.monotonic()
             r = await client.post(f"/invoke/{store}/GetItem", json={}, headers=invoker)
-            if r.status_code == 429:  # the slot queue was full: legal, try again
-                continue
-            assert r.status_code in LEGAL_INVOKE, r.text
-            if LEGAL_INVOKE[r.status_code]:
-                assert r.json()["error"] == LEGAL_INVOKE[r.status_code], r.text
+            invokes_seen.append(Invoke(started, time.monotonic(), r.status_code))
+            assert r.status_code in ERROR_CODES, r.text
+            if ERROR_CODES[r.status_code]:
+                assert r.json()["error"] == ERROR_CODES[r.status_code], r.text
 
     async def bundle_calls() -> None:
         for _ in range(PER_TASK):
@@ -140,6 +152,9 @@ async def race(client, app, neto, auth, store, domain, revoke_after, reinstall_a
     ]
     assert not late, f"sent upstream with the revoked token after the revoke answered: {late}"
     assert any(s.headers.get("x_secret_key") == old for s in neto.api_requests), "raced"
+    assert any(
+        call.started < revoke.started and call.finished > revoke.finished for call in invokes_seen
+    ), "raced: no invoke was in flight across the whole revoke"
     for started, token in bundles:
         if started > revoke.finished:
             assert token != old, "a bundle with the revoked token after the revoke answered"
@@ -148,6 +163,23 @@ async def race(client, app, neto, auth, store, domain, revoke_after, reinstall_a
         install = (
             await session.execute(select(Install).where(Install.store_id == store))
         ).scalar_one()
+    # Each answer only where it can happen: a revoke that has begun, a refusal of the
+    # old token only between the merchant's new approval and the reinstall's answer, and
+    # once both have answered, the end state's answer.
+    for call in invokes_seen:
+        if call.status == 410:
+            assert call.finished > revoke.started, "revoked before the revoke began"
+        elif call.status in (502, 409):
+            assert call.finished > reinstall.started, f"{call.status}: Neto still took the token"
+            assert call.started < reinstall.finished, f"{call.status} after the reinstall"
+        if call.started > max(revoke.finished, reinstall.finished):
+            if install.status == "revoked":
+                assert call.status == 410, f"{call.status} after the store ended revoked"
+            else:
+                assert call.status in (200, 503, 429), f"{call.status} for a reinstalled store"
+    busy = sum(call.status == 503 for call in invokes_seen)
+    assert busy <= BUSY, f"{busy} answers of 503, but Neto was busy only {BUSY} times"
+
     if install.status == "revoked":
         assert install.secret_sealed is None and install.token_fingerprint is None
         assert revoke.finished > reinstall.started, "revoked only if the revoke ended last"
@@ -217,23 +249,24 @@ async def test_a_refusal_of_the_replaced_token_does_not_flag_the_reinstalled_sto
     the caller gets 502, but the store, which now holds a token Neto accepts, stays active."""
     old = await install_store(client, neto, "shop.example.com", store_id="N1001")
     pending = await start_install(client, "shop.example.com")
-    arrived = asyncio.Event()
-    loop = asyncio.get_running_loop()
+    reinstalled = threading.Event()
 
     async def refuse_after_the_reinstall(request):
-        loop.call_soon_threadsafe(arrived.set)
-        await asyncio.sleep(0.3)  # the reinstall commits meanwhile
+        await fake.released(reinstalled)  # answered only once the reinstall has committed
         return await fake.answer(401, b'{"Ack":"Error"}')(request)
 
     neto.api_responses.append(refuse_after_the_reinstall)
     invoke = asyncio.create_task(
         client.post("/invoke/N1001/GetItem", json={}, headers=auth("invoke", stores=["N1001"]))
     )
-    await arrived.wait()
-    code = neto.authorize("shop.example.com", store_id="N1001")
-    new = neto.codes[code]["access_token"]
-    r = await client.get("/oauth/callback", params={"state": pending["state"], "code": code})
-    assert r.status_code == 200, r.text
+    try:
+        await neto.api_arrived(1)  # sent with the old token, and held
+        code = neto.authorize("shop.example.com", store_id="N1001")
+        new = neto.codes[code]["access_token"]
+        r = await client.get("/oauth/callback", params={"state": pending["state"], "code": code})
+        assert r.status_code == 200, r.text
+    finally:
+        reinstalled.set()
     r = await invoke
     assert r.status_code == 502 and r.json()["error"] == "upstream_unauthorized", r.text
     assert neto.api_requests[0].headers["x_secret_key"] == old["access_token"]

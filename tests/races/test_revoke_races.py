@@ -24,6 +24,7 @@ from tests.support import install_store, start_install
 
 TASKS, PER_TASK = 6, 10
 ROUNDS = 3  # the interleavings differ from round to round; one round can miss a bug
+MAX_CALLS = 500  # per task: bounds the race if the revoke or the reinstall never answers
 
 
 @dataclass
@@ -43,19 +44,19 @@ class Window:
 
 
 @pytest.mark.parametrize(
-    ("revoke_after", "reinstall_after"),
-    [(0.01, 0.05), (0.05, 0.01), (0.02, 0.02)],
+    ("revoke_after", "reinstall_after", "first"),
+    [(0.01, 0.05, "revoke"), (0.05, 0.01, "reinstall"), (0.02, 0.02, None)],
     ids=["revoke-then-reinstall", "reinstall-then-revoke", "together"],
 )
 async def test_revoke_bundles_and_reinstall_race_to_a_legal_end(
-    client, app, neto, auth, revoke_after, reinstall_after
+    client, app, neto, auth, revoke_after, reinstall_after, first
 ):
     for round_ in range(ROUNDS):
         await race(client, app, neto, auth, f"N10{round_}", f"shop{round_}.example.com",
-                   revoke_after + round_ * 0.003, reinstall_after)  # fmt: skip
+                   revoke_after + round_ * 0.003, reinstall_after, first)  # fmt: skip
 
 
-async def race(client, app, neto, auth, store, domain, revoke_after, reinstall_after):
+async def race(client, app, neto, auth, store, domain, revoke_after, reinstall_after, first):
     old = (await install_store(client, neto, domain, store_id=store))["access_token"]
     pending = await start_install(client, domain)
     code = neto.authorize(domain, store_id=store)
@@ -64,9 +65,20 @@ async def race(client, app, neto, auth, store, domain, revoke_after, reinstall_a
     admin = auth("installs:admin")
     calls: list[Call] = []
     revoke, reinstall = Window(), Window()
+    # The revoke and the reinstall wait for a bundle with the old token to be served, so
+    # "no old token after the revoke" always has old tokens to judge.
+    served_old = asyncio.Event()
+
+    def settled() -> bool:
+        return bool(revoke.finished and reinstall.finished)
 
     async def bundles() -> None:
-        for _ in range(PER_TASK):
+        # Until both have answered, and a few more after. A short pause between calls
+        # lets the writes in: with none at all, the reinstall once waited over a second.
+        made = after = 0
+        while (made < PER_TASK or after < 2) and made < MAX_CALLS:
+            made += 1
+            after += settled()
             started = time.monotonic()
             r = await client.get(f"/credentials/{store}", headers=reader)
             body = r.json()
@@ -77,9 +89,12 @@ async def race(client, app, neto, auth, store, domain, revoke_after, reinstall_a
                      body["bundle_id"] if ok else None)
             )  # fmt: skip
             assert ok or body["error"] == "store_revoked", body
+            if ok and calls[-1].token == old:
+                served_old.set()
             await asyncio.sleep(0.002)
 
     async def timed(window: Window, delay: float, request) -> None:
+        await served_old.wait()
         await asyncio.sleep(delay)
         window.started = time.monotonic()
         r = await request()
@@ -95,6 +110,19 @@ async def race(client, app, neto, auth, store, domain, revoke_after, reinstall_a
             lambda: client.get("/oauth/callback", params={"state": pending["state"], "code": code}),
         ),
     )
+
+    # The race happened: bundles were read while each write ran, some with the old token,
+    # and some after both had answered.
+    for name, window in (("revoke", revoke), ("reinstall", reinstall)):
+        assert any(c.started < window.finished and c.finished > window.started for c in calls), (
+            f"raced: no bundle call was in flight during the {name}"
+        )
+    assert any(c.token == old for c in calls), "raced: no bundle with the old token"
+    assert any(c.started > max(revoke.finished, reinstall.finished) for c in calls), (
+        "raced: no bundle call after both answered"
+    )
+    if first is not None:
+        assert (revoke.started < reinstall.started) == (first == "revoke"), f"{first} first"
 
     for call in calls:
         if call.token == old:

@@ -14,17 +14,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import httpx
 import pytest
 
 from service.config import normalize_database_url
 from service.security.crypto import generate_key
+from tests import support
 from tests.conftest import truncate
 from tests.fakes.neto import FakeNetoServer
 from tests.support import broker_env, free_port
@@ -103,17 +102,8 @@ def start_replica(
 
 
 def wait_ready(replica: Replica) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if replica.process.poll() is not None:
-            raise RuntimeError(f"replica {replica.name} exited:\n{replica.log_tail()}")
-        try:
-            if httpx.get(f"{replica.url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"replica {replica.name} did not become ready:\n{replica.log_tail()}")
+    support.wait_ready(replica.url, lambda: replica.process.poll() is None, STARTUP_SECONDS,
+                       replica.log_tail)  # fmt: skip
 
 
 @dataclass

@@ -23,13 +23,6 @@ STORES = 30
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver().start()
-    yield r
-    await r.stop()
-
-
-@pytest.fixture
 async def http(cluster: Cluster) -> AsyncIterator[httpx.AsyncClient]:
     """A client for both replicas; the shared database emptied first."""
     await truncate(cluster.database_url)
