@@ -185,7 +185,7 @@ class UpstreamClient:
                         self._connection_failed(exc, creds, action, unsent)
                         retryable = retry_reads or unsent
                     else:
-                        metrics.UPSTREAM.labels(action, str(last.status)).inc()
+                        metrics.count_upstream(action, str(last.status))
                         retryable = retry_reads and last.status in RETRY_STATUSES
                         if not retryable:
                             return last
@@ -193,10 +193,10 @@ class UpstreamClient:
                         break
                     await asyncio.sleep(self._backoff(attempt))
         except _TooLarge:
-            metrics.UPSTREAM.labels(action, "too_large").inc()
+            metrics.count_upstream(action, "too_large")
             raise UpstreamResponseTooLarge() from None
         except TimeoutError:
-            metrics.UPSTREAM.labels(action, "timeout").inc()
+            metrics.count_upstream(action, "timeout")
             raise UpstreamTimeout() from None
         if last is not None:  # a read that kept failing with 5xx: Neto's last answer
             return last
@@ -223,8 +223,12 @@ class UpstreamClient:
             url, data=body, headers=headers, allow_redirects=False, timeout=self._timeout
         ) as response:
             length = response.content_length
-            if length is not None and length > self._max_response:
-                raise _TooLarge()
+            if length is not None:
+                if length > self._max_response:
+                    raise _TooLarge()
+                # The declared length is within the cap, and aiohttp reads no more than it.
+                body = await response.read()
+                return UpstreamResponse(response.status, body, response.headers.get("Content-Type"))
             chunks: list[bytes] = []
             size = 0
             async for chunk in response.content.iter_chunked(READ_CHUNK):
@@ -239,7 +243,7 @@ class UpstreamClient:
     def _connection_failed(
         self, exc: BaseException, creds: StoreCredentials, action: str, unsent: bool
     ) -> None:
-        metrics.UPSTREAM.labels(action, "connect_error" if unsent else "error").inc()
+        metrics.count_upstream(action, "connect_error" if unsent else "error")
         fields = {"store_id": creds.store_id, "action": action, "error_type": type(exc).__name__}
         if egress_refused(exc):  # permanent: never retried
             log.warning("upstream address refused by egress rules", extra={"fields": fields})

@@ -35,6 +35,17 @@ LATENCY = Histogram(
 UPSTREAM = Counter(
     "broker_upstream_requests_total", "Calls to Neto by action and outcome", ["action", "status"]
 )
+_UPSTREAM_SERIES: dict[tuple[str, str], Counter] = {}
+
+
+def count_upstream(action: str, outcome: str) -> None:
+    """One call to Neto by action (one of the 41) and outcome (a status or a failure)."""
+    series = _UPSTREAM_SERIES.get((action, outcome))
+    if series is None:
+        series = _UPSTREAM_SERIES[(action, outcome)] = UPSTREAM.labels(action, outcome)
+    series.inc()
+
+
 BUNDLES = Counter("broker_bundles_issued_total", "Credential bundles issued", ["auth_method"])
 RATE_LIMIT_PAUSES = Counter(
     "broker_rate_limit_pauses_total",
