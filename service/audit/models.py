@@ -19,8 +19,8 @@ class AuditEvent(SQLModel, table=True):
         Index("ix_audit_events_store_id_id", "store_id", "id"),
         Index("ix_audit_events_actor_id", "actor", "id"),
         Index("ix_audit_events_event_id", "event", "id"),
-        # Retention deletes the rows older than a cutoff, in small batches.
-        Index("ix_audit_events_at", "at"),
+        # No index on `at`: every bundle writes a row, and retention walks the primary key
+        # (service/jobs/retention.py).
     )
 
     id: int | None = Field(default=None, primary_key=True)

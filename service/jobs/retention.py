@@ -1,12 +1,16 @@
 """Retention: rows older than their table's retention are deleted, in small batches.
 
 Generic over (table, time column, retention days): the audit log is one entry, the
-events outbox another (`targets`). Each batch is its own short transaction deleting at
-most `batch_size` rows found through the time column's index
-(`DELETE … WHERE id IN (SELECT id … WHERE at < cutoff LIMIT n)`), with a pause between
-batches, so bundles' audit inserts never queue behind one long delete and the database
-never holds a huge transaction. One replica at a time prunes (the `retention` lease,
-renewed before every batch); `broker audit prune` takes the same lease.
+events outbox another (`targets`). Rows are appended, so their keys follow time: each
+batch takes the `batch_size` oldest rows by key (the primary key's order, no index on the
+time column for every insert to write) and deletes those past the cutoff
+(`DELETE … WHERE id IN (SELECT id … ORDER BY id LIMIT n) AND at < cutoff`); the run
+stops at a batch that deletes nothing. A row written out of order (by a replica whose
+clock is off) goes once it is past the cutoff and among the oldest. Each batch is its own
+short transaction, with a pause between batches, so bundles' audit inserts never queue
+behind one long delete and the database never holds a huge transaction. One replica at a
+time prunes (the `retention` lease, renewed before every batch); `broker audit prune`
+takes the same lease.
 """
 
 from __future__ import annotations
@@ -69,8 +73,9 @@ async def prune_batch(
     """Delete up to `batch_size` rows older than `cutoff` in one transaction; how many."""
     rows = table(target.table, column(target.key), column(target.time_column, UTCDateTime()))
     key = rows.c[target.key]
-    oldest = select(key).where(rows.c[target.time_column] < cutoff).limit(batch_size)
-    stmt = delete(rows).where(key.in_(oldest.scalar_subquery()))
+    oldest = select(key).order_by(key).limit(batch_size)
+    expired = rows.c[target.time_column] < cutoff
+    stmt = delete(rows).where(key.in_(oldest.scalar_subquery()), expired)
 
     async def work(session: AsyncSession) -> int:
         return int(getattr(await session.execute(stmt), "rowcount", 0) or 0)
@@ -95,7 +100,7 @@ async def prune(
         removed = await prune_batch(sessionmaker, target, cutoff, batch_size)
         total += removed
         metrics.PRUNED.labels(target.table).inc(removed)
-        if removed < batch_size:
+        if removed == 0:  # the oldest rows are all still within retention
             break
         await asyncio.sleep(pause_seconds)
     if total:
