@@ -23,13 +23,13 @@ the batch for the install row.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+import orjson
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.access.audit_sqlite import SqliteBatchConnection
@@ -161,14 +161,14 @@ class AuditWriter:
             for row in rows:
                 at = row["at"].replace(tzinfo=None).isoformat(" ", "microseconds")
                 params += (at, row["event"], row["actor"], row["store_id"],
-                           row["request_id"], json.dumps(row["details"]))  # fmt: skip
+                           row["request_id"], orjson.dumps(row["details"]).decode())  # fmt: skip
             sqlite, statement = self.sqlite, _sqlite(len(rows))
             returned = await retrying(lambda: sqlite.run(statement, params))
             return {store_id for (store_id,) in returned}
 
         names = ("at", "event", "actor", "store_id", "request_id")
         columns = [[row[name] for row in rows] for name in names]
-        columns.append([json.dumps(row["details"]) for row in rows])
+        columns.append([orjson.dumps(row["details"]).decode() for row in rows])
 
         async def work(session: AsyncSession) -> set[str]:
             conn = await session.connection()

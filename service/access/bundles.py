@@ -71,7 +71,7 @@ async def credentials(request: Request, store_id: StoreId) -> JSONResponse:
         "issued_at": _zulu(now),
         "expires_at": _zulu(now + timedelta(seconds=app.settings.bundle_ttl_seconds)),
     }
-    metrics.BUNDLES.labels(creds.auth_method).inc()
+    metrics.series(metrics.BUNDLES, creds.auth_method).inc()
     return FastJSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 

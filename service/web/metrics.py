@@ -9,6 +9,7 @@ start) holds every worker's values and a scrape of any worker reports their sum.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -35,17 +36,6 @@ LATENCY = Histogram(
 UPSTREAM = Counter(
     "broker_upstream_requests_total", "Calls to Neto by action and outcome", ["action", "status"]
 )
-_UPSTREAM_SERIES: dict[tuple[str, str], Counter] = {}
-
-
-def count_upstream(action: str, outcome: str) -> None:
-    """One call to Neto by action (one of the 41) and outcome (a status or a failure)."""
-    series = _UPSTREAM_SERIES.get((action, outcome))
-    if series is None:
-        series = _UPSTREAM_SERIES[(action, outcome)] = UPSTREAM.labels(action, outcome)
-    series.inc()
-
-
 BUNDLES = Counter("broker_bundles_issued_total", "Credential bundles issued", ["auth_method"])
 RATE_LIMIT_PAUSES = Counter(
     "broker_rate_limit_pauses_total",
@@ -59,20 +49,28 @@ INSTALLS = Gauge(
 )
 
 
-# Each request's labelled series, looked up once: `labels()` takes a lock and builds its
+# Labelled series by their labels, looked up once: `labels()` takes a lock and builds its
 # key on every call, a cost every request would pay. Bounded like the series themselves
-# (methods x route templates x statuses).
-_REQUEST_SERIES: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+# (label values are route templates and fixed names).
+_SERIES: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def series(metric: Counter | Histogram, *labels: str) -> Any:
+    """`metric.labels(*labels)`, from the cache after the first time."""
+    found = _SERIES.get((metric, labels))
+    if found is None:
+        found = _SERIES[(metric, labels)] = metric.labels(*labels)
+    return found
 
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
-    key = (method, route, status)
-    series = _REQUEST_SERIES.get(key)
-    if series is None:
-        series = (REQUESTS.labels(method, route, str(status)), LATENCY.labels(method, route))
-        _REQUEST_SERIES[key] = series
-    series[0].inc()
-    series[1].observe(seconds)
+    series(REQUESTS, method, route, str(status)).inc()
+    series(LATENCY, method, route).observe(seconds)
+
+
+def count_upstream(action: str, outcome: str) -> None:
+    """One call to Neto by action (one of the 41) and outcome (a status or a failure)."""
+    series(UPSTREAM, action, outcome).inc()
 
 
 STORE_CACHE_ENTRIES = Gauge(
