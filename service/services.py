@@ -7,7 +7,9 @@ Keys, caller-token verification and the API URL template are parsed by `create_a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
 from service.access.audit_batch import AuditWriter
+from service.background import cancel_and_wait
 from service.config import Settings
 from service.db import create_engine, create_sessionmaker
 from service.events.outbox import CHANNEL as EVENTS_CHANNEL
@@ -141,6 +144,7 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
         await store_cache.start(preload=settings.store_cache_preload)
     except Exception:  # the database may be down at start; the cache then stays cold
         log.warning("store cache could not start; serving from the database")
+    freezer = asyncio.create_task(_freeze_when_warm(store_cache), name="gc-freeze")
     if services.heartbeat is not None:
         await services.heartbeat.start()
     for job in services.jobs:
@@ -148,6 +152,8 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
     try:
         yield services
     finally:
+        await cancel_and_wait(freezer)
+        gc.unfreeze()
         for job in services.jobs:
             await job.stop()
         if services.heartbeat is not None:
@@ -184,3 +190,14 @@ def services(conn: HTTPConnection) -> Services:
     """The app's services, for a route or dependency."""
     built: Services = conn.app.state.services
     return built
+
+
+async def _freeze_when_warm(cache: StoreCache) -> None:
+    """Once the store cache is warm, what the process built to serve (modules, the app,
+    the cache) is long-lived: moved out of the collector's generations (`gc.freeze`), so a
+    full collection walks only what requests create. Measured with 100,000 installs: full
+    collections of 80-180 ms every second or two before, 11-17 ms after; they were the
+    bundles' whole p99 (docs/performance.md). Undone when the services stop
+    (`gc.unfreeze`), so a process that builds many apps (the tests) keeps nothing."""
+    await cache.warm.wait()
+    gc.freeze()

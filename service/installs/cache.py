@@ -28,6 +28,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -40,6 +41,20 @@ from service.security.crypto import KeyRing
 from service.web import metrics
 
 log = logging.getLogger("broker.store_cache")
+
+# A cached store is a plain tuple of its credentials' fields (strings, numbers, None) and
+# when they were read: the garbage collector stops tracking such a tuple, where 100,000
+# cached objects would be walked by every full collection. `get` builds the
+# StoreCredentials a caller uses.
+Entry = tuple[str, str, str, str, int, str | None, str | None, float]
+CHANGE_SEQ: Final = 4
+READ_AT: Final = 7
+
+
+def _entry(creds: StoreCredentials) -> Entry:
+    return (creds.store_id, creds.store_domain, creds.auth_method, creds.status,
+            creds.change_seq, creds.who, creds.secret, time.monotonic())  # fmt: skip
+
 
 # PostgreSQL channel of the install service's change notifications (payload: store id).
 CHANGES_CHANNEL = "broker_install_changes"
@@ -68,8 +83,8 @@ class StoreCache:
         self._poll = poll_seconds
         self._max = max_entries
         self._max_age = max_age_seconds
-        # Store id -> (credentials, when read on the monotonic clock).
-        self._entries: dict[str, tuple[StoreCredentials, float]] = {}
+        # Store id -> its credentials' fields and when they were read (`_entry`).
+        self._entries: dict[str, Entry] = {}
         # (when, highest change number seen by then), for the feed's re-read window.
         self._marks: deque[tuple[float, int]] = deque()
         self._trusted_until = 0.0
@@ -84,11 +99,16 @@ class StoreCache:
         # Completed reads of the change feed: what tests (and a debugger) wait on to know
         # a poll has run, instead of sleeping and hoping one did.
         self.polls = 0
+        # Set once the start-up preload is over (or at start without one).
+        self.warm = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self, *, preload: bool) -> None:
+        if not preload:
+            self.warm.set()
         if self._poll <= 0 or self._max <= 0:
+            self.warm.set()
             return  # caching disabled: every request reads the database
         async with self._sessionmaker() as session:
             self._marks.append((time.monotonic(), await queries.last_change(session)))
@@ -107,8 +127,8 @@ class StoreCache:
         now = time.monotonic()
         if now < self._trusted_until:
             hit = self._entries.get(store_id)
-            if hit is not None and now - hit[1] < self._max_age:
-                return hit[0]
+            if hit is not None and now - hit[READ_AT] < self._max_age:
+                return StoreCredentials(*hit[:READ_AT])
         epoch = self._epoch
         async with self._sessionmaker() as session:
             install = await repository.get(session, store_id)
@@ -156,7 +176,7 @@ class StoreCache:
             for key in list(self._entries)[: max(1, self._max // 10)]:
                 del self._entries[key]
         self._entries.pop(creds.store_id, None)  # re-inserted last: the oldest go first
-        self._entries[creds.store_id] = (creds, time.monotonic())
+        self._entries[creds.store_id] = _entry(creds)
 
     async def _refresh(self) -> None:
         floor = self._marks[0][1]
@@ -171,7 +191,7 @@ class StoreCache:
         for store_id, seq in changed:
             highest = max(highest, seq)
             entry = self._entries.get(store_id)
-            if entry is not None and entry[0].change_seq >= seq:
+            if entry is not None and entry[CHANGE_SEQ] >= seq:
                 continue  # this copy was read after the change
             self._entries.pop(store_id, None)
             self._note_change(store_id)
@@ -217,10 +237,12 @@ class StoreCache:
                         creds = open_credentials(self._keyring, install, self._client_id)
                     except StoreSecretUnreadable:
                         continue  # logged at ERROR; requests for it answer the same error
-                    self._entries[install.store_id] = (creds, time.monotonic())
+                    self._entries[install.store_id] = _entry(creds)
                 after = rows[-1].store_id
                 await asyncio.sleep(0)  # let requests run between batches
         except Exception as exc:
             log.warning(
                 "store cache preload stopped", extra={"fields": {"error_type": type(exc).__name__}}
             )
+        finally:
+            self.warm.set()
