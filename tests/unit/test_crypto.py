@@ -1,5 +1,7 @@
 """Sealing: AES-256-GCM with a key id and row-bound associated data."""
 
+import base64
+
 import pytest
 
 from service.security.crypto import Context, KeyConfigError, KeyRing, SealError, generate_key
@@ -7,6 +9,13 @@ from service.security.crypto import Context, KeyConfigError, KeyRing, SealError,
 
 def ring(spec: str) -> KeyRing:
     return KeyRing.parse(spec)
+
+
+def test_a_generated_key_is_32_random_bytes_in_unpadded_base64url():
+    key = generate_key()
+    assert len(key) == 43 and "=" not in key, key
+    assert base64.urlsafe_b64decode(key + "=") != base64.urlsafe_b64decode(generate_key() + "=")
+    assert len(base64.urlsafe_b64decode(key + "=")) == 32
 
 
 def test_round_trip_and_key_id_visible():
