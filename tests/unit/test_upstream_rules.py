@@ -7,6 +7,7 @@ here."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from types import SimpleNamespace
 from typing import Any
 
@@ -230,6 +231,7 @@ async def test_the_fence_decides_whether_and_with_what_a_call_is_sent(store_api)
     assert headers["NETOAPI_ACTION"] == "GetOrder"
     assert headers["Content-Type"] == "text/xml" and headers["Accept"] == "text/xml"
     assert headers["X-Request-ID"] == "r-1"
+    assert headers["Accept-Encoding"] == "identity", "the size cap would measure compressed bytes"
 
 
 @pytest.mark.parametrize("status", [300, 301, 307, 399])
@@ -241,3 +243,37 @@ async def test_every_3xx_is_refused_naming_the_redirect(store_api, status):
         f"The store's Neto API answered with a redirect (HTTP {status}), which the broker "
         "does not follow; check the store's domain."
     )
+
+
+async def test_a_connect_that_hangs_is_given_up_at_the_connect_timeout():
+    # A listener whose accept queue is full: the kernel drops further SYNs, so a new
+    # connection neither opens nor fails. The connect timeout ends it (nothing was sent:
+    # 502, not the 504 of the whole call's deadline).
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers: list[socket.socket] = []
+    try:
+        while True:
+            filler = socket.socket()
+            filler.settimeout(0.2)
+            fillers.append(filler)
+            try:
+                filler.connect(listener.getsockname())
+            except TimeoutError:
+                break
+        port = listener.getsockname()[1]
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None, env="development", upstream_connect_timeout_seconds=0.3,
+            upstream_deadline_seconds=5, upstream_max_retries=0,
+        )  # fmt: skip
+        async with aiohttp.ClientSession() as session:
+            template = f"http://127.0.0.1:{port}/{{store_domain}}/do/WS/NetoAPI"
+            client = UpstreamClient(session, ApiUrlBuilder(template), settings)
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(UpstreamUnreachable):
+                await client.call(_store(), "GetItem", b"{}", request_id=None)
+            assert asyncio.get_running_loop().time() - started < 2
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
