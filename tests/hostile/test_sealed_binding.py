@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -133,7 +134,13 @@ def test_opened_credentials_are_printable_ascii_or_refused(username: str, opens:
     printable one, spaces included (registration allows them), opens with its row's
     change number."""
     from service.errors import StoreSecretUnreadable
-    from service.installs.sealing import Binding, open_credentials, sealed_values
+    from service.installs.sealing import (
+        Binding,
+        credentials_fingerprint,
+        fingerprint,
+        open_credentials,
+        sealed_values,
+    )
 
     keyring = KeyRing.parse(f"k1:{generate_key()}")
     binding = Binding("N1", "shop.example.com", "api_key")
@@ -148,6 +155,8 @@ def test_opened_credentials_are_printable_ascii_or_refused(username: str, opens:
     if opens:
         creds = open_credentials(keyring, install, None)
         assert (creds.who, creds.secret, creds.change_seq) == (username, "key-1", 7)
+        assert credentials_fingerprint(creds) == fingerprint("key-1")
+        assert credentials_fingerprint(replace(creds, secret=None)) is None
     else:
         with pytest.raises(StoreSecretUnreadable):
             open_credentials(keyring, install, None)
