@@ -10,6 +10,7 @@ from sqlalchemy import select, text, update
 
 from service.installs.models import Install
 from service.oauth.models import PendingInstall
+from service.security.crypto import Context
 from tests.support import RETURN_PREFIX, query_of
 
 DOMAIN = "shop.example.com"
@@ -71,6 +72,10 @@ async def test_app_state_is_stored_sealed_never_in_clear(client, app, auth):
     dump = " ".join(str(v) for v in row.values())
     assert value not in dump and "my-app-session" not in dump, "app_state is readable"
     assert str(row["app_state_sealed"]).startswith("v1:"), row["app_state_sealed"]
+    # Bound to its table, column and state: the form a replica of another version opens
+    # (a pending row may be started on one and returned to on another during a deploy).
+    ctx = Context("pending_installs", "app_state_sealed", row["state_hash"])
+    assert app.state.services.keyring.open(row["app_state_sealed"], ctx) == value.encode()
 
 
 @pytest.mark.parametrize(

@@ -103,3 +103,29 @@ async def test_anonymous_starts_write_no_audit_and_expired_rows_are_pruned(app):
     assert await count(app, select(func.count()).select_from(AuditEvent)) == 0
     stale = select(func.count()).where(PendingInstall.state_hash == "0" * 64)
     assert await count(app, stale) == 0, "an expired pending install was kept"
+
+
+async def test_only_live_anonymous_installs_count_toward_the_cap(app_factory, settings_factory):
+    """Expired, used and token-started pending installs take no place under the cap."""
+    app = await app_factory(settings_factory(max_pending_installs=2))
+    now = utcnow()
+    rows = [
+        # expired a minute ago (kept for a while, not yet pruned)
+        {"initiated_by": "neto", "expires_at": now - timedelta(minutes=1)},
+        {"initiated_by": "neto", "expires_at": now - timedelta(minutes=1)},
+        # used
+        {"initiated_by": "neto", "expires_at": now + timedelta(minutes=5), "consumed_at": now},
+        {"initiated_by": "neto", "expires_at": now + timedelta(minutes=5), "consumed_at": now},
+        # started by a caller with a token
+        {"initiated_by": "svc", "expires_at": now + timedelta(minutes=5)},
+        {"initiated_by": "svc", "expires_at": now + timedelta(minutes=5)},
+    ]
+    async with sessions(app)() as session, session.begin():
+        for n, row in enumerate(rows):
+            session.add(PendingInstall(
+                state_hash=f"{n:064d}", store_domain="old.example.com", created_at=now, **row
+            ))  # fmt: skip
+    async with await client_for(app) as client:
+        assert (await start(client)).status_code == 302
+        assert (await start(client)).status_code == 302
+        assert_page(await start(client), 503)

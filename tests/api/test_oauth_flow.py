@@ -10,7 +10,9 @@ from sqlalchemy import select, text, update
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from service.db import utcnow
+from service.errors import InvalidState
 from service.installs.models import Install
+from service.oauth import pending
 from service.oauth.models import PendingInstall
 from service.oauth.pending import CLAIM_LEASE
 from tests.support import (
@@ -427,3 +429,49 @@ async def test_a_refused_connection_to_the_token_endpoint_is_not_reported_as_a_t
     assert r.headers["x-broker-error"] == "token_exchange_failed"
     assert "could not be reached" in r.text
     assert await rows(app, Install) == []
+
+
+async def test_a_failed_callback_frees_only_its_own_claim(client, app, neto):
+    """A callback whose exchange failed lets its own state be claimed again, and no
+    other: another install's callback in progress keeps its claim, so a second code for
+    that state is refused instead of exchanged alongside it."""
+    other = "other.example.com"
+    mine, theirs = await start_install(client, DOMAIN), await start_install(client, other)
+    in_progress = utcnow()
+    async with app.state.services.sessionmaker() as session, session.begin():
+        await session.execute(
+            update(PendingInstall)
+            .where(PendingInstall.store_domain == other)
+            .values(claimed_at=in_progress, claim_code_hash="0" * 64)
+        )
+    neto.token_responses.append(scripted(JSONResponse({"error": "server_error"}, 503)))
+    r = await callback(client, code=neto.authorize(DOMAIN, store_id="N5"), state=mine["state"])
+    assert r.status_code == 502, r.text
+    claims = {p.store_domain: p.claimed_at for p in await rows(app, PendingInstall)}
+    assert claims[DOMAIN] is None, "the failed callback's own claim was kept"
+    assert claims[other] is not None, "another install's claim was freed"
+    r = await callback(client, code=neto.authorize(other, store_id="N6"), state=theirs["state"])
+    assert r.status_code == 400 and "already being completed" in r.text, r.text
+    assert len(neto.token_requests) == 1
+
+
+async def test_a_claimed_state_refuses_another_code_until_its_lease_runs_out(client, app, neto):
+    """A callback in progress holds the state for the claim lease: a second approval's
+    code is refused meanwhile, and may take the state over once the lease ran out (the
+    first callback died)."""
+    q = await start_install(client, DOMAIN)
+    assert len(q["state"]) == 43, "the state is 32 random bytes, base64url"
+    sessionmaker = app.state.services.sessionmaker
+    async with sessionmaker() as session, session.begin():
+        claimed = await pending.claim(session, q["state"], "code-1")
+        assert claimed.claimed_at is not None
+    async with sessionmaker() as session, session.begin():
+        with pytest.raises(InvalidState, match="already being completed"):
+            await pending.claim(session, q["state"], "code-2")
+    async with sessionmaker() as session, session.begin():
+        await session.execute(
+            update(PendingInstall).values(claimed_at=utcnow() - CLAIM_LEASE - timedelta(seconds=1))
+        )
+    async with sessionmaker() as session, session.begin():
+        taken = await pending.claim(session, q["state"], "code-2")
+        assert taken.claimed_at is not None and taken.claimed_at > utcnow() - CLAIM_LEASE

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -121,3 +122,41 @@ def test_the_migration_rebinds_old_rows_and_the_old_form_no_longer_opens(
         open_credentials(keyring, rows["OLD2"], None)
     with pytest.raises(RuntimeError, match="no downgrade"):
         command.downgrade(alembic_config(url), "7c1d4e2a9b10")
+
+
+@pytest.mark.parametrize(
+    ("username", "opens"),
+    [("John Smith", True), (" ~", True), ("a\nb", False), ("caf\u00e9", False), ("\x7f", False)],
+    ids=["space", "printable-ends", "newline", "non-ascii", "delete"],
+)
+def test_opened_credentials_are_printable_ascii_or_refused(username: str, opens: bool) -> None:
+    """A value that would split a header is refused when opened, whoever sealed it; a
+    printable one, spaces included (registration allows them), opens with its row's
+    change number."""
+    from service.errors import StoreSecretUnreadable
+    from service.installs.sealing import (
+        Binding,
+        credentials_fingerprint,
+        fingerprint,
+        open_credentials,
+        sealed_values,
+    )
+
+    keyring = KeyRing.parse(f"k1:{generate_key()}")
+    binding = Binding("N1", "shop.example.com", "api_key")
+    sealed = sealed_values(
+        keyring, binding, secret={"username": username, "api_key": "key-1"}, user=None,
+        billing=None,
+    )  # fmt: skip
+    install = Install(
+        store_id="N1", store_domain="shop.example.com", auth_method="api_key",
+        status="active", change_seq=7, **sealed,
+    )  # fmt: skip
+    if opens:
+        creds = open_credentials(keyring, install, None)
+        assert (creds.who, creds.secret, creds.change_seq) == (username, "key-1", 7)
+        assert credentials_fingerprint(creds) == fingerprint("key-1")
+        assert credentials_fingerprint(replace(creds, secret=None)) is None
+    else:
+        with pytest.raises(StoreSecretUnreadable):
+            open_credentials(keyring, install, None)

@@ -8,6 +8,7 @@ The verifier's clock is injected, so time windows are exact and nothing sleeps.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from service.config import Settings
 from service.errors import ActionNotAllowed, Forbidden, StoreNotAllowed, Unauthorized
-from service.security.callers import KeyFileError, TokenVerifier
+from service.security.callers import KeyFileError, TokenVerifier, mint
 from service.security.crypto import generate_key
 from tests.support import AUDIENCE, HS_KID, HS_SECRET, b64, hs256
 
@@ -243,6 +244,49 @@ def test_iat_in_the_future_within_leeway_accepted(verifier):
     assert verifier.verify(hs256(claims(iat=int(NOW) + 29, exp=int(NOW) + 600)))
 
 
+@pytest.mark.parametrize(
+    "times",
+    [
+        {"iat": int(NOW) - 600, "exp": int(NOW) - 30},  # expired exactly the leeway ago
+        {"iat": int(NOW) + 30, "exp": int(NOW) + 600},  # issued exactly the leeway ahead
+        {"nbf": int(NOW) + 30},  # valid from exactly the leeway ahead
+        {"nbf": int(NOW)},  # valid from now
+        {"nbf": int(NOW) - 60},  # valid since a minute ago
+    ],
+    ids=["exp-at-leeway", "iat-at-leeway", "nbf-at-leeway", "nbf-now", "nbf-past"],
+)
+def test_time_claims_at_the_edge_of_the_leeway_are_accepted(verifier, times):
+    assert verifier.verify(hs256(claims(**times))).sub == "orders-service"
+
+
+def test_a_token_of_exactly_8_kib_is_accepted(verifier):
+    base = hs256(claims(pad=""))
+    pad = (8192 - len(base)) * 3 // 4
+    token = next(t for n in range(pad - 4, pad + 4) if len(t := hs256(claims(pad="x" * n))) == 8192)
+    assert verifier.verify(token).sub == "orders-service"
+
+
+def test_mint_makes_a_token_the_verifier_takes_with_every_grant(make_verifier):
+    verifier = make_verifier(Clock(time.time()), jwt_issuers="https://ops.example")
+    token = mint(
+        kid=HS_KID, secret=HS_SECRET, sub="ops", scope="credentials:read invoke",
+        audience=AUDIENCE, ttl_seconds=600, stores=["N1"], actions=["GetItem", "Update*"],
+        issuer="https://ops.example",
+    )  # fmt: skip
+    caller = verifier.verify(token)
+    assert caller.sub == "ops"
+    caller.require_store("N1")
+    caller.require_action("UpdateItem", is_write=True)
+    with pytest.raises(ActionNotAllowed):
+        caller.require_action("GetOrder", is_write=False)
+    bare = mint(kid=HS_KID, secret=HS_SECRET, sub="ops", scope="", audience=AUDIENCE,
+                ttl_seconds=600)  # fmt: skip
+    with pytest.raises(Unauthorized, match="iss"):
+        verifier.verify(bare)
+    with pytest.raises(StoreNotAllowed):
+        make_verifier(Clock(time.time())).verify(bare).require_store("N1")
+
+
 def test_nbf_in_the_future_refused(verifier):
     refused(verifier, hs256(claims(nbf=int(NOW) + 120)), "not valid yet")
 
@@ -348,6 +392,7 @@ def test_absent_iss_refused_when_issuers_configured(make_verifier):
         ("actions", [None], "`actions`"),
         ("actions", ["Get*Item"], "only at its end"),
         ("actions", ["*Item"], "only at its end"),
+        ("actions", ["GetIte*m"], "only at its end"),
         ("scope", ["credentials:read"], "`scope`"),
         ("scope", 1, "`scope`"),
     ],
@@ -430,6 +475,13 @@ def test_action_grants_are_exact_names_or_prefixes(verifier):
     for action in ("AddItem", "AddOrderX", "updateItem"):
         with pytest.raises(ActionNotAllowed):
             caller.require_action(action, is_write=True)
+
+
+def test_a_prefix_grant_is_the_whole_text_before_its_star(verifier):
+    caller = verifier.verify(hs256(claims(actions=["GetI*"])))
+    caller.require_action("GetItem", is_write=False)
+    with pytest.raises(ActionNotAllowed):
+        caller.require_action("GetOrder", is_write=False)
 
 
 def test_action_pattern_characters_are_not_wildcards(verifier):

@@ -1,12 +1,28 @@
 """Sealing: AES-256-GCM with a key id and row-bound associated data."""
 
+import base64
+
 import pytest
 
-from service.security.crypto import Context, KeyConfigError, KeyRing, SealError, generate_key
+from service.security.crypto import (
+    Context,
+    KeyConfigError,
+    KeyRing,
+    SealError,
+    generate_key,
+    key_id_of,
+)
 
 
 def ring(spec: str) -> KeyRing:
     return KeyRing.parse(spec)
+
+
+def test_a_generated_key_is_32_random_bytes_in_unpadded_base64url():
+    key = generate_key()
+    assert len(key) == 43 and "=" not in key, key
+    assert base64.urlsafe_b64decode(key + "=") != base64.urlsafe_b64decode(generate_key() + "=")
+    assert len(base64.urlsafe_b64decode(key + "=")) == 32
 
 
 def test_round_trip_and_key_id_visible():
@@ -82,3 +98,14 @@ def test_bad_key_config_is_refused(spec, message):
 def test_repr_shows_no_key_material():
     key = generate_key()
     assert key not in repr(ring(f"k1:{key}"))
+
+
+@pytest.mark.parametrize("value", ["v2:k1:AAAA", "k1:AAAA", "v1k1AAAA", ""])
+def test_the_key_id_of_a_value_of_another_format_is_refused(value):
+    with pytest.raises(SealError, match="not a sealed value of a known format"):
+        key_id_of(value)
+
+
+def test_the_key_id_is_read_from_a_sealed_value():
+    sealed = ring(f"k7:{generate_key()}").seal(b"x", Context("installs", "secret_sealed", "N1"))
+    assert key_id_of(sealed) == "k7"

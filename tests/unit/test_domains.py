@@ -5,6 +5,9 @@ import pytest
 from service.errors import BrokerError
 from service.security.domains import normalize_store_domain
 
+LONGEST = ("a" * 62 + ".") * 3 + "b" * 60 + ".com"
+assert len(LONGEST) == 253
+
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
@@ -15,6 +18,9 @@ from service.security.domains import normalize_store_domain
         ("  www.mystore.com.au ", "www.mystore.com.au"),
         ("bücher.example", "xn--bcher-kva.example"),
         ("my-shop.neto.com.au", "my-shop.neto.com.au"),
+        ("shop.example.BOX.", "shop.example.box"),  # only the dot goes
+        ("shop.example.com" + " " * 996, "shop.example.com"),  # 1012 characters: the bound
+        (LONGEST, LONGEST),  # 253 characters
     ],
 )
 def test_valid_domains_are_normalised(raw, expected):
@@ -34,6 +40,7 @@ def test_valid_domains_are_normalised(raw, expected):
         "10.0.0.1",
         "2130706433",  # decimal IPv4
         "0x7f.1",  # hex IPv4
+        "0x7f.0x1",  # hex IPv4, every label hex
         "0177.0.0.1",  # octal IPv4
         "[::1]",
         "::1",
@@ -48,6 +55,9 @@ def test_valid_domains_are_normalised(raw, expected):
         "-shop.example.com",
         "shop-.example.com",
         "shop..example.com",
+        "shop.example.com..",
+        LONGEST + "a",  # 254 characters
+        "shop.example.com" + " " * 997,  # over 1012 characters before anything else
         "a" * 64 + ".example.com",
         ("a" * 60 + ".") * 5 + "com",  # over 253
         "shop.example.123",

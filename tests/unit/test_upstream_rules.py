@@ -1,18 +1,24 @@
 """The upstream client's retry rules, without a network: the backoff schedule, which
-failures count as "nothing was sent", and when a retry may still be spent. (The calls
-themselves are tested against the fake Neto in tests/api/test_invoke.py.)"""
+failures count as "nothing was sent", and when a retry may still be spent. The calls
+themselves are tested against the fake Neto in tests/api/test_invoke.py; the rules that
+need a store held mid-call (slots, pauses, fences, redirects) against a local store API
+here."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.client_reqrep import ConnectionKey
 
 from service.config import Settings
+from service.errors import BrokerError, RateLimited, UpstreamUnreachable
+from service.neto.credentials import StoreCredentials
 from service.neto.upstream import (
     BACKOFF_CAP_SECONDS,
     UpstreamClient,
@@ -114,3 +120,160 @@ async def test_a_retry_spends_the_stores_budget(upstream):
 
 def _creds(store_id: str) -> Any:
     return SimpleNamespace(store_id=store_id)  # _may_retry reads the store id only
+
+
+class StoreApi:
+    """A local store API: records what each request carried; answers `status` (a 429
+    or 3xx included), holding each answer until `release` is set when `hold` is."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        self.status = 200
+        self.hold = False
+        self.arrived = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.append((request.path, dict(request.headers)))
+        self.arrived.set()
+        if self.hold:
+            await self.release.wait()
+        return web.json_response({"Ack": "Success"}, status=self.status)
+
+
+@pytest.fixture
+async def store_api():
+    api = StoreApi()
+    app = web.Application()
+    app.router.add_post("/{domain}/do/WS/NetoAPI", api.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, env="development", store_max_in_flight=1, upstream_max_retries=0
+    )
+    session = aiohttp.ClientSession()
+    template = f"http://127.0.0.1:{port}/{{store_domain}}/do/WS/NetoAPI"
+    api.client = UpstreamClient(session, ApiUrlBuilder(template), settings)  # type: ignore[attr-defined]
+    yield api
+    api.release.set()
+    await session.close()
+    await runner.cleanup()
+
+
+def _store(store_id: str = "N1", domain: str = "shop.example.com", secret: str = "tok-1"):
+    return StoreCredentials(
+        store_id=store_id, store_domain=domain, auth_method="oauth", status="active",
+        change_seq=1, who="client-id", secret=secret,
+    )  # fmt: skip
+
+
+async def test_a_call_that_waited_for_its_slot_sees_a_pause_begun_meanwhile(store_api):
+    # One slot: the first call holds it; the second waits. Neto answers the first with
+    # 429, which pauses the store; the second must not be sent once it gets the slot.
+    client, creds = store_api.client, _store()
+    store_api.hold, store_api.status = True, 429
+    first = asyncio.create_task(client.call(creds, "GetItem", b"{}", request_id=None))
+    await store_api.arrived.wait()
+    second = asyncio.create_task(client.call(creds, "GetItem", b"{}", request_id=None))
+    await asyncio.sleep(0.05)  # the second is queued for the slot
+    store_api.release.set()
+    for task in (first, second):
+        with pytest.raises(RateLimited) as refused:
+            await task
+        assert refused.value.detail == "Neto rate-limited this store; retry after the pause."
+    assert len(store_api.seen) == 1, "the call that waited was sent into the pause"
+
+
+async def test_one_store_at_its_in_flight_cap_does_not_hold_another(store_api):
+    client = store_api.client
+    store_api.hold = True
+    busy = asyncio.create_task(client.call(_store("N1"), "GetItem", b"{}", request_id=None))
+    await store_api.arrived.wait()
+    other = asyncio.create_task(
+        client.call(_store("N2", "other.example.com"), "GetItem", b"{}", request_id=None)
+    )
+    async with asyncio.timeout(0.5):
+        while len(store_api.seen) < 2:
+            await asyncio.sleep(0.01)
+    store_api.release.set()
+    assert (await busy).status == 200 and (await other).status == 200
+    assert [path for path, _ in store_api.seen] == [
+        "/shop.example.com/do/WS/NetoAPI",
+        "/other.example.com/do/WS/NetoAPI",
+    ]
+
+
+async def test_the_fence_decides_whether_and_with_what_a_call_is_sent(store_api):
+    client, old = store_api.client, _store()
+    new = _store(domain="moved.example.com", secret="tok-2")
+
+    async def revoked() -> StoreCredentials:
+        raise BrokerError("revoked meanwhile")
+
+    with pytest.raises(BrokerError, match="revoked meanwhile"):
+        await client.call(old, "GetItem", b"{}", request_id=None, fence=revoked)
+    assert store_api.seen == [], "a fenced-off store was called"
+
+    async def rotated() -> StoreCredentials:
+        return new
+
+    media = {"Content-Type": "text/xml", "Accept": "text/xml"}
+    response = await client.call(
+        old, "GetOrder", b"<x/>", request_id="r-1", fence=rotated, media=media
+    )
+    assert response.status == 200
+    path, headers = store_api.seen[0]
+    assert path == "/moved.example.com/do/WS/NetoAPI", "sent to the old domain"
+    assert headers["X_SECRET_KEY"] == "tok-2", "sent with the old secret"
+    assert headers["NETOAPI_ACTION"] == "GetOrder"
+    assert headers["Content-Type"] == "text/xml" and headers["Accept"] == "text/xml"
+    assert headers["X-Request-ID"] == "r-1"
+    assert headers["Accept-Encoding"] == "identity", "the size cap would measure compressed bytes"
+
+
+@pytest.mark.parametrize("status", [300, 301, 307, 399])
+async def test_every_3xx_is_refused_naming_the_redirect(store_api, status):
+    store_api.status = status
+    with pytest.raises(UpstreamUnreachable) as refused:
+        await store_api.client.call(_store(), "GetItem", b"{}", request_id=None)
+    assert refused.value.detail == (
+        f"The store's Neto API answered with a redirect (HTTP {status}), which the broker "
+        "does not follow; check the store's domain."
+    )
+
+
+async def test_a_connect_that_hangs_is_given_up_at_the_connect_timeout():
+    # A listener whose accept queue is full: the kernel drops further SYNs, so a new
+    # connection neither opens nor fails. The connect timeout ends it (nothing was sent:
+    # 502, not the 504 of the whole call's deadline).
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers: list[socket.socket] = []
+    try:
+        while True:
+            filler = socket.socket()
+            filler.settimeout(0.2)
+            fillers.append(filler)
+            try:
+                filler.connect(listener.getsockname())
+            except TimeoutError:
+                break
+        port = listener.getsockname()[1]
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None, env="development", upstream_connect_timeout_seconds=0.3,
+            upstream_deadline_seconds=5, upstream_max_retries=0,
+        )  # fmt: skip
+        async with aiohttp.ClientSession() as session:
+            template = f"http://127.0.0.1:{port}/{{store_domain}}/do/WS/NetoAPI"
+            client = UpstreamClient(session, ApiUrlBuilder(template), settings)
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(UpstreamUnreachable):
+                await client.call(_store(), "GetItem", b"{}", request_id=None)
+            assert asyncio.get_running_loop().time() - started < 2
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
