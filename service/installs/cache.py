@@ -47,6 +47,7 @@ log = logging.getLogger("broker.store_cache")
 # cached objects would be walked by every full collection. `get` builds the
 # StoreCredentials a caller uses.
 Entry = tuple[str, str, str, str, int, str | None, str | None, float]
+STATUS: Final = 3
 CHANGE_SEQ: Final = 4
 READ_AT: Final = 7
 
@@ -62,6 +63,7 @@ CHANGES_CHANNEL = "broker_install_changes"
 # that commits a while after it took its number (transactions are killed well before).
 CHANGE_WINDOW = 10.0
 PRELOAD_BATCH = 1000
+REVALIDATE_BATCH = 500
 # Per-store change counts kept before they are folded into one base (bounds memory).
 MAX_TRACKED_CHANGES = 100_000
 
@@ -114,6 +116,9 @@ class StoreCache:
             self._marks.append((time.monotonic(), await queries.last_change(session)))
         await self._refresh()
         self._tasks.append(asyncio.create_task(self._poll_loop(), name="store-cache-poll"))
+        self._tasks.append(
+            asyncio.create_task(self._revalidate_loop(), name="store-cache-revalidate")
+        )
         if preload:
             self._tasks.append(asyncio.create_task(self._preload(), name="store-cache-preload"))
 
@@ -246,3 +251,38 @@ class StoreCache:
             )
         finally:
             self.warm.set()
+
+    async def _revalidate_loop(self) -> None:
+        """Keep copies from reaching their maximum age by checking them against their rows
+        (change number and status) instead of reading and opening the rows again on a
+        caller's request: with 100,000 installs most copies would otherwise expire
+        between two requests for their store, and each expired one cost a caller a read
+        and an AES-GCM open on its own path. A copy that no longer matches is dropped; one
+        that matches counts as read when the check began. The maximum age is still
+        enforced on every read, should this fall behind."""
+        while True:
+            await asyncio.sleep(self._max_age / 4)
+            try:
+                await self._revalidate()
+            except Exception as exc:  # copies then expire by age, as without this
+                log.warning(
+                    "store cache revalidation failed",
+                    extra={"fields": {"error_type": type(exc).__name__}},
+                )
+
+    async def _revalidate(self) -> None:
+        due = time.monotonic() - self._max_age / 2
+        stale = [sid for sid, entry in self._entries.items() if entry[READ_AT] < due]
+        for first in range(0, len(stale), REVALIDATE_BATCH):
+            chunk = stale[first : first + REVALIDATE_BATCH]
+            checked = {sid: self._entries.get(sid) for sid in chunk}
+            began = time.monotonic()
+            async with self._sessionmaker() as session:
+                rows = await queries.versions(session, chunk)
+            for sid, entry in checked.items():
+                if entry is None or self._entries.get(sid) is not entry:
+                    continue  # dropped or replaced meanwhile: nothing to vouch for
+                if rows.get(sid) == (entry[CHANGE_SEQ], entry[STATUS]):
+                    self._entries[sid] = (*entry[:READ_AT], began)
+                else:
+                    self.invalidate(sid)

@@ -36,6 +36,18 @@ async def changed_since(session: AsyncSession, after: int) -> list[tuple[str, in
     return [(row[0], row[1]) for row in result]
 
 
+async def versions(session: AsyncSession, store_ids: list[str]) -> dict[str, tuple[int, str]]:
+    """(change_seq, status) of each of these installs that exists: what the store cache
+    compares its copies with to keep them without reading and opening them again."""
+    table = INSTALLS
+    result = await session.execute(
+        select(table.c.store_id, table.c.change_seq, table.c.status).where(
+            table.c.store_id.in_(store_ids)
+        )
+    )
+    return {row[0]: (row[1], row[2]) for row in result}
+
+
 async def last_change(session: AsyncSession) -> int:
     """The highest change number committed so far (0 on an empty table)."""
     result = await session.execute(select(func.coalesce(func.max(INSTALLS.c.change_seq), 0)))

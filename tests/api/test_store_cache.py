@@ -192,3 +192,55 @@ async def test_preload_skips_an_unreadable_install_and_warms_the_rest(
             break
         await asyncio.sleep(0.02)
     assert len(second.state.services.store_cache) == 4, "preload stopped at the unreadable row"
+
+
+# Copies that reach their maximum age within a test.
+AGING = {"store_cache_seconds": 0.2, "store_cache_max_age_seconds": 1}
+
+
+async def test_copies_are_revalidated_before_they_expire_not_read_again(
+    app_factory, settings_factory, neto, auth
+):
+    """A copy is checked against its row (change number, status) before it reaches the
+    maximum age: callers keep being served from memory, the single-store read never runs
+    (a fault armed on it would answer 503)."""
+    from tests.faults.injector import DatabaseFaults
+
+    app = await app_factory(settings_factory(**AGING))
+    headers = auth("credentials:read", stores=["*"])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://broker.test"
+    ) as client:
+        await install_store(client, neto, "shop.example.com", store_id="N1")
+        assert (await client.get("/credentials/N1", headers=headers)).status_code == 200
+        faults = DatabaseFaults(app.state.services.engine)
+        faults.fail(r"FROM installs\s+WHERE installs\.store_id = ")  # the one-store read
+        try:
+            started = time.monotonic()
+            while time.monotonic() - started < 2.5:  # well past the maximum age
+                r = await client.get("/credentials/N1", headers=headers)
+                assert r.status_code == 200, r.text
+                await asyncio.sleep(0.1)
+        finally:
+            faults.close()
+        assert faults.refused == [], "an aged copy was read again on a caller's path"
+
+
+async def test_a_change_the_feed_never_reported_is_caught_within_the_maximum_age(
+    app_factory, settings_factory, neto, auth
+):
+    app = await app_factory(settings_factory(**AGING))
+    headers = auth("credentials:read", stores=["*"])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://broker.test"
+    ) as client:
+        await install_store(client, neto, "shop.example.com", store_id="N1")
+        assert (await client.get("/credentials/N1", headers=headers)).status_code == 200
+        # Revoked behind the install service's back: no new change number, no feed entry.
+        async with app.state.services.sessionmaker() as session, session.begin():
+            await session.execute(update(Install).values(status="revoked"))
+        changed = time.monotonic()
+        while (await client.get("/credentials/N1", headers=headers)).status_code == 200:
+            assert time.monotonic() - changed < 1.5, "the copy outlived the maximum age"
+            await asyncio.sleep(0.05)
+        assert (await client.get("/credentials/N1", headers=headers)).status_code == 410
