@@ -162,7 +162,7 @@ class UpstreamClient:
         media: Mapping[str, str],
     ) -> UpstreamResponse:
         headers = self._headers(creds, action, request_id, media)
-        url = self._api_urls.build(creds.store_domain)
+        url = yarl.URL(self._api_urls.url_for(creds.store_domain), encoded=True)
         retry_reads = not is_write(action)
         deadline = asyncio.get_running_loop().time() + self._deadline
         last: UpstreamResponse | None = None
@@ -176,7 +176,7 @@ class UpstreamClient:
                         if current is not creds:  # reinstalled or rotated meanwhile
                             creds = current
                             headers = self._headers(creds, action, request_id, media)
-                            url = self._api_urls.build(creds.store_domain)
+                            url = yarl.URL(self._api_urls.url_for(creds.store_domain), encoded=True)
                     try:
                         last = await self._attempt(url, headers, body)
                     except (aiohttp.ClientError, OSError) as exc:
