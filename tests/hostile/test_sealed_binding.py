@@ -5,6 +5,7 @@ open (`store_secret_unreadable`, logged at ERROR) and nothing is sent anywhere."
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import sqlite3
 from dataclasses import replace
@@ -160,3 +161,12 @@ def test_opened_credentials_are_printable_ascii_or_refused(username: str, opens:
     else:
         with pytest.raises(StoreSecretUnreadable):
             open_credentials(keyring, install, None)
+
+
+def test_a_fingerprint_is_the_first_16_hex_digits_of_the_secrets_sha256():
+    """Stored in every install row and shown to operators: the same secret must give the
+    same fingerprint in every release, or a stored one stops matching."""
+    from service.installs.sealing import fingerprint
+
+    assert fingerprint("tok_abc") == "sha256:" + hashlib.sha256(b"tok_abc").hexdigest()[:16]
+    assert fingerprint("tok_abc") == "sha256:26cfed5080d011f7"
