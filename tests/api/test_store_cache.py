@@ -2,6 +2,8 @@
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import httpx
@@ -198,6 +200,17 @@ async def test_preload_skips_an_unreadable_install_and_warms_the_rest(
 AGING = {"store_cache_seconds": 0.2, "store_cache_max_age_seconds": 1}
 
 
+@asynccontextmanager
+async def bundle_served(app, neto, headers) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `app` once store N1 is installed and its bundle served (and cached)."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://broker.test"
+    ) as client:
+        await install_store(client, neto, "shop.example.com", store_id="N1")
+        assert (await client.get("/credentials/N1", headers=headers)).status_code == 200
+        yield client
+
+
 async def test_copies_are_revalidated_before_they_expire_not_read_again(
     app_factory, settings_factory, neto, auth
 ):
@@ -208,11 +221,7 @@ async def test_copies_are_revalidated_before_they_expire_not_read_again(
 
     app = await app_factory(settings_factory(**AGING))
     headers = auth("credentials:read", stores=["*"])
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://broker.test"
-    ) as client:
-        await install_store(client, neto, "shop.example.com", store_id="N1")
-        assert (await client.get("/credentials/N1", headers=headers)).status_code == 200
+    async with bundle_served(app, neto, headers) as client:
         faults = DatabaseFaults(app.state.services.engine)
         faults.fail(r"FROM installs\s+WHERE installs\.store_id = ")  # the one-store read
         try:
@@ -231,11 +240,7 @@ async def test_a_change_the_feed_never_reported_is_caught_within_the_maximum_age
 ):
     app = await app_factory(settings_factory(**AGING))
     headers = auth("credentials:read", stores=["*"])
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://broker.test"
-    ) as client:
-        await install_store(client, neto, "shop.example.com", store_id="N1")
-        assert (await client.get("/credentials/N1", headers=headers)).status_code == 200
+    async with bundle_served(app, neto, headers) as client:
         # Revoked behind the install service's back: no new change number, no feed entry.
         async with app.state.services.sessionmaker() as session, session.begin():
             await session.execute(update(Install).values(status="revoked"))
