@@ -117,8 +117,12 @@ class StoreLimits:
         self._held_until = max(self._held_until, self._clock() + seconds)
 
     def held_for(self) -> float:
-        """Seconds until this replica may spend again (0 when it may now)."""
-        return max(0.0, self._held_until - self._clock())
+        """Seconds until this replica may spend again (0 when it may now): until the hold
+        lapses and then, since nothing refills while held, until a bucket that starts at
+        its end holds a whole token. /readyz waits for this, so a caller routed here the
+        moment it is ready is never refused for a first call to a store."""
+        first_token = 1.0 / self.share.rate if self.share.rate > 0 else 0.0
+        return max(0.0, self._held_until + first_token - self._clock())
 
     def _state(self, store_id: str) -> _StoreState:
         state = self._stores.get(store_id)

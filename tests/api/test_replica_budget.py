@@ -72,3 +72,25 @@ async def test_a_neto_429_on_one_replica_pauses_the_store_on_the_other(
         assert r.headers["x-broker-error"] == "rate_limited"
         assert 50 <= int(r.headers["retry-after"]) <= 60
     assert len(neto.api_requests) == 1, "the other replica called Neto during the pause"
+
+
+async def test_a_new_replica_answers_ready_only_once_it_can_call_a_store(
+    app_factory, settings_factory, neto, auth
+):
+    """A newcomer's buckets begin empty when its hold ends (nothing refills while held):
+    /readyz stays 503 until a first call can go out, so a load balancer never routes a
+    caller to a ready replica that refuses it 429. Here a token refills every 1.1 s."""
+    settings = settings_factory(store_rate_per_minute=120, replica_heartbeat_seconds=BEAT)
+    a = await app_factory(settings)
+    async with await client_for(a) as ca:
+        await installed(ca, neto)
+    b = await app_factory(settings)
+    async with await client_for(b) as cb:
+        assert (await cb.get("/readyz")).status_code == 503
+        deadline = time.monotonic() + 10
+        while (await cb.get("/readyz")).status_code != 200:
+            assert time.monotonic() < deadline, "the new replica never became ready"
+            await asyncio.sleep(0.02)
+        r = await cb.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
+        assert r.status_code == 200, r.text
+    assert [seen.action for seen in neto.api_requests] == ["GetItem"]

@@ -185,7 +185,8 @@ def test_docker_stop_finishes_the_in_flight_request_and_exits_0(
 
     while not invoked() and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert invoked(), "the invoke never reached Neto"
+    sent = [getattr(answer, "text", answer) for answer in answers]
+    assert invoked(), f"the invoke never reached Neto: {sent!r}\n{broker.logs()}"
 
     started = time.monotonic()
     stopped = docker("stop", "--time", str(GRACE_SECONDS), broker.name, timeout=GRACE_SECONDS + 30)

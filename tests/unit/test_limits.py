@@ -85,6 +85,22 @@ def test_budget_holds_across_replicas_while_one_joins():
     assert min(windows) >= 96
 
 
+def test_a_held_replica_is_not_done_waiting_until_a_new_store_can_be_called():
+    """Nothing refills while held, so the hold's end is not yet a whole token: held_for
+    (what /readyz waits for) also counts the first token's refill."""
+    clock = Clock()
+    limits = StoreLimits(max_in_flight=8, rate_per_minute=500, pause_seconds=60, clock=clock)
+    limits.set_share(Share.of(500, 2))  # refills 225 a minute: a token every 0.27 s
+    limits.hold(4.0)
+    clock.now += 4.0
+    assert limits.held_for() == pytest.approx(60 / 225)
+    with pytest.raises(RateLimited):
+        limits.admit("A")
+    clock.now += 0.27
+    assert limits.held_for() == 0
+    limits.admit("B")  # a store never called before: its bucket began at the hold's end
+
+
 def test_pause_refuses_until_it_ends():
     clock = Clock()
     limits = StoreLimits(max_in_flight=8, rate_per_minute=500, pause_seconds=60, clock=clock)
