@@ -233,6 +233,30 @@ async def _last_used(app, store_id: str) -> datetime | None:
         return install.last_used_at if install else None
 
 
+async def test_the_last_used_stamp_never_goes_back_and_skips_revoked_installs(
+    app, client, neto, auth
+):
+    """The stamp's own rules, on both databases' statements: a later use wins over an
+    earlier one stamped after it, and a revoked install keeps its last use as it was."""
+    await install_store(client, neto, "shop.example.com", store_id="N1001")
+    await install_store(client, neto, "gone.example.com", store_id="N1002")
+    r = await client.delete("/installs/N1002", headers=auth("installs:admin"))
+    assert r.status_code == 200, r.text
+    writer = app.state.services.audit_writer
+    used = datetime(2026, 12, 1, 9, 30, 15, 123456, tzinfo=UTC)
+    writer.remember_use([("N1001", used), ("N1002", used)])
+    await writer.stamp_last_used()
+    assert await _last_used(app, "N1001") == used
+    assert await _last_used(app, "N1002") is None, "a revoked install was stamped"
+
+    writer.remember_use([("N1001", used - timedelta(microseconds=1))])
+    await writer.stamp_last_used()
+    assert await _last_used(app, "N1001") == used, "the stamp went back in time"
+    writer.remember_use([("N1001", used + timedelta(days=1))])
+    await writer.stamp_last_used()
+    assert await _last_used(app, "N1001") == used + timedelta(days=1)
+
+
 async def test_bundles_stamp_last_used_in_the_background(
     app_factory, settings_factory, neto, auth, monkeypatch
 ):
