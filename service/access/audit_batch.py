@@ -232,10 +232,11 @@ class AuditWriter:
             await retrying(lambda: sqlite.run_many(_SQLITE_STAMP, params))
             return
 
-        async def work(session: AsyncSession) -> None:
-            await repository.stamp_last_used(await session.connection(), chunk)
+        async def work(session: AsyncSession) -> set[str]:
+            return await repository.stamp_last_used(await session.connection(), chunk)
 
-        await run_transaction(self._sessionmaker, work)
+        busy = await run_transaction(self._sessionmaker, work)
+        self.remember_use((sid, chunk[sid]) for sid in busy)
 
     def remember_use(self, stamps: Iterable[tuple[str, datetime]]) -> None:
         """Stores to stamp at the next stamp, kept at their latest use."""

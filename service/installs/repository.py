@@ -165,10 +165,18 @@ async def revoke(session: AsyncSession, store_id: str) -> Install:
     return await require(session, store_id)
 
 
-async def stamp_last_used(conn: AsyncConnection, used: dict[str, datetime]) -> None:
+async def stamp_last_used(conn: AsyncConnection, used: dict[str, datetime]) -> set[str]:
     """Stamp each store's last use (bundles, in the background): never backwards, never on
-    a revoked install. Core and one executemany: it covers every store used lately."""
+    a revoked install. Returns the stores it skipped because another transaction holds
+    their rows (a bundle batch, a revoke): stamped next time.
+
+    It never waits for a row lock. A bundle batch share-locks its stores' rows in no
+    particular order while the stamp runs beside it; a stamp that waited for one of those
+    while holding others could deadlock with it (PostgreSQL breaks that after a second,
+    which bundles felt). SQLite has no row locks: there the clause is left out."""
     table = INSTALLS
+    free = select(table.c.store_id).where(table.c.store_id.in_(sorted(used)))
+    locked = set((await conn.execute(free.with_for_update(skip_locked=True))).scalars())
     statement = (
         update(table)
         .where(
@@ -178,7 +186,15 @@ async def stamp_last_used(conn: AsyncConnection, used: dict[str, datetime]) -> N
         )
         .values(last_used_at=bindparam("at"))
     )
-    await conn.execute(statement, [{"sid": sid, "at": at} for sid, at in sorted(used.items())])
+    if locked:
+        await conn.execute(statement, [{"sid": sid, "at": used[sid]} for sid in sorted(locked)])
+    rest = sorted(set(used) - locked)
+    if not rest:
+        return set()
+    # Of the rest, those that exist (a store deleted meanwhile is not retried forever).
+    return set(
+        (await conn.execute(select(table.c.store_id).where(table.c.store_id.in_(rest)))).scalars()
+    )
 
 
 async def insert_many(

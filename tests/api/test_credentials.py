@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from service.access import audit_batch
 from service.installs import repository as stores
@@ -255,6 +256,29 @@ async def test_the_last_used_stamp_never_goes_back_and_skips_revoked_installs(
     writer.remember_use([("N1001", used + timedelta(days=1))])
     await writer.stamp_last_used()
     assert await _last_used(app, "N1001") == used + timedelta(days=1)
+
+
+async def test_the_last_used_stamp_skips_a_row_another_transaction_holds(
+    app, client, neto, auth, database_url
+):
+    """PostgreSQL: a bundle batch share-locks its stores' rows while the stamp runs beside
+    it. The stamp never waits for such a row (waiting while holding others could
+    deadlock with the batch): it stamps the rest and that one at the next stamp."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("row locks are PostgreSQL's; SQLite's stamp runs between the batches")
+    await install_store(client, neto, "shop.example.com", store_id="N1001")
+    await install_store(client, neto, "free.example.com", store_id="N1002")
+    writer = app.state.services.audit_writer
+    used = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    async with app.state.services.engine.connect() as holder:
+        await holder.execute(text("SELECT 1 FROM installs WHERE store_id = 'N1001' FOR SHARE"))
+        writer.remember_use([("N1001", used), ("N1002", used)])
+        await asyncio.wait_for(writer.stamp_last_used(), timeout=5)
+        assert await _last_used(app, "N1002") == used
+        assert await _last_used(app, "N1001") is None
+        await holder.rollback()
+    await writer.stamp_last_used()
+    assert await _last_used(app, "N1001") == used
 
 
 async def test_bundles_stamp_last_used_in_the_background(
