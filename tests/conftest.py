@@ -182,6 +182,7 @@ async def truncate(url: str) -> None:
             "audit_events",
             "pending_installs",
             "installs",
+            "install_usage",
             "leases",
             "broker_replicas",
             "store_pauses",

@@ -63,13 +63,6 @@ RETURNING audit_events.store_id
 """  # noqa: S608 (a constant)
 
 
-# SQLite's last-used stamp (`repository.stamp_last_used` on PostgreSQL), run on the batch's
-# own connection (audit_sqlite.py): never backwards, never on a revoked install.
-_SQLITE_STAMP = f"""UPDATE installs SET last_used_at = ?
-WHERE store_id = ? AND status <> '{_REVOKED}' AND (last_used_at IS NULL OR last_used_at < ?)
-"""  # noqa: S608 (placeholders only)
-
-
 def _sqlite_time(at: datetime) -> str:
     """A timestamp as SQLAlchemy stores it in SQLite (naive UTC text, which sorts)."""
     return at.replace(tzinfo=None).isoformat(" ", "microseconds")
@@ -228,15 +221,14 @@ class AuditWriter:
     async def _stamp(self, chunk: dict[str, datetime]) -> None:
         if self.sqlite is not None:
             sqlite = self.sqlite
-            params = [(_sqlite_time(at), sid, _sqlite_time(at)) for sid, at in chunk.items()]
-            await retrying(lambda: sqlite.run_many(_SQLITE_STAMP, params))
+            params = [{"sid": sid, "at": _sqlite_time(at)} for sid, at in sorted(chunk.items())]
+            await retrying(lambda: sqlite.run_many(repository.STAMP_SQLITE, params))
             return
 
-        async def work(session: AsyncSession) -> set[str]:
-            return await repository.stamp_last_used(await session.connection(), chunk)
+        async def work(session: AsyncSession) -> None:
+            await repository.stamp_last_used(await session.connection(), chunk)
 
-        busy = await run_transaction(self._sessionmaker, work)
-        self.remember_use((sid, chunk[sid]) for sid in busy)
+        await run_transaction(self._sessionmaker, work)
 
     def remember_use(self, stamps: Iterable[tuple[str, datetime]]) -> None:
         """Stores to stamp at the next stamp, kept at their latest use."""

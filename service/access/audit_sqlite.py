@@ -53,8 +53,9 @@ class SqliteBatchConnection:
         """Run one statement in its own write transaction; its rows, once committed."""
         return await self._run(sql, params, many=False)
 
-    async def run_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
-        """Run one statement once per parameter set, all in one write transaction."""
+    async def run_many(self, sql: str, params: Sequence[Any]) -> None:
+        """Run one statement once per parameter set (sequences or mappings), all in one
+        write transaction."""
         await self._run(sql, params, many=True)
 
     async def _run(self, sql: str, params: Sequence[Any], *, many: bool) -> list[Any]:

@@ -31,12 +31,14 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 async def _read_installs(
     settings: Settings, status: str | None, search: str | None, limit: int
-) -> list[Install]:
+) -> tuple[list[Install], dict[str, datetime]]:
+    """A page of installs and when each was last used."""
     from service.installs import queries
 
-    async def work(sessionmaker: Any) -> list[Install]:
+    async def work(sessionmaker: Any) -> tuple[list[Install], dict[str, datetime]]:
         async with sessionmaker() as session:
-            return await queries.page(session, status=status, q=search, after=None, limit=limit)
+            rows = await queries.page(session, status=status, q=search, after=None, limit=limit)
+            return rows, await queries.last_used(session, [row.store_id for row in rows])
 
     return await with_database(settings, work)
 
@@ -54,14 +56,14 @@ def installs_list(
     """Print a table of installs, newest first (times in UTC). Never shows a secret."""
     settings = settings_or_exit()
     with database_errors("read installs"):
-        rows = asyncio.run(
+        rows, used = asyncio.run(
             _read_installs(settings, status.value if status else None, search, limit + 1)
         )
     more = len(rows) > limit
     rows = rows[:limit]
     table = [
         (i.store_id, i.store_domain, i.auth_method, i.status, _when(i.installed_at),
-         _when(i.last_used_at))
+         _when(used.get(i.store_id)))
         for i in rows
     ]  # fmt: skip
     if table:

@@ -10,7 +10,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from service.installs.models import Install, InstallStatus
+from service.installs.models import Install, InstallStatus, InstallUsage
 from service.installs.repository import INSTALLS
 
 
@@ -124,3 +124,15 @@ async def count_active(session: AsyncSession) -> int:
     """How many installs are active (the health sweep's rate follows it)."""
     stmt = select(func.count()).where(INSTALLS.c.status == InstallStatus.active.value)
     return int((await session.execute(stmt)).scalar_one())
+
+
+async def last_used(session: AsyncSession, store_ids: list[str]) -> dict[str, datetime]:
+    """When bundles were last issued for these stores (absent: never)."""
+    if not store_ids:
+        return {}
+    rows = await session.execute(
+        select(col(InstallUsage.store_id), col(InstallUsage.last_used_at)).where(
+            col(InstallUsage.store_id).in_(store_ids)
+        )
+    )
+    return {sid: at for sid, at in rows.all()}

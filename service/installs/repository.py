@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -165,36 +165,26 @@ async def revoke(session: AsyncSession, store_id: str) -> Install:
     return await require(session, store_id)
 
 
-async def stamp_last_used(conn: AsyncConnection, used: dict[str, datetime]) -> set[str]:
-    """Stamp each store's last use (bundles, in the background): never backwards, never on
-    a revoked install. Returns the stores it skipped because another transaction holds
-    their rows (a bundle batch, a revoke): stamped next time.
+# The last-use stamp: never backwards, never on a revoked install. A plain read of the
+# install row (no row lock: bundle batches share-lock installs rows in no particular
+# order, and a stamp waiting for one could deadlock with them); usage rows are upserted
+# in store order, so two replicas' stamps never wait on each other in a cycle either.
+_STAMP = f"""INSERT INTO install_usage (store_id, last_used_at)
+SELECT installs.store_id, {{at}} FROM installs
+WHERE installs.store_id = :sid AND installs.status <> '{InstallStatus.revoked.value}'
+ON CONFLICT (store_id) DO UPDATE SET last_used_at = excluded.last_used_at
+WHERE install_usage.last_used_at < excluded.last_used_at
+"""  # noqa: S608 (a constant)
+# SQLite stores the time as its text (`db.UTCDateTime`), which sorts; PostgreSQL needs the
+# parameter's type, which a SELECT list does not give it.
+STAMP_SQLITE = _STAMP.format(at=":at")
+STAMP_POSTGRES = text(_STAMP.format(at="CAST(:at AS TIMESTAMP WITH TIME ZONE)"))
 
-    It never waits for a row lock. A bundle batch share-locks its stores' rows in no
-    particular order while the stamp runs beside it; a stamp that waited for one of those
-    while holding others could deadlock with it (PostgreSQL breaks that after a second,
-    which bundles felt). SQLite has no row locks: there the clause is left out."""
-    table = INSTALLS
-    free = select(table.c.store_id).where(table.c.store_id.in_(sorted(used)))
-    locked = set((await conn.execute(free.with_for_update(skip_locked=True))).scalars())
-    statement = (
-        update(table)
-        .where(
-            table.c.store_id == bindparam("sid"),
-            table.c.status != InstallStatus.revoked.value,
-            table.c.last_used_at.is_(None) | (table.c.last_used_at < bindparam("at")),
-        )
-        .values(last_used_at=bindparam("at"))
-    )
-    if locked:
-        await conn.execute(statement, [{"sid": sid, "at": used[sid]} for sid in sorted(locked)])
-    rest = sorted(set(used) - locked)
-    if not rest:
-        return set()
-    # Of the rest, those that exist (a store deleted meanwhile is not retried forever).
-    return set(
-        (await conn.execute(select(table.c.store_id).where(table.c.store_id.in_(rest)))).scalars()
-    )
+
+async def stamp_last_used(conn: AsyncConnection, used: dict[str, datetime]) -> None:
+    """Stamp each store's last use (bundles, in the background) on PostgreSQL; SQLite's
+    stamp runs on the audit batch's own connection (access/audit_batch.py)."""
+    await conn.execute(STAMP_POSTGRES, [{"sid": sid, "at": used[sid]} for sid in sorted(used)])
 
 
 async def insert_many(

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.errors import BadRequest
 from service.installs import queries, repository
@@ -46,8 +47,9 @@ def install_key(cursor: str) -> tuple[datetime, str]:
     return parsed, store_id
 
 
-def detail_of(install: Install, keyring: KeyRing) -> InstallDetail:
+async def detail_of(install: Install, keyring: KeyRing, session: AsyncSession) -> InstallDetail:
     profile = open_profile(keyring, install)
+    used = await queries.last_used(session, [install.store_id])
     return InstallDetail(
         store_id=install.store_id,
         store_domain=install.store_domain,
@@ -55,7 +57,7 @@ def detail_of(install: Install, keyring: KeyRing) -> InstallDetail:
         status=install.status,
         installed_at=install.installed_at,
         updated_at=install.updated_at,
-        last_used_at=install.last_used_at,
+        last_used_at=used.get(install.store_id),
         scope=install.scope,
         timezone=install.timezone,
         user=profile.user,
@@ -90,7 +92,8 @@ async def register_api_key(
         actor=caller.sub,
         request_id=request_id(request),
     )
-    return detail_of(install, app.keyring)
+    async with app.sessionmaker() as session:
+        return await detail_of(install, app.keyring, session)
 
 
 @router.get("", summary="List installs, newest first", responses=ERRORS)
@@ -109,10 +112,11 @@ async def list_installs(
     after = install_key(cursor) if cursor else None
     rows = await queries.page(session, status=status, q=q, after=after, limit=limit + 1)
     page, next_cursor = split_page(rows, limit, install_cursor)
-    return InstallPage(
-        items=[InstallSummary.model_validate(row, from_attributes=True) for row in page],
-        next_cursor=next_cursor,
-    )
+    used = await queries.last_used(session, [row.store_id for row in page])
+    items = [InstallSummary.model_validate(row, from_attributes=True) for row in page]
+    for item in items:
+        item.last_used_at = used.get(item.store_id)
+    return InstallPage(items=items, next_cursor=next_cursor)
 
 
 @router.get("/{store_id}", summary="One install, for operators", responses={**ERRORS, **NOT_FOUND})
@@ -126,7 +130,7 @@ async def get_install(
     times, and the token's fingerprint. Never the token."""
     request.state.store_id = store_id
     install = await repository.require(session, store_id)
-    return detail_of(install, services(request).keyring)
+    return await detail_of(install, services(request).keyring, session)
 
 
 @router.delete("/{store_id}", summary="Revoke an install", responses={**ERRORS, **NOT_FOUND})
@@ -143,7 +147,8 @@ async def revoke_install(
     request.state.store_id = store_id
     app = services(request)
     install = await app.installs.revoke(store_id, actor=caller.sub, request_id=request_id(request))
-    return detail_of(install, app.keyring)
+    async with app.sessionmaker() as session:
+        return await detail_of(install, app.keyring, session)
 
 
 @router.post(

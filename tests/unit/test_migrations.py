@@ -50,8 +50,9 @@ async def test_every_table_is_created_with_its_indexes(database_url):
 
 
 TABLES = {
-    "installs", "pending_installs", "audit_events", "leases", "broker_replicas",
-    "store_pauses", "events", "webhooks", "webhook_deliveries", "webhook_attempts",
+    "installs", "install_usage", "pending_installs", "audit_events", "leases",
+    "broker_replicas", "store_pauses", "events", "webhooks", "webhook_deliveries",
+    "webhook_attempts",
 }  # fmt: skip
 
 
