@@ -130,6 +130,7 @@ class StoreApi:
         self.seen: list[tuple[str, dict[str, str]]] = []
         self.status = 200
         self.hold = False
+        self.chunked = False  # answer without a Content-Length (the streamed read)
         self.arrived = asyncio.Event()
         self.release = asyncio.Event()
 
@@ -138,6 +139,16 @@ class StoreApi:
         self.arrived.set()
         if self.hold:
             await self.release.wait()
+        if self.chunked:
+            streamed = web.StreamResponse(status=self.status)
+            streamed.content_type = "text/xml"
+            streamed.charset = "utf-8"
+            streamed.enable_chunked_encoding()
+            await streamed.prepare(request)
+            for part in (b"<Ack>", b"Success</Ack>"):
+                await streamed.write(part)
+            await streamed.write_eof()
+            return streamed  # type: ignore[return-value]
         return web.json_response({"Ack": "Success"}, status=self.status)
 
 
@@ -232,6 +243,23 @@ async def test_the_fence_decides_whether_and_with_what_a_call_is_sent(store_api)
     assert headers["Content-Type"] == "text/xml" and headers["Accept"] == "text/xml"
     assert headers["X-Request-ID"] == "r-1"
     assert headers["Accept-Encoding"] == "identity", "the size cap would measure compressed bytes"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_the_answer_keeps_its_body_and_content_type_however_it_is_framed(store_api, chunked):
+    """An answer with a Content-Length is read in one call, one without it is streamed
+    (counted against the cap): either way the caller gets Neto's body and content type."""
+    store_api.chunked = chunked
+    answer = await store_api.client.call(_store(), "GetItem", b"{}", request_id=None)
+    assert answer.status == 200
+    if chunked:
+        assert (answer.body, answer.content_type) == (
+            b"<Ack>Success</Ack>",
+            "text/xml; charset=utf-8",
+        )
+    else:
+        assert answer.body == b'{"Ack": "Success"}'
+        assert answer.content_type == "application/json; charset=utf-8"
 
 
 @pytest.mark.parametrize("status", [300, 301, 307, 399])
