@@ -219,9 +219,10 @@ class AuditWriter:
                 self.remember_use(chunk.items())
 
     async def _stamp(self, chunk: dict[str, datetime]) -> None:
+        """One chunk of the stamp (already in store order), in its own transaction."""
         if self.sqlite is not None:
             sqlite = self.sqlite
-            params = [{"sid": sid, "at": _sqlite_time(at)} for sid, at in sorted(chunk.items())]
+            params = [{"sid": sid, "at": _sqlite_time(at)} for sid, at in chunk.items()]
             await retrying(lambda: sqlite.run_many(repository.STAMP_SQLITE, params))
             return
 
