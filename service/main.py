@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.services = services
             yield
 
-    app = FastAPI(
+    app = lean.LeanApp(
         title="Neto Token Broker",
         version=VERSION,
         description=DESCRIPTION,
@@ -81,9 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs.router,
     ):
         app.include_router(router)
-    # The hot routes as plain Starlette routes, matched before every other route.
-    lean.install(
-        app,
+    # The hot routes, answered ahead of FastAPI's request handling (service/web/lean.py).
+    app.serve_lean(
         [
             ("GET", bundles.PATH, bundles.serve),
             ("POST", invoke.PATH, invoke.serve),

@@ -12,6 +12,8 @@ from httpx_aiohttp import AiohttpTransport
 from service.config import Settings
 from service.security.egress import socket_factory
 
+USER_AGENT = "neto-token-broker"
+
 
 def create_session(
     settings: Settings, *, allow_private: bool | None = None
@@ -33,7 +35,11 @@ def create_session(
         connector=connector,
         trust_env=False,
         auto_decompress=False,
-        skip_auto_headers=("User-Agent",),
+        # The broker names itself rather than aiohttp's version. A default header, not
+        # `skip_auto_headers`: skipping sends every request down aiohttp's slow path for
+        # its automatic headers (a header copy and a sort per request, ~6 % of /invoke's
+        # CPU in a profile, docs/performance.md).
+        headers={"User-Agent": USER_AGENT},
         # One client serves every store and caller: a cookie from one answer must never
         # ride along on another store's or caller's request.
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -56,5 +62,5 @@ def create_http_client(session: aiohttp.ClientSession, settings: Settings) -> ht
         timeout=httpx.Timeout(
             settings.upstream_deadline_seconds, connect=settings.upstream_connect_timeout_seconds
         ),
-        headers={"User-Agent": "neto-token-broker"},
+        headers={"User-Agent": USER_AGENT},
     )

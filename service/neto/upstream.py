@@ -8,7 +8,8 @@ What it guarantees:
 * The request carries only `NETOAPI_ACTION`, `Content-Type`/`Accept` (JSON unless the
   door passes the caller's: the Neto-compatible endpoint does, so Neto answers XML to an
   XML client), `Accept-Encoding: identity` (so the size cap measures the real body and
-  callers get bytes they can read), the store's auth headers and the request id.
+  callers get bytes they can read), the store's auth headers, the request id and the
+  broker's `User-Agent`.
 * One overall deadline (BROKER_UPSTREAM_DEADLINE_SECONDS) covers every attempt, the
   backoff between them and the reading of the body, so a slow-drip answer cannot
   outlive it: 504 `upstream_timeout`.
