@@ -46,7 +46,10 @@ log = logging.getLogger("broker.audit")
 MAX_BATCH = 500
 LINGER_SECONDS = 0.002
 STAMP_SECONDS = 5.0  # how stale an install's `last_used_at` may be
-STAMP_BATCH = 500
+# Stores per stamp transaction. On SQLite a chunk runs on the batches' one connection, so
+# a batch may wait for one chunk: 500 stores took 6-8 ms (bundles' p99 +8 ms with 100,000
+# installs), 100 stores 1.5 ms.
+STAMP_BATCH = 100
 
 _COLUMNS = "at, event, actor, store_id, request_id, details"
 _REVOKED = InstallStatus.revoked.value

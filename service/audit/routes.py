@@ -10,7 +10,7 @@ from service.audit import repository
 from service.audit.models import AuditEvent
 from service.audit.schemas import AuditEventOut, AuditPage
 from service.errors import BadRequest
-from service.web.api import ERRORS, error, no_store
+from service.web.api import ERRORS, PLAIN_TEXT, error, no_store
 from service.web.cursors import decode_cursor, encode_cursor, split_page
 from service.web.deps import Caller, SessionDep, require_scope
 
@@ -36,13 +36,24 @@ def audit_key(cursor: str) -> int:
 async def list_audit(
     session: SessionDep,
     _: Annotated[Caller, Depends(require_scope("installs:read"))],
-    store_id: Annotated[str | None, Query(max_length=64, description="exact store id")] = None,
+    store_id: Annotated[
+        str | None, Query(max_length=64, pattern=PLAIN_TEXT, description="exact store id")
+    ] = None,
     actor: Annotated[
         str | None,
-        Query(max_length=256, description="exact caller `sub`; `neto` for installs Neto started"),
+        Query(
+            max_length=256,
+            pattern=PLAIN_TEXT,
+            description="exact caller `sub`; `neto` for installs Neto started",
+        ),
     ] = None,
     event: Annotated[
-        str | None, Query(max_length=64, description="exact event name, e.g. `install.revoked`")
+        str | None,
+        Query(
+            max_length=64,
+            pattern=PLAIN_TEXT,
+            description="exact event name, e.g. `install.revoked`",
+        ),
     ] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.web.api import PLAIN_TEXT
+
 EventTypeName = Literal[
     "install.created",
     "install.reinstalled",
@@ -49,11 +51,13 @@ class EventPage(BaseModel):
 
 class WebhookIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    url: str = Field(max_length=2048, examples=["http://sync.internal:8080/hooks/neto"])
+    url: str = Field(
+        max_length=2048, pattern=PLAIN_TEXT, examples=["http://sync.internal:8080/hooks/neto"]
+    )
     event_types: list[EventTypeName] = Field(
         default_factory=list, max_length=16, description="Empty or absent: every event type."
     )
-    description: str | None = Field(default=None, max_length=256)
+    description: str | None = Field(default=None, max_length=256, pattern=PLAIN_TEXT)
 
 
 _WEBHOOK_EXAMPLE: dict[str, Any] = {

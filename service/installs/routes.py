@@ -25,7 +25,7 @@ from service.neto.actions import VERIFY_ACTION
 from service.security.crypto import KeyRing
 from service.security.domains import normalize_store_domain
 from service.services import services
-from service.web.api import ERRORS, NOT_FOUND, ErrorBody, StoreId, error, no_store
+from service.web.api import ERRORS, NOT_FOUND, PLAIN_TEXT, ErrorBody, StoreId, error, no_store
 from service.web.cursors import decode_cursor, encode_cursor, split_page
 from service.web.deps import Caller, SessionDep, request_id, require_scope
 
@@ -102,7 +102,8 @@ async def list_installs(
     _: Annotated[Caller, Depends(require_scope("installs:read"))],
     status: StatusName | None = None,
     q: Annotated[
-        str | None, Query(max_length=253, description="store id or domain substring")
+        str | None,
+        Query(max_length=253, pattern=PLAIN_TEXT, description="store id or domain substring"),
     ] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,

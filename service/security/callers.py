@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import math
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -34,6 +35,10 @@ MAX_LIFETIME_SECONDS = 24 * 3600
 LEEWAY_SECONDS = 30
 # Every column that records a caller (audit actor, pending installer) holds this many.
 MAX_SUB_CHARS = 256
+# ...and text only: a control character (NUL, which PostgreSQL cannot store, above all)
+# or a lone surrogate (no encoding can write it) would fail the audit batch it joins, and
+# with it every other caller's bundle in that batch.
+_NOT_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 REQUIRED_CLAIMS = ("sub", "aud", "exp", "iat")
 FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "crit", "x5c", "enc", "zip"})
 SCOPES = frozenset(
@@ -215,6 +220,8 @@ class TokenVerifier:
             raise Unauthorized("The `sub` claim must be a non-empty string.")
         if len(sub) > MAX_SUB_CHARS:
             raise Unauthorized(f"The `sub` claim is longer than {MAX_SUB_CHARS} characters.")
+        if _NOT_TEXT.search(sub):
+            raise Unauthorized("The `sub` claim must be text without control characters.")
         iat, exp = _number(claims, "iat"), _number(claims, "exp")
         if exp < now - LEEWAY_SECONDS:
             raise Unauthorized("The token has expired.")

@@ -17,6 +17,10 @@ class ErrorBody(BaseModel):
     request_id: str = Field(examples=["req_5f2a9c0e1b7d4a3f9e8c7b6a"])
 
 
+# Free text a caller sends (filters, descriptions): no control characters. PostgreSQL
+# cannot store NUL at all, and no operator means one in a filter or a label.
+PLAIN_TEXT = r"^[^\x00-\x1f\x7f]*$"
+
 StoreId = Annotated[
     str, Path(min_length=1, max_length=STORE_ID_MAX_LENGTH, pattern=STORE_ID_PATTERN)
 ]
