@@ -25,14 +25,14 @@ that waits up to QUEUE_WAIT_SECONDS for a slot, then gets 429.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 
 from service.errors import BrokerError, RateLimited
+from service.neto.slots import Slots
 from service.web import metrics
 
 WINDOW_SECONDS = 60.0
@@ -69,7 +69,7 @@ class Share:
 
 @dataclass(slots=True)
 class _StoreState:
-    slots: asyncio.Semaphore
+    slots: Slots
     tokens: float
     at: float  # when `tokens` was last brought up to date
     paused_until: float = 0.0
@@ -135,7 +135,7 @@ class StoreLimits:
             now = self._clock()
             filled = max(0.0, now - self._held_until) * self.share.rate
             state = _StoreState(
-                slots=asyncio.Semaphore(self._max_in_flight),
+                slots=Slots(self._max_in_flight),
                 tokens=min(self.share.capacity, filled),
                 at=now,
             )
@@ -158,8 +158,7 @@ class StoreLimits:
             if (
                 state.paused_until <= now
                 and state.tokens >= self.share.capacity
-                and not state.slots.locked()
-                and state.slots._value == self._max_in_flight
+                and state.slots.idle()
             ):
                 idle.append(store_id)
         for store_id in idle:
@@ -221,7 +220,7 @@ class StoreLimits:
         return (
             state.paused_until <= now
             and state.tokens >= max(1.0, fraction * self.share.capacity)
-            and state.slots._value >= max(1.0, fraction * self._max_in_flight)
+            and state.slots.free >= max(1.0, fraction * self._max_in_flight)
         )
 
     def pause(self, store_id: str) -> float:
@@ -244,23 +243,31 @@ class StoreLimits:
     def in_flight(self, store_id: str) -> int:
         """How many of the store's slots are held now (0 once every call has let go)."""
         state = self._stores.get(store_id)
-        return 0 if state is None else self._max_in_flight - state.slots._value
+        return 0 if state is None else state.slots.held
 
-    @asynccontextmanager
-    async def slot(self, store_id: str) -> AsyncIterator[None]:
-        """One of the store's in-flight slots, waiting briefly for one to free up."""
-        slots = self._state(store_id).slots
+    def slot(self, store_id: str) -> _Slot:
+        """One of the store's in-flight slots (`async with`), waiting briefly for one to
+        free up."""
+        return _Slot(self._state(store_id).slots)
+
+
+class _Slot:
+    # A plain class, not `asynccontextmanager`: this is entered on every call to Neto,
+    # and a generator-based manager costs two more coroutines each time.
+    __slots__ = ("_slots",)
+
+    def __init__(self, slots: Slots) -> None:
+        self._slots = slots
+
+    async def __aenter__(self) -> None:
         try:
-            if slots.locked():  # only a full store pays for the timer
-                async with asyncio.timeout(QUEUE_WAIT_SECONDS):
-                    await slots.acquire()
-            else:
-                await slots.acquire()
+            await self._slots.take(QUEUE_WAIT_SECONDS)
         except TimeoutError:
             raise rate_limited(
                 1, "Too many requests to this store are in flight; retry shortly."
             ) from None
-        try:
-            yield
-        finally:
-            slots.release()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._slots.release()
