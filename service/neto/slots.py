@@ -21,7 +21,10 @@ class Slots:
     def __init__(self, size: int) -> None:
         self.size = size
         self.free = size
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # Made when first needed: most stores never wait, and an empty deque per store
+        # (600 bytes; the limits keep up to ~20,000 stores) would give the garbage
+        # collector one more object per store to walk.
+        self._waiters: deque[asyncio.Future[None]] | None = None
 
     @property
     def held(self) -> int:
@@ -37,6 +40,8 @@ class Slots:
             self.free -= 1
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = deque()
         self._waiters.append(waiter)
         try:
             async with asyncio.timeout(max_wait):
@@ -44,7 +49,7 @@ class Slots:
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a slot just as the wait ended: pass it on
-            else:
+            elif self._waiters is not None:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
             raise
