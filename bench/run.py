@@ -28,7 +28,8 @@ BIN = Path(sys.executable).parent
 TOTAL_INSTALLS = int(os.environ.get("BENCH_INSTALLS", "100000"))
 SMALL_INSTALLS = 1000
 DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+# Three rounds: a median of three sets the noisiest run aside; of two it averages both.
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
 CONNECTIONS = 32
 SLOW_CONNECTIONS = 256
