@@ -11,8 +11,7 @@ from sqlalchemy import func, select
 
 from service.events.models import Webhook
 from tests.hostile.support import footprint
-from tests.hostile.test_requests import assert_envelope
-from tests.support import install_store
+from tests.support import assert_error, install_store
 
 STORE = "N1"
 
@@ -24,7 +23,8 @@ async def test_a_token_whose_sub_is_not_text_gets_no_bundle(app, client, neto, t
     before = await footprint(app, neto)
     bad = token("credentials:read", stores=[STORE], sub=sub)
     r = await client.get(f"/credentials/{STORE}", headers={"Authorization": f"Bearer {bad}"})
-    body = assert_envelope(r, 401, "unauthorized")
+    body = assert_error(r, 401, "unauthorized")
+    assert body["request_id"] == r.headers["x-request-id"]
     assert "control characters" in body["detail"]
     assert await footprint(app, neto) == before  # no audit row: nothing was issued
     # A caller with a plain `sub` is served as ever.
@@ -44,7 +44,8 @@ async def test_a_token_whose_sub_is_not_text_gets_no_bundle(app, client, neto, t
 )
 async def test_a_filter_with_a_control_character_is_a_422(client, auth, path, scope):
     r = await client.get(path, headers=auth(scope))
-    body = assert_envelope(r, 422, "validation_error")
+    body = assert_error(r, 422, "validation_error")
+    assert body["request_id"] == r.headers["x-request-id"]
     assert "pattern" in body["detail"]
     # The same filter without it is an ordinary (empty) page.
     r = await client.get(path.replace("%00", "").replace("%0A", ""), headers=auth(scope))
@@ -66,7 +67,8 @@ async def test_a_webhook_with_a_control_character_is_refused_and_not_stored(
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as client:
         r = await client.post("/webhooks", json=webhook, headers=auth("installs:admin"))
-        assert_envelope(r, 422, "validation_error")
+        body = assert_error(r, 422, "validation_error")
+        assert body["request_id"] == r.headers["x-request-id"]
         async with app.state.services.sessionmaker() as session:
             count = await session.execute(select(func.count()).select_from(Webhook))
             assert count.scalar_one() == 0
