@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, String
 from sqlmodel import Field, SQLModel
 
-from service.db import UTCDateTime, utcnow
+from service.db import UTCDateTime, growing_id, utcnow
 
 
 class AuditEvent(SQLModel, table=True):
@@ -23,7 +23,7 @@ class AuditEvent(SQLModel, table=True):
         # (service/jobs/retention.py).
     )
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, sa_column=growing_id())
     at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
     event: str = Field(sa_column=Column(String(64), nullable=False))
     actor: str = Field(sa_column=Column(String(256), nullable=False))

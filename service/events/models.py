@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Integer, String, Text
+from sqlalchemy import JSON, Column, Index, Integer, String, Text
 from sqlmodel import Field, SQLModel
 
-from service.db import UTCDateTime, utcnow
+from service.db import BIGINT, UTCDateTime, growing_id, utcnow
 
 EVENT_TYPES = (
     "install.created",
@@ -28,10 +28,7 @@ class Event(SQLModel, table=True):
     # Retention prunes by age (`service/jobs/retention.py`).
     __table_args__ = (Index("ix_events_occurred_at", "occurred_at"),)
 
-    seq: int | None = Field(
-        default=None,
-        sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
-    )
+    seq: int | None = Field(default=None, sa_column=growing_id())
     event_id: str = Field(sa_column=Column(String(40), nullable=False, unique=True))
     type: str = Field(sa_column=Column(String(64), nullable=False))
     store_id: str = Field(sa_column=Column(String(64), nullable=False))
@@ -75,11 +72,9 @@ class WebhookDelivery(SQLModel, table=True):
         Index("ix_webhook_deliveries_webhook_id_store_id_seq", "webhook_id", "store_id", "seq"),
     )
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, sa_column=growing_id())
     webhook_id: str = Field(sa_column=Column(String(40), nullable=False))
-    seq: int = Field(
-        sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), nullable=False)
-    )
+    seq: int = Field(sa_column=Column(BIGINT, nullable=False))
     store_id: str = Field(sa_column=Column(String(64), nullable=False))
     state: str = Field(sa_column=Column(String(16), nullable=False))
     attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False))
@@ -94,9 +89,9 @@ class WebhookAttempt(SQLModel, table=True):
     __tablename__ = "webhook_attempts"
     __table_args__ = (Index("ix_webhook_attempts_webhook_id_id", "webhook_id", "id"),)
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, sa_column=growing_id())
     webhook_id: str = Field(sa_column=Column(String(40), nullable=False))
-    delivery_id: int = Field(sa_column=Column(Integer, nullable=False))
+    delivery_id: int = Field(sa_column=Column(BIGINT, nullable=False))
     event_id: str = Field(sa_column=Column(String(40), nullable=False))
     attempt: int = Field(sa_column=Column(Integer, nullable=False))
     attempted_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))

@@ -10,14 +10,16 @@ a change to an install itself (tests/unit/test_install_service.py checks the sou
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.audit.writer import record
 from service.db import run_transaction, utcnow
-from service.errors import BrokerError, StoreRevoked
+from service.errors import BrokerError, ServiceUnavailable, StoreRevoked
 from service.events.outbox import emit
 from service.installs import repository
 from service.installs.cache import CHANGES_CHANNEL, StoreCache
@@ -30,7 +32,9 @@ from service.neto.oauth import TokenGrant
 from service.neto.upstream import UpstreamClient
 from service.notifications import notify
 from service.security.crypto import KeyRing
+from service.web import metrics
 
+log = logging.getLogger("broker.installs")
 T = TypeVar("T")
 # Work that must commit with the change or not at all (the OAuth flow consumes its state).
 AlsoInTransaction = Callable[[AsyncSession], Awaitable[None]]
@@ -139,17 +143,36 @@ class InstallService:
         """Destroy the stored secret and mark the install revoked. Idempotent: revoking a
         revoked store changes nothing and audits nothing."""
 
-        async def work(session: AsyncSession) -> Install:
-            install = await repository.require(session, store_id)
-            if install.status == InstallStatus.revoked:
+        def work(with_trail: bool) -> Callable[[AsyncSession], Awaitable[Install]]:
+            async def revoke(session: AsyncSession) -> Install:
+                install = await repository.require(session, store_id)
+                if install.status == InstallStatus.revoked:
+                    return install
+                install = await repository.revoke(session, store_id)
+                if with_trail:
+                    record(session, "install.revoked", actor=actor, store_id=store_id,
+                           request_id=request_id)  # fmt: skip
+                    await emit(session, "install.revoked", install, actor)
                 return install
-            install = await repository.revoke(session, store_id)
-            record(session, "install.revoked", actor=actor, store_id=store_id,
-                   request_id=request_id)  # fmt: skip
-            await emit(session, "install.revoked", install, actor)
-            return install
 
-        return await self._change(store_id, work)
+            return revoke
+
+        try:
+            return await self._change(store_id, work(with_trail=True))
+        except (DBAPIError, ServiceUnavailable) as exc:
+            # The audit row or the event could not be written (an exhausted id, a full
+            # disk, a statement timeout, a tampered table): a revoke must never fail for
+            # its trail, so the store is revoked without it, and the loss is logged and
+            # counted. A failure of the revoke itself (the database is gone) fails this
+            # second transaction too, and that is what the caller gets.
+            install = await self._change(store_id, work(with_trail=False))
+            log.error(
+                "store revoked without its audit row and event: writing them failed",
+                extra={"fields": {"store_id": store_id, "actor": actor,
+                                  "error": _error_name(exc)}},
+            )  # fmt: skip
+            metrics.series(metrics.AUDIT_FAILURES, "install.revoked").inc()
+            return install
 
     async def mark_reauth_required(
         self,
@@ -287,3 +310,9 @@ def _record_install(
         store_domain=store_domain,
         auth_method=auth_method.value,
     )
+
+
+def _error_name(exc: BaseException) -> str:
+    """The driver's exception class (never its message: it may quote bound values)."""
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc.__cause__
+    return type(cause or exc).__name__

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import Column, String, Text
 from sqlmodel import Field, SQLModel
 
-from service.db import UTCDateTime, utcnow
+from service.db import UTCDateTime, growing_id, utcnow
 
 
 class PendingInstall(SQLModel, table=True):
@@ -15,7 +15,7 @@ class PendingInstall(SQLModel, table=True):
 
     __tablename__ = "pending_installs"
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, sa_column=growing_id())
     state_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
     store_domain: str = Field(sa_column=Column(String(253), nullable=False))
     return_url: str | None = Field(default=None, sa_column=Column(String(2048)))

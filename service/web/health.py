@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import text
 
+from service import sequences
 from service.errors import Unauthorized
 from service.installs import queries
 from service.services import services
@@ -122,9 +123,11 @@ async def metrics_text(request: Request, session: SessionDep) -> Response:
     try:
         async with asyncio.timeout(2):
             metrics.set_installs(await queries.count_by_status(session))
+            for name, ratio in (await sequences.headroom(session)).items():
+                metrics.ID_HEADROOM.labels(name).set(ratio)
     except Exception:
         # A database outage is exactly when the request metrics matter: serve them, and
         # leave the installs gauge at its last reading.
-        log.warning("installs gauge not refreshed: the database did not answer")
+        log.warning("installs and id gauges not refreshed: the database did not answer")
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)

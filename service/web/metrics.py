@@ -111,4 +111,15 @@ SWEEP_LAG = Gauge(
     "How long the most overdue active install has waited past its sweep period",
     multiprocess_mode="mostrecent",
 )
+AUDIT_FAILURES = Counter(
+    "broker_audit_failures_total",
+    "Changes committed without their audit row and event, because writing those failed",
+    ["event"],
+)
+ID_HEADROOM = Gauge(
+    "broker_id_headroom_ratio",
+    "Share of each growing id's range still unused (1 = untouched, 0 = exhausted)",
+    ["sequence"],
+    multiprocess_mode="mostrecent",
+)
 PRUNED = Counter("broker_retention_pruned_total", "Rows removed by retention", ["table"])
