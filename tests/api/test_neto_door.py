@@ -177,6 +177,35 @@ async def test_tokens_missing_bad_or_two_different_are_401(client, neto, token):
     assert len(neto.api_requests) == 1
 
 
+def case_variant(jwt: str) -> str:
+    """The token with one letter of its signature in the other case: to a reader that
+    folds case the same token, to the verifier another (and an invalid) one."""
+    at = next(i for i in range(len(jwt) - 1, 0, -1) if jwt[i].isalpha())
+    return jwt[:at] + jwt[at].swapcase() + jwt[at + 1 :]
+
+
+async def test_two_tokens_differing_only_in_letter_case_are_two_different_tokens(
+    client, neto, token
+):
+    """Tokens are case-sensitive: two that differ only in case are not one token sent
+    twice, and are refused for what they are (not for whichever one was kept)."""
+    await install_store(client, neto, DOMAIN)
+    good = invoker(token)
+    variant = case_variant(good)
+    assert variant != good and variant.lower() == good.lower()
+    action = {"NETOAPI_ACTION": "GetItem"}
+    for headers in (
+        {"NETOAPI_KEY": good, "X_SECRET_KEY": variant},
+        {"NETOAPI_KEY": variant, "X_SECRET_KEY": good},
+        {"NETOAPI_KEY": good, "Authorization": f"Bearer {variant}"},
+    ):
+        r = await neto_post(client, {**action, **headers})
+        detail = assert_refused(r, 401, "unauthorized")
+        assert detail == "The request carries two different caller tokens.", detail
+        assert good not in r.text and variant not in r.text
+    assert not neto.api_requests
+
+
 async def test_action_header_missing_repeated_or_unknown(client, neto, token):
     await install_store(client, neto, DOMAIN)
     key = ("NETOAPI_KEY", invoker(token))
