@@ -1,4 +1,5 @@
-# The README's commands. Each creates .venv on a fresh machine (only Python 3.11+ needed).
+# The README's commands. Each creates .venv on a fresh machine (Python 3.11+; the Debian
+# packages it lacks are installed by scripts/system_packages.sh, or it says how).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,9 +12,10 @@ BASE_IMAGE ?= python:3.11-slim-bookworm
 DOCKER_BUILD ?= DOCKER_BUILDKIT=0 docker build --network host
 UV_VERSION := 0.13.9
 
-.PHONY: run test demo bench openapi lint install install-test image image-test lock mutants
+.PHONY: run test test-packages demo bench openapi lint install install-test image image-test lock mutants
 
 $(BIN)/python:
+	PYTHON=$(PYTHON) scripts/system_packages.sh run
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
@@ -39,8 +41,12 @@ run: install
 	BROKER_ENV=development $(BIN)/broker serve --host $(HOST) --port $(PORT)
 
 ## make test: the whole suite on SQLite (and PostgreSQL when BROKER_TEST_DATABASE_URL is set)
-test: install-test
+test: test-packages install-test
 	$(BIN)/python -m pytest
+
+# Chromium and faketime for the suite (and python3-venv), from Debian, before anything else.
+test-packages:
+	@PYTHON=$(PYTHON) scripts/system_packages.sh test
 
 ## make lint: ruff and mypy
 lint: install-test

@@ -29,7 +29,7 @@ from service.events.deliveries import Claim, Outcome
 from service.events.models import Event, Webhook
 from service.events.signing import body_of, signed_headers
 from service.security.crypto import KeyRing, SealError
-from service.security.egress import EgressRefused
+from service.security.egress import is_refusal
 
 log = logging.getLogger("broker.webhooks")
 
@@ -185,8 +185,7 @@ class DeliveryWorker:
         except TimeoutError:
             error = "timeout"
         except aiohttp.ClientConnectorError as exc:
-            refused = isinstance(exc.os_error, EgressRefused)
-            error = "egress refused" if refused else "connection failed"
+            error = "egress refused" if is_refusal(exc.os_error) else "connection failed"
         except (aiohttp.ClientError, OSError) as exc:
             error = f"no answer ({type(exc).__name__})"
         latency = int((time.monotonic() - started) * 1000)

@@ -48,7 +48,7 @@ from service.neto.actions import is_write
 from service.neto.credentials import StoreCredentials
 from service.neto.limits import StoreLimits, rate_limited
 from service.neto.urls import ApiUrlBuilder
-from service.security.egress import EgressRefused
+from service.security.egress import is_refusal
 from service.web import metrics
 
 log = logging.getLogger("broker.upstream")
@@ -101,7 +101,7 @@ def nothing_sent(exc: BaseException) -> bool:
 
 
 def egress_refused(exc: BaseException) -> bool:
-    return any(isinstance(e, EgressRefused) for e in _causes(exc))
+    return any(is_refusal(e) for e in _causes(exc))
 
 
 class UpstreamClient:

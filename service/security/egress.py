@@ -18,8 +18,30 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 
 
+_REFUSAL = "refusing to connect to non-public address"
+# aiohttp's connector (aiohappyeyeballs) folds the failures of a host's addresses into one
+# plain OSError with this text when their messages differ, dropping the originals.
+_COMBINED = "Multiple exceptions: "
+
+
 class EgressRefused(OSError):
     """The address is not one the broker may connect to."""
+
+
+def is_refusal(error: BaseException) -> bool:
+    """True when the egress check refused the connection: one address, or every address
+    of a host that resolves to several (`localhost` as 127.0.0.1 and ::1 on stock Debian,
+    which aiohttp reports only as text). A host with one address refused and another that
+    failed to connect is a connection failure: something was tried."""
+    if isinstance(error, EgressRefused):
+        return True
+    if type(error) is not OSError:
+        return False
+    # OSError(None, text) when the addresses share an errno (None for ours), else OSError(text).
+    text = error.strerror if error.strerror is not None else str(error)
+    if not text.startswith(_COMBINED):
+        return False
+    return all(part.startswith(_REFUSAL) for part in text[len(_COMBINED) :].split(", "))
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -61,7 +83,7 @@ def socket_factory(allow_private: bool) -> Callable[[Any], socket.socket]:
     def factory(addr_info: Any) -> socket.socket:
         family, type_, proto, _, sockaddr = addr_info
         if not allow_private and not is_public_address(sockaddr[0]):
-            raise EgressRefused(f"refusing to connect to non-public address {sockaddr[0]}")
+            raise EgressRefused(f"{_REFUSAL} {sockaddr[0]}")
         sock = socket.socket(family=family, type=type_, proto=proto)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
