@@ -9,9 +9,8 @@ from fastapi import APIRouter, Depends, Query
 from service.audit import repository
 from service.audit.models import AuditEvent
 from service.audit.schemas import AuditEventOut, AuditPage
-from service.errors import BadRequest
 from service.web.api import ERRORS, PLAIN_TEXT, error, no_store
-from service.web.cursors import decode_cursor, encode_cursor, split_page
+from service.web.cursors import decode_id_cursor, encode_cursor, split_page
 from service.web.deps import Caller, SessionDep, require_scope
 
 router = APIRouter(tags=["audit"], dependencies=[Depends(no_store)])
@@ -22,10 +21,7 @@ def audit_cursor(event: AuditEvent) -> str:
 
 
 def audit_key(cursor: str) -> int:
-    (before_id,) = decode_cursor(cursor, 1)
-    if not isinstance(before_id, int) or isinstance(before_id, bool) or before_id < 1:
-        raise BadRequest("The cursor is not one this API issued.")
-    return before_id
+    return decode_id_cursor(cursor, 1)
 
 
 @router.get(

@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from service.audit.writer import record
-from service.errors import BadRequest
 from service.events import deliveries, repository, subscriptions
 from service.events.models import Webhook, WebhookAttempt
 from service.events.schemas import (
@@ -25,7 +24,7 @@ from service.events.signal import EventSignal
 from service.events.signing import event_json
 from service.services import services
 from service.web.api import ERRORS, Responses, error, no_store
-from service.web.cursors import decode_cursor, encode_cursor, split_page
+from service.web.cursors import decode_id_cursor, encode_cursor, split_page
 from service.web.deps import Caller, SessionDep, request_id, require_scope
 
 router = APIRouter(dependencies=[Depends(no_store)])
@@ -36,10 +35,7 @@ BAD_CURSOR: Responses = {400: error("A cursor not from this API")}
 
 
 def _seq(cursor: str) -> int:
-    (seq,) = decode_cursor(cursor, 1)
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise BadRequest("The cursor is not one this API issued.")
-    return seq
+    return decode_id_cursor(cursor, 0)
 
 
 @router.get(

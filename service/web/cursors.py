@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from service.errors import BadRequest
+from service.errors import BadRequest, ValidationFailed
 
 T = TypeVar("T")
 
@@ -32,6 +32,22 @@ def decode_cursor(cursor: str, size: int) -> list[Any]:
     if not isinstance(key, list) or len(key) != size:
         raise BadRequest("The cursor is not one this API issued.")
     return key
+
+
+# The largest id a 64-bit column holds: a larger one would fail inside the database
+# driver (a 500), not as the caller's mistake it is.
+MAX_ID = 2**63 - 1
+
+
+def decode_id_cursor(cursor: str, minimum: int) -> int:
+    """The id in a one-id cursor. 400 for anything that is not a cursor at all; 422 for a
+    cursor whose id no row can have (not an integer, or outside `minimum`..`MAX_ID`)."""
+    (value,) = decode_cursor(cursor, 1)
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= MAX_ID:
+        raise ValidationFailed(
+            f"The cursor's position must be a whole number from {minimum} to {MAX_ID}."
+        )
+    return value
 
 
 def split_page(
