@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 
 from service.audit.models import AuditEvent
+from service.events.models import Event
 from service.neto.actions import VERIFY_ACTION
 from tests.fakes import neto as fake
 from tests.support import install_store
@@ -65,6 +66,34 @@ async def test_verify_ok_then_refused_then_ok_again(app, client, neto, auth):
         ("ops-alice", True, "active", True),
     ]
     assert all(got["access_token"] not in str(e.details) for e in events)
+
+
+# Neto's own refusal: its error envelope, as the store API answers a key it no longer takes.
+NETO_FORBIDDEN = {
+    "Ack": "Error",
+    "Messages": {"Error": [{"Message": "Access denied", "SeverityCode": "Error"}]},
+}
+
+
+async def test_a_403_from_neto_marks_the_install_reauth_required_as_a_401_does(
+    app, client, neto, auth
+):
+    await install_store(client, neto)
+    admin = auth("installs:admin", sub="ops-alice")
+    neto.api_responses.append(fake.answer(403, NETO_FORBIDDEN))
+    r = await client.post(f"/installs/{STORE}/verify", headers=admin)
+    assert r.status_code == 200, r.text
+    assert (r.json()["ok"], r.json()["status"], r.json()["upstream_status"]) == (
+        False, "reauth_required", 403,
+    )  # fmt: skip
+    r = await client.get(f"/installs/{STORE}", headers=admin)
+    assert r.json()["status"] == "reauth_required"
+    [verified] = await verified_events(app)
+    assert (verified.details["status"], verified.details["changed"]) == ("reauth_required", True)
+    async with app.state.services.sessionmaker() as session:
+        rows = await session.execute(select(Event.type, Event.data).order_by(Event.seq))  # type: ignore[arg-type]
+        events = [(e.type, e.data["actor"]) for e in rows]
+    assert events[-1] == ("install.reauth_required", "ops-alice"), events
 
 
 async def test_verify_reports_an_upstream_failure_without_changing_status(client, neto, auth):

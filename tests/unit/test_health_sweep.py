@@ -13,6 +13,7 @@ from service.jobs.sweep import ACTOR, HealthSweep
 from service.neto.actions import VERIFY_ACTION
 from service.neto.limits import StoreLimits
 from service.services import Services
+from tests.fakes import neto as fake
 from tests.support import audit_rows
 
 KEY = "sweep-api-key-" + "k" * 16
@@ -81,6 +82,27 @@ async def test_sweep_flags_a_store_neto_now_refuses_and_audits_only_what_matters
     # Swept within the period: the next tick leaves both alone.
     await sweep_of(services).tick()
     assert verifies_seen(neto, healthy) == 1 and verifies_seen(neto, refused) == 1
+
+
+async def test_sweep_flags_a_store_neto_answers_403_as_it_does_a_401(app, neto):
+    services: Services = app.state.services
+    await add_store(services, neto, "S1")
+    # Neto's own refusal (its error envelope), not a page from something in front of it.
+    forbidden = {"Ack": "Error", "Messages": {"Error": [{"Message": "Access denied"}]}}
+    neto.api_responses.append(fake.answer(403, forbidden))
+
+    await sweep_of(services).tick()
+
+    assert (await installs(services))["S1"].status == "reauth_required"
+    [swept] = [r for r in await audit_rows(app) if r["actor"] == ACTOR]
+    assert swept["event"] == "install.verified"
+    assert (swept["details"]["upstream_status"], swept["details"]["changed"]) == (403, True)
+    async with services.sessionmaker() as session:
+        events = (await session.execute(select(Event.type, Event.store_id, Event.data))).all()
+    assert [(e.type, e.data["actor"]) for e in events if e.store_id == "S1"][-1] == (
+        "install.reauth_required",
+        ACTOR,
+    )
 
 
 async def test_sweep_leaves_flagged_and_revoked_installs_alone(app, neto):
