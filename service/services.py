@@ -34,7 +34,7 @@ from service.neto.http import create_http_client, create_session
 from service.neto.upstream import UpstreamClient
 from service.neto.urls import ApiUrlBuilder
 from service.notifications import Listener
-from service.oauth.throttle import AddressLimiter
+from service.oauth.throttle import AddressLimiter, address_rule
 from service.replicas.heartbeat import Heartbeat
 from service.security.callers import TokenVerifier
 from service.security.crypto import KeyRing
@@ -150,6 +150,14 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
         await services.heartbeat.start()
     for job in services.jobs:
         job.start()
+    # Behind an Ingress a wrong BROKER_TRUSTED_PROXIES makes every merchant one address
+    # (or lets clients choose theirs): say at start which rule counts installs.
+    log.info(
+        "install limit counts client address by %s (BROKER_TRUSTED_PROXIES=%d)",
+        address_rule(settings.trusted_proxies),
+        settings.trusted_proxies,
+        extra={"fields": {"client_address": address_rule(settings.trusted_proxies)}},
+    )
     try:
         yield services
     finally:

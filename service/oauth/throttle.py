@@ -41,6 +41,14 @@ def client_address(conn: HTTPConnection, trusted_proxies: int) -> str:
     return forwarded[-trusted_proxies][:64]
 
 
+def address_rule(trusted_proxies: int) -> str:
+    """Which client address the install limit counts, as `/readyz` and the start-up log
+    name it: `peer` (the connection's), or `x-forwarded-for[-N]` (the N-th entry from the
+    right). A deployment whose rule is `peer` behind an Ingress counts every merchant as
+    the controller's one address."""
+    return "peer" if trusted_proxies <= 0 else f"x-forwarded-for[-{trusted_proxies}]"
+
+
 class AddressLimiter:
     """A sliding minute of requests per client address."""
 

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from service import sequences
 from service.errors import Unauthorized
 from service.installs import queries
+from service.oauth.throttle import address_rule
 from service.services import services
 from service.web import metrics
 from service.web.api import ErrorBody
@@ -68,7 +69,12 @@ async def readyz(request: Request) -> Response:
     except Exception:  # noqa: S110  (any failure means "not ready"; the probe says which)
         pass
     ready = all(checks.values())
-    body = {"status": "ready" if ready else "not_ready", "checks": checks}
+    body: dict[str, object] = {
+        "status": "ready" if ready else "not_ready",
+        "checks": checks,
+        # Not a check: which address the install limit counts (BROKER_TRUSTED_PROXIES).
+        "client_address": address_rule(app.settings.trusted_proxies),
+    }
     if not ready:
         body.update(
             error="service_unavailable",

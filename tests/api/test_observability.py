@@ -65,6 +65,7 @@ async def test_readyz_is_200_when_the_database_answers(client):
     assert response.json() == {
         "status": "ready",
         "checks": {"keys": True, "database": True, "budget": True},
+        "client_address": "peer",
     }
 
 

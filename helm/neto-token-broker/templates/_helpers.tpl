@@ -217,6 +217,13 @@ hook runs). Empty values are left out so the broker's own defaults apply.
 {{- if include "ntb.jwks.enabled" . -}}
 {{- $_ := set $m "BROKER_JWT_PUBLIC_KEYS_FILE" (printf "%s/%s" .Values.jwks.mountPath .Values.jwks.key) -}}
 {{- end -}}
+{{- /* Behind the public Ingress the peer is the controller: count from X-Forwarded-For. */ -}}
+{{- if .Values.ingress.enabled -}}
+{{- if hasKey $c.extraEnv "BROKER_TRUSTED_PROXIES" -}}
+{{- fail "config.extraEnv.BROKER_TRUSTED_PROXIES: with the Ingress on, the chart sets it from ingress.trustedProxies; set that instead" -}}
+{{- end -}}
+{{- $_ := set $m "BROKER_TRUSTED_PROXIES" .Values.ingress.trustedProxies -}}
+{{- end -}}
 {{- $secretNames := list "BROKER_DATABASE_URL" "BROKER_ENCRYPTION_KEYS" "BROKER_JWT_HS256_KEYS" "BROKER_NETO_CLIENT_SECRET" -}}
 {{- range $k, $v := $c.extraEnv -}}
 {{- if has $k $secretNames -}}
