@@ -9,9 +9,21 @@ from sqlmodel import col
 from service.events.models import Event
 
 
-async def after(session: AsyncSession, after_seq: int, limit: int) -> list[Event]:
-    """Events past `after_seq`, in commit order (`seq` is assigned in commit order)."""
-    stmt = select(Event).where(col(Event.seq) > after_seq).order_by(col(Event.seq)).limit(limit)
+async def after(
+    session: AsyncSession, after_seq: int, limit: int, stores: frozenset[str] | None = None
+) -> list[Event]:
+    """Events past `after_seq`, in commit order (`seq` is assigned in commit order), that a
+    caller with the `stores` claim `stores` may read: without the claim every event; with
+    `["*"]` every store's; otherwise only those stores'. An event of no store (empty
+    `store_id`) is only for callers without the claim: a limited token sees nothing that
+    is not about one of its stores."""
+    stmt = select(Event).where(col(Event.seq) > after_seq)
+    if stores is not None:
+        if "*" in stores:
+            stmt = stmt.where(col(Event.store_id) != "")
+        else:
+            stmt = stmt.where(col(Event.store_id).in_(sorted(stores)))
+    stmt = stmt.order_by(col(Event.seq)).limit(limit)
     return list((await session.execute(stmt)).scalars())
 
 

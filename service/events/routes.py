@@ -46,7 +46,7 @@ def _seq(cursor: str) -> int:
 )
 async def event_feed(
     request: Request,
-    _: Annotated[Caller, Depends(require_scope("events:read"))],
+    caller: Annotated[Caller, Depends(require_scope("events:read"))],
     after: Annotated[str | None, Query(max_length=512, description="`next_cursor` of the "
                                        "previous answer; absent: from the oldest event")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
@@ -57,7 +57,8 @@ async def event_feed(
     `install.reactivated`, `install.revoked`) in the order they committed. Following
     `next_cursor` never skips an event, even one that committed late on another replica.
     With `wait`, an empty answer is held until an event commits on any replica (woken
-    within a second) or the wait ends. Events carry no secret, user or address."""
+    within a second) or the wait ends. A token with a `stores` claim reads only the events
+    of those stores (`["*"]`: of every store). Events carry no secret, user or address."""
     svc = services(request)
     after_seq = _seq(after) if after else 0
     loop = asyncio.get_running_loop()
@@ -66,7 +67,7 @@ async def event_feed(
         woken = svc.event_signal.current()
         # A short session per look: a waiting request holds no database connection.
         async with svc.sessionmaker() as session:
-            rows = await repository.after(session, after_seq, limit)
+            rows = await repository.after(session, after_seq, limit, caller.stores)
         remaining = deadline - loop.time()
         if rows or remaining <= 0:
             break
