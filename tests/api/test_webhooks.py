@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 
+from service.events.signing import new_secret, signed_headers
 from tests.fakes.receiver import Receiver, verify_signature
 from tests.support import assert_error, register_api_key_store
 
@@ -67,6 +70,41 @@ async def test_delivery_is_signed_per_standard_webhooks(client, auth, receiver):
     assert not verify_signature(hook["secret"], got.headers, tampered)
     other = await subscribe(client, auth, receiver.url)
     assert not verify_signature(other["secret"], got.headers, got.body)
+
+
+def test_the_receiver_refuses_a_timestamp_outside_the_five_minute_tolerance():
+    """The receiver every "signed" test verifies with holds the broker to the spec's
+    replay window: a delivery signed with a stale (or future) timestamp fails them."""
+    secret = new_secret()
+    body = b'{"id":"evt_1"}'
+    now = datetime.now(UTC).replace(microsecond=0)
+    for offset, accepted in ((0, True), (-300, True), (300, True), (-301, False),
+                             (301, False), (-3600, False), (3600, False)):  # fmt: skip
+        headers = signed_headers(secret, "evt_1", body, now + timedelta(seconds=offset))
+        assert verify_signature(secret, headers, body, now=now.timestamp()) is accepted, offset
+
+
+async def test_a_retry_is_signed_with_its_own_send_time(app_factory, settings_factory, neto, auth):
+    # A retry at least a second after the first attempt (the timestamp is in seconds).
+    app = await app_factory(settings_factory(
+        **{**FAST, "webhook_retry_base_seconds": 2.4, "webhook_retry_max_seconds": 2.4},
+    ))  # fmt: skip
+    receiver = await Receiver(fail_first=1).start()
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://broker.test"
+        ) as client:
+            hook = await subscribe(client, auth, receiver.url)
+            await register_api_key_store(client, auth("installs:admin"), "T1")
+            first, retry = await receiver.wait_for(2)
+    finally:
+        await receiver.stop()
+    assert first.headers["webhook-id"] == retry.headers["webhook-id"]
+    sent = [int(got.headers["webhook-timestamp"]) for got in (first, retry)]
+    assert sent[1] > sent[0], f"the retry carries the first attempt's timestamp: {sent}"
+    for got, stamp in ((first, sent[0]), (retry, sent[1])):
+        assert 0 <= got.wall - stamp < 3, f"signed {got.wall - stamp:.1f} s before it arrived"
+        assert verify_signature(hook["secret"], got.headers, got.body)
 
 
 async def test_receiver_failing_three_times_gets_everything_in_order(client, auth, receiver):

@@ -20,6 +20,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float  # time.monotonic()
+    wall: float  # time.time(): what a `webhook-timestamp` is compared with
 
     @property
     def event(self) -> dict[str, Any]:
@@ -27,10 +28,22 @@ class Received:
         return parsed
 
 
-def verify_signature(secret: str, headers: dict[str, str], body: bytes) -> bool:
+# Standard Webhooks: a receiver refuses a timestamp further than this from its own clock
+# (either way), so a captured delivery cannot be replayed later.
+TOLERANCE_SECONDS = 5 * 60
+
+
+def verify_signature(
+    secret: str, headers: dict[str, str], body: bytes, *, now: float | None = None
+) -> bool:
     """Standard Webhooks, by hand (independent of the `standardwebhooks` package that
-    signs): HMAC-SHA256 of "{id}.{timestamp}.{body}" keyed by the secret's decoded bytes,
+    signs): the timestamp within TOLERANCE_SECONDS of `now` (this machine's clock), and
+    HMAC-SHA256 of "{id}.{timestamp}.{body}" keyed by the secret's decoded bytes,
     compared with each `v1,` signature in the header."""
+    stamp = headers["webhook-timestamp"]
+    now = time.time() if now is None else now
+    if not stamp.isdigit() or abs(now - int(stamp)) > TOLERANCE_SECONDS:
+        return False
     key = base64.b64decode(secret.removeprefix("whsec_"))
     signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
     expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
@@ -50,9 +63,8 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        self.received.append(
-            Received({k.lower(): v for k, v in request.headers.items()}, body, time.monotonic())
-        )
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        self.received.append(Received(headers, body, time.monotonic(), time.time()))
         self._arrived.set()
         if self.delay:
             await asyncio.sleep(self.delay)
