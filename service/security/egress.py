@@ -2,9 +2,9 @@
 
 Every outbound connection (`service/neto/http.py` builds the one shared client) gets its
 socket from `socket_factory`, which refuses, address by address, anything that is not
-globally routable (loopback, private, link-local and metadata, CGNAT, multicast,
-reserved, and the IPv4-mapped, NAT64, 6to4 and Teredo spellings of those) unless private
-egress is allowed.
+globally routable (loopback, private, site-local, link-local and metadata, CGNAT,
+multicast, reserved, and the IPv4-mapped, NAT64, 6to4 and Teredo spellings of those)
+unless private egress is allowed.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from typing import Any
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+# Site-local IPv6 (RFC 3879 deprecated it, but routers and hosts still honour it inside a
+# site), which Python's `ipaddress` counts as global: refused like unique-local fc00::/7.
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")
 
 
 _REFUSAL = "refusing to connect to non-public address"
@@ -66,6 +69,8 @@ def is_public_address(address: str) -> bool:
         embedded = _embedded_ipv4(ip)
         if embedded is not None:
             return is_public_address(str(embedded))
+        if ip in _SITE_LOCAL:
+            return False
     return bool(
         ip.is_global
         and not ip.is_multicast
