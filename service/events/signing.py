@@ -25,14 +25,29 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+# The fields of an event's `data` (`outbox.emit` writes exactly these). Nothing else in
+# a row's JSON is shown or signed: whoever can write to the events table must not be able
+# to get other fields (a link, a token) delivered under the broker's signature.
+DATA_FIELDS = ("store_id", "store_domain", "auth_method", "status", "actor")
+
+
 def event_json(event: Event) -> dict[str, Any]:
-    """The public shape of an event (the feed's items and a webhook's body)."""
+    """The public shape of an event (the feed's items and a webhook's body), built from the
+    known fields only: text values, and the store id of the row (the one the feed filters
+    by), not whatever the JSON says."""
+    stored = event.data if isinstance(event.data, dict) else {}
+    data = {name: _text(stored.get(name)) for name in DATA_FIELDS}
+    data["store_id"] = event.store_id
     return {
         "id": event.event_id,
         "type": event.type,
         "timestamp": event.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "data": event.data,
+        "data": data,
     }
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def body_of(event: Event) -> bytes:
