@@ -12,10 +12,11 @@ from sqlalchemy import select, update
 
 from service.db import utcnow
 from service.installs import cache as store_cache
+from service.installs import queries
 from service.installs import repository as stores
 from service.installs.models import Install, next_change_seq
 from service.installs.repository import INSTALLS
-from tests.support import install_store
+from tests.support import install_store, register_api_key_store
 
 
 async def polls_completed(cache: store_cache.StoreCache, count: int, within: float = 15.0) -> None:
@@ -249,3 +250,58 @@ async def test_a_change_the_feed_never_reported_is_caught_within_the_maximum_age
             assert time.monotonic() - changed < 1.5, "the copy outlived the maximum age"
             await asyncio.sleep(0.05)
         assert (await client.get("/credentials/N1", headers=headers)).status_code == 410
+
+
+async def test_a_late_commit_below_the_last_polled_change_still_drops_the_copy(
+    app_factory, settings_factory, neto, auth
+):
+    """A change number is taken when the row is written and becomes visible at commit, so
+    a change can commit after a higher number was polled: the look-back window must still
+    drop the copy it made stale. Push and the maximum age are kept out of it: the revoke
+    is written behind the install service (no NOTIFY), and copies live an hour."""
+    app = await app_factory(
+        settings_factory(store_cache_seconds=0.1, store_cache_max_age_seconds=3600)
+    )
+    services = app.state.services
+    cache = services.store_cache
+    headers = auth("credentials:read", stores=["*"])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://broker.test"
+    ) as client:
+        for sid in ("L1", "L2"):
+            await register_api_key_store(client, auth("installs:admin"), sid)
+        await polls_completed(cache, 2)  # both installs polled: a read is cached
+        assert (await client.get("/credentials/L1", headers=headers)).status_code == 200
+        assert len(cache) == 1, "L1 was not cached: nothing to prove"
+        version = cache.version("L1")
+
+        async with services.sessionmaker() as late:
+            real = late.get_bind().dialect.name == "postgresql"
+            if real:  # L1's revoke takes its number now, and commits last
+                await late.begin()
+                await stores.revoke(late, "L1")
+            async with services.sessionmaker() as other, other.begin():
+                await stores.revoke(other, "L2")  # a higher number, committed first
+            await polls_completed(cache, 2)  # the higher number has been polled
+            if real:
+                await late.commit()
+            else:
+                # One writer at a time: a number below the highest polled, written now, is
+                # what such a commit looks like to the feed.
+                numbered = await queries.last_change(late) - 1
+                now = utcnow()
+                await late.execute(
+                    update(INSTALLS)
+                    .where(INSTALLS.c.store_id == "L1", INSTALLS.c.change_seq < numbered)
+                    .values(status="revoked", secret_sealed=None, token_fingerprint=None,
+                            revoked_at=now, updated_at=now, change_seq=numbered)
+                )  # fmt: skip
+                await late.commit()
+            rows = await late.execute(select(INSTALLS.c.store_id, INSTALLS.c.change_seq))
+            seqs = {sid: seq for sid, seq in rows}
+        assert seqs["L1"] < seqs["L2"], f"not a late commit: {seqs}"
+
+        await polls_completed(cache, 2)
+        assert cache.version("L1") > version, "the late change did not move the store's version"
+        r = await client.get("/credentials/L1", headers=headers)
+        assert r.status_code == 410, "a copy the late revoke made stale is still served"
