@@ -17,7 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from service.audit.writer import record
 from service.config import Settings
 from service.db import run_transaction
-from service.errors import BadRequest, BrokerError, OAuthNotConfigured, ServiceUnavailable
+from service.errors import (
+    BadRequest,
+    BrokerError,
+    InvalidState,
+    OAuthNotConfigured,
+    ServiceUnavailable,
+)
 from service.installs.service import InstallService
 from service.neto.oauth import authorize_url, exchange_code
 from service.oauth import pending
@@ -171,6 +177,9 @@ async def complete(
     pending_id = claimed.id
     assert pending_id is not None
     try:
+        # Before the code is exchanged: a row a database writer changed installs nothing.
+        app_state = pending.open_binding(keyring, claimed)
+        _recheck_return_url(settings, claimed)
         grant = await exchange_code(client, settings, code, claimed.store_domain)
 
         async def consume(session: AsyncSession) -> None:
@@ -185,10 +194,29 @@ async def complete(
         if isinstance(exc, BrokerError):
             await _audit_failure(sessionmaker, claimed, exc, request_id)
         raise
-    # Opened only now that the install is stored: a value that does not open costs the
-    # app its echo, never the merchant their install (pending.open_app_state).
-    app_state = pending.open_app_state(keyring, claimed) if claimed.return_url else None
     return Completed(grant.store_id, grant.store_domain, claimed.return_url, app_state)
+
+
+def _recheck_return_url(settings: Settings, row: PendingInstall) -> None:
+    """The stored return URL must still be one this broker allows, exactly as it was
+    stored (resolved) at the start: the binding proves the broker wrote it, this that the
+    operator still allows it (BROKER_RETURN_URL_PREFIXES may have narrowed since)."""
+    if row.return_url is None:
+        return
+    try:
+        allowed = check_return_url(settings, row.return_url) == row.return_url
+    except BadRequest:
+        allowed = False
+    if not allowed:
+        log.error(
+            "a pending install's return URL is not under BROKER_RETURN_URL_PREFIXES; "
+            "the install is refused",
+            extra={"fields": {"pending_id": row.id}},
+        )
+        raise InvalidState(
+            "This install link cannot be completed. Start the install again from your "
+            "Neto control panel."
+        )
 
 
 async def _release(sessionmaker: async_sessionmaker[AsyncSession], pending_id: int) -> None:

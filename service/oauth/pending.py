@@ -7,9 +7,13 @@ is *consumed* in the transaction that stores the install, or released when nothi
 stored, so a failure never burns the state (the merchant can approve again), while the
 same code is never exchanged twice.
 
-An app-initiated install may carry the app's opaque `app_state`: it is sealed, bound to
-the row by its state hash (which the broker derives from a state it generated, so no
-caller picks it), and opened only to be echoed on the return redirect.
+Every row carries a sealed *binding* (the `app_state_sealed` column): the app's opaque
+`app_state` when it sent one, else nothing, sealed with associated data naming the row's
+state hash (which the broker derives from a state it generated, so no caller picks it),
+its return URL, store domain and initiator. A database writer who changes any of them,
+removes the binding or copies another row's makes the callback fail closed before the
+code is exchanged: the merchant is never sent somewhere the broker did not check, and the
+app's state is never echoed to a place it was not sealed for.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from service.db import utcnow
-from service.errors import InvalidState, StateExpired
+from service.errors import BadRequest, InvalidState, StateExpired
 from service.oauth.models import PendingInstall
 from service.security.crypto import Context, KeyRing, SealError
 
@@ -43,30 +47,38 @@ def digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def _app_state_ctx(state_hash: str) -> Context:
-    return Context("pending_installs", "app_state_sealed", state_hash)
+def _binding_ctx(
+    state_hash: str, return_url: str | None, store_domain: str, initiated_by: str
+) -> Context:
+    bound = (return_url or "", store_domain, initiated_by)
+    return Context("pending_installs", "app_state_sealed", state_hash, bound)
 
 
-def open_app_state(keyring: KeyRing, row: PendingInstall) -> str | None:
-    """The app's state, or None when there is none or it does not open.
+def open_binding(keyring: KeyRing, row: PendingInstall) -> str | None:
+    """The app's state (None when it sent none), once the row is proved to be as the
+    broker wrote it; otherwise InvalidState, and operators hear it at ERROR.
 
-    A value that does not open was tampered with, copied from another pending row, or
-    sealed under a key removed since: operators hear it at ERROR. The install goes on
-    without it (docs/security.md): the app already treats a return without its state as
-    one it cannot tie to a session, since the merchant's browser can drop the parameter.
+    A binding that does not open means the row's return URL, store domain or initiator
+    was changed, its binding removed or copied from another row, or it was sealed under a
+    key removed while the install was in flight (docs/security.md).
     """
-    if row.app_state_sealed is None:
-        return None
+    ctx = _binding_ctx(row.state_hash, row.return_url, row.store_domain, row.initiated_by)
     try:
-        return keyring.open(row.app_state_sealed, _app_state_ctx(row.state_hash)).decode()
+        if row.app_state_sealed is None:
+            raise SealError("the row has no binding")
+        value = keyring.open(row.app_state_sealed, ctx).decode()
     except SealError as exc:
         log.error(
-            "a pending install's app_state cannot be opened: tampered with, copied from "
-            "another row, or sealed under a key that is not configured; the return "
-            "redirect goes without it",
+            "a pending install does not match its sealed binding: its return URL, store "
+            "domain, initiator or app_state was changed in the database, or it was sealed "
+            "under a key that is not configured; the install is refused",
             extra={"fields": {"pending_id": row.id, "reason": str(exc)}},
         )
-        return None
+        raise InvalidState(
+            "This install link cannot be completed. Start the install again from your "
+            "Neto control panel."
+        ) from None
+    return value or None
 
 
 async def create(
@@ -79,6 +91,9 @@ async def create(
     keyring: KeyRing,
     app_state: str | None = None,
 ) -> tuple[str, PendingInstall]:
+    if app_state == "":
+        # The empty binding stands for "no app_state": an empty value could not come back.
+        raise BadRequest("app_state must not be empty.")
     state = secrets.token_urlsafe(32)  # 256 bits
     state_hash = digest(state)
     now = utcnow()
@@ -87,9 +102,10 @@ async def create(
         store_domain=store_domain,
         return_url=return_url,
         initiated_by=initiated_by,
-        app_state_sealed=None
-        if app_state is None
-        else keyring.seal(app_state.encode(), _app_state_ctx(state_hash)),
+        app_state_sealed=keyring.seal(
+            (app_state or "").encode(),
+            _binding_ctx(state_hash, return_url, store_domain, initiated_by),
+        ),
         created_at=now,
         expires_at=now + timedelta(seconds=ttl_seconds),
     )
