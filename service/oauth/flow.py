@@ -7,6 +7,7 @@ while Neto is being called.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -34,15 +35,21 @@ from service.security.domains import normalize_store_domain
 log = logging.getLogger("broker.install")
 
 
+# In a return URL's path: an encoded slash, backslash or dot, or a `;` (path parameters).
+# Servers and proxies disagree on whether `..%2f`, `%2e%2e/` or `..;/` is a dot segment
+# (Tomcat, Spring and nginx each have their own answer), so the checked path and the one
+# served could differ: such paths are refused rather than guessed at.
+_AMBIGUOUS_PATH = re.compile(r"%2[ef]|%5c|;", re.IGNORECASE)
+
+
 def _resolved_path(path: str) -> str:
-    """The path a browser will request: dot segments removed (RFC 3986 5.2.4), `%2e`
-    counted as a dot as browsers do, so `/neto/../../logout` is checked as `/logout`."""
+    """The path a browser will request: dot segments removed (RFC 3986 5.2.4), so
+    `/neto/../../logout` is checked as `/logout`."""
     segments = path.split("/")
     out = [segments[0]]
     for i, segment in enumerate(segments[1:], start=1):
-        dots = segment.lower().replace("%2e", ".")
-        if dots in (".", ".."):
-            if dots == ".." and len(out) > 1:
+        if segment in (".", ".."):
+            if segment == ".." and len(out) > 1:
                 out.pop()
             if i == len(segments) - 1:
                 out.append("")  # `/a/..` is the directory `/`, with its trailing slash
@@ -71,6 +78,11 @@ def check_return_url(settings: Settings, url: str | None) -> str | None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:
         raise BadRequest("return_url must be an absolute http(s) URL without user info.")
+    if _AMBIGUOUS_PATH.search(parts.path):
+        raise BadRequest(
+            "return_url's path must not contain '%2f', '%5c', '%2e' or ';': an encoded "
+            "slash or dot could take it out of the allowed prefix."
+        )
     path = _resolved_path(parts.path) if parts.path else "/"
     for prefix in settings.allowed_return_prefixes:
         allowed = urlsplit(prefix)
