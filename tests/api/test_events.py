@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import text
 
+from service.events.outbox import APPEND_LOCK, emit
+from service.installs import repository as stores
 from service.neto.oauth import TokenGrant
 from tests.fakes import neto as fake
 from tests.support import assert_error, install_store, register_api_key_store
@@ -129,3 +132,64 @@ async def test_feed_needs_its_scope_and_a_cursor_it_issued(client, auth):
     assert_error(r, 422, "validation_error")
     r = await client.get("/events", params={"limit": 501}, headers=auth("events:read"))
     assert_error(r, 422, "validation_error")
+
+
+async def test_an_emit_waits_for_an_uncommitted_one_and_the_feed_keeps_their_order(
+    app, client, auth
+):
+    """PostgreSQL: while transaction A has appended its event and not committed, an append
+    in transaction B waits (the append lock), so B's event can neither be numbered nor
+    seen ahead of A's. Forced, not raced: B is seen waiting in pg_locks before A commits."""
+    sessionmaker = app.state.services.sessionmaker
+    async with sessionmaker() as probe:
+        if probe.get_bind().dialect.name != "postgresql":
+            pytest.skip("SQLite has one writer at a time: B could not even begin its write")
+    admin = auth("installs:admin")
+    for sid in ("A1", "B1"):
+        await register_api_key_store(client, admin, sid)
+    cursor = (await feed(client, auth))["next_cursor"]
+    b_pid: list[int] = []
+    b_appended = asyncio.Event()
+
+    async def b_side() -> str:
+        async with sessionmaker() as b, b.begin():
+            b_pid.append((await b.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+            event = await emit(b, "install.revoked", await stores.revoke(b, "B1"), "test-b")
+            b_appended.set()
+            return event.event_id
+
+    async def b_waits_for_the_lock() -> bool:
+        """True once B's backend waits for the append lock; False if B appended instead."""
+        deadline = time.monotonic() + 10
+        async with sessionmaker() as watcher:
+            while not b_appended.is_set():
+                assert time.monotonic() < deadline, "B neither waited nor appended in 10 s"
+                if b_pid:
+                    waiting = await watcher.execute(
+                        text("SELECT count(*) FROM pg_locks WHERE pid = :pid AND NOT granted "
+                             "AND locktype = 'advisory' AND objid = :key"),
+                        {"pid": b_pid[0], "key": APPEND_LOCK},
+                    )  # fmt: skip
+                    if waiting.scalar_one():
+                        return True
+                    await watcher.rollback()  # pg_locks is read afresh each time anyway
+                await asyncio.sleep(0.01)
+        return False
+
+    async with sessionmaker() as a:
+        await a.begin()
+        first = await emit(a, "install.revoked", await stores.revoke(a, "A1"), "test-a")
+        second = asyncio.create_task(b_side())
+        try:
+            assert await b_waits_for_the_lock(), "B appended while A's append was uncommitted"
+            assert (await feed(client, auth, cursor))["events"] == []
+            await a.commit()
+        finally:
+            if not second.done() and a.in_transaction():
+                await a.rollback()  # lets B finish rather than hang the test
+        second_id = await asyncio.wait_for(second, 10)
+    events = (await feed(client, auth, cursor))["events"]
+    assert [(e["id"], e["data"]["actor"]) for e in events] == [
+        (first.event_id, "test-a"),
+        (second_id, "test-b"),
+    ]
