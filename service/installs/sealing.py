@@ -6,7 +6,10 @@ database, around the broker, no longer opens: nobody without the keys can redire
 store's secret to another host.
 
 A value that does not open (tampered with, copied from another row, or sealed under a
-key that is not configured) is `store_secret_unreadable`, logged at ERROR for operators.
+key that is not configured) is `store_secret_unreadable`, logged at ERROR for operators;
+so is a live (active or re-auth) row without its sealed secret: only a revoke destroys
+it, so a database writer set a revoked row live again, and a bundle or call without
+credentials is not a success.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.errors import StoreSecretUnreadable
-from service.installs.models import AuthMethod, Install
+from service.installs.models import AuthMethod, Install, InstallStatus
 from service.keys.rotation import SealedTable
 from service.neto.credentials import StoreCredentials
 from service.security.crypto import Context, KeyRing, SealError
@@ -109,7 +112,22 @@ def _header_safe(value: str) -> bool:
     return all(" " <= ch <= "~" for ch in value)  # printable ASCII, as registration requires
 
 
+def _secret_gone(install: Install) -> bool:
+    """True (and logged at ERROR) if a live install has no sealed secret."""
+    if install.secret_sealed is not None or install.status == InstallStatus.revoked:
+        return False
+    log.error(
+        "a live install has no sealed secret: only a revoke destroys it, so the row was "
+        "set live again around the broker; reinstall or re-register the store",
+        extra={"fields": {"store_id": install.store_id, "column": "secret_sealed",
+                          "status": install.status}},
+    )  # fmt: skip
+    return True
+
+
 def open_credentials(keyring: KeyRing, install: Install, client_id: str | None) -> StoreCredentials:
+    if _secret_gone(install):
+        raise StoreSecretUnreadable()
     who = secret = None
     if install.secret_sealed is not None:
         opened = _open_json(keyring, Binding.of(install), "secret_sealed", install.secret_sealed)
@@ -152,7 +170,7 @@ def open_profile(keyring: KeyRing, install: Install) -> Profile:
     """The merchant's user info and billing address, for operators. Also opens the secret
     (and drops it at once) so an unreadable row shows up in GET /installs/{store_id}."""
     opened: dict[str, Any] = {}
-    readable = True
+    readable = not _secret_gone(install)
     binding = Binding.of(install)
     for column in SEALED_COLUMNS:
         try:
