@@ -8,19 +8,26 @@ receiver is called; a replica that dies mid-attempt leaves a lease that simply r
 
 Order per store and subscription: a delivery is due only when no earlier delivery of the
 same store to the same subscription is still pending.
+
+Every time a delivery is compared with or scheduled by (due, lease, retry, the retry
+window) is the database's clock (`database_now`), as the revoke fence orders changes by
+the database's numbers: a replica whose own clock ran behind by more than the lease would
+otherwise take a delivery that another replica leased and is still sending (a duplicate,
+and out of order with the store's next event), and one ahead would hold deliveries back.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, exists, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
 
+from service.db import utcnow
 from service.events.models import Webhook, WebhookAttempt, WebhookDelivery
 
 D = WebhookDelivery
@@ -46,6 +53,18 @@ class Outcome:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
+async def database_now(session: AsyncSession) -> datetime:
+    """The database's clock, the one every replica's delivery times are compared with.
+    SQLite runs inside this process: its clock is this machine's, which every replica
+    sharing the file shares."""
+    if session.get_bind().dialect.name != "postgresql":
+        return utcnow()
+    # clock_timestamp(), not now(): the time of this statement, not of the transaction's
+    # start.
+    value: datetime = (await session.execute(text("SELECT clock_timestamp()"))).scalar_one()
+    return value.astimezone(UTC)
+
+
 def _due(now: datetime) -> list[ColumnElement[bool]]:
     earlier = aliased(WebhookDelivery)
     held_back = exists().where(
@@ -59,6 +78,7 @@ def _due(now: datetime) -> list[ColumnElement[bool]]:
 
 
 async def claim(session: AsyncSession, now: datetime, lease: timedelta, limit: int) -> list[Claim]:
+    """Take what is due at `now` (the database's clock) for `lease`."""
     stmt = select(D).where(*_due(now)).order_by(col(D.seq)).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update(of=D, skip_locked=True)

@@ -21,7 +21,7 @@ import secrets
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db import utcnow
+from service.events import deliveries
 from service.events.models import EVENT_TYPES, Event, Webhook, WebhookDelivery
 from service.installs.models import Install
 from service.notifications import notify
@@ -46,7 +46,9 @@ async def emit(session: AsyncSession, event_type: str, install: Install, actor: 
         raise ValueError(f"unknown event type {event_type}")
     if session.get_bind().dialect.name == "postgresql":
         await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK})
-    now = utcnow()
+    # The deliveries are due now by the database's clock, which the worker compares with:
+    # a replica whose clock runs ahead would otherwise hold them back by its skew.
+    now = await deliveries.database_now(session)
     event = Event(
         event_id=new_event_id(),
         type=event_type,

@@ -98,5 +98,5 @@ async def remove(session: AsyncSession, webhook_id: str) -> None:
 
 async def enable(session: AsyncSession, webhook_id: str) -> Webhook:
     await require(session, webhook_id)
-    await deliveries.reenable(session, webhook_id, utcnow())
+    await deliveries.reenable(session, webhook_id, await deliveries.database_now(session))
     return await require(session, webhook_id)

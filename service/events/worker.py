@@ -60,6 +60,12 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # The database's clock minus this replica's, measured at each claim: every time
+        # the worker compares or schedules is the database's (`deliveries.database_now`).
+        self._clock_offset = timedelta(0)
+
+    def _now(self) -> datetime:
+        return utcnow() + self._clock_offset
 
     def wake(self, _payload: str = "") -> None:
         self._wake.set()
@@ -103,14 +109,16 @@ class DeliveryWorker:
             due = await deliveries.next_due(session)
         if due is None:
             return poll
-        return max(0.01, min(poll, (due - utcnow()).total_seconds()))
+        return max(0.01, min(poll, (due - self._now()).total_seconds()))
 
     async def tick(self) -> int:
         """One round: claim what is due and attempt it all. The number attempted."""
         lease = timedelta(seconds=self._settings.webhook_timeout_seconds * 2 + 5)
 
         async def take(session: AsyncSession) -> list[tuple[Claim, Webhook, Event | None]]:
-            claims = await deliveries.claim(session, utcnow(), lease, BATCH)
+            now = await deliveries.database_now(session)
+            self._clock_offset = now - utcnow()
+            claims = await deliveries.claim(session, now, lease, BATCH)
             events = await repository.get_many(session, [c.seq for c in claims])
             hooks = {w.id: w for w in await subscriptions.listing(session)}
             return [(c, hooks[c.webhook_id], events.get(c.seq)) for c in claims]
@@ -125,13 +133,13 @@ class DeliveryWorker:
                 self._sessionmaker, lambda s: deliveries.dropped(s, claim.delivery_id)
             )
             return
-        at = utcnow()
+        at = self._now()
         outcome = await self._post(webhook, event, at)
         settings = self._settings
 
         async def finish(session: AsyncSession) -> None:
             await deliveries.record_attempt(session, claim, event.event_id, at, outcome)
-            now = utcnow()
+            now = self._now()
             if outcome.ok:
                 await deliveries.delivered(session, claim.delivery_id, now)
             elif (
