@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from service.config import normalize_database_url
+from service.installs.cache import CHANGE_WINDOW
 from tests.conftest import truncate
 from tests.fakes.neto import FakeNeto, FakeNetoServer
 from tests.replicas.conftest import (
@@ -146,3 +147,41 @@ async def test_a_revoke_by_a_replica_with_a_shifted_clock_is_seen_within_a_secon
     assert worst <= BOUND_SECONDS, delays
     if skewed.backend == "postgresql":
         assert median < 0.1, f"NOTIFY should deliver the revoke at once: {delays}"
+
+
+async def test_a_revoke_on_the_clock_behind_after_a_change_on_the_clock_ahead_is_seen(
+    skewed: Skewed, neto: FakeNeto, http: httpx.AsyncClient, token: Any,
+) -> None:  # fmt: skip
+    """The replica whose clock is ahead installs a store and caches it; past the change
+    look-back window (and well within the 15 s skew) the replica behind revokes it. A
+    change number taken from either replica's clock would put the revoke below the
+    install, and the replica ahead, having polled past it, would never see it (SQLite has
+    no push): numbered by the database, it is seen within the bound. The invoke is what
+    shows the cache (a bundle's audit row is fenced on the install's status as well)."""
+    ahead, behind = (skewed.b, skewed.a) if skewed.skew.startswith("-") else (skewed.a, skewed.b)
+    admin = {"Authorization": f"Bearer {token('installs:admin')}"}
+    user = {"Authorization": f"Bearer {token('credentials:read invoke', stores=['*'])}"}
+    sid, domain = "SKL", "skl.example.com"
+    neto.add_api_key_store(domain, "u", f"key-{sid}")
+    body = {"store_id": sid, "store_domain": domain, "username": "u", "api_key": f"key-{sid}"}
+    created = await http.post(f"{ahead.url}/installs/api-key", json=body, headers=admin)
+    assert created.status_code == 201, created.text
+    bundle_url = f"{ahead.url}/credentials/{sid}"
+    invoke_url = f"{ahead.url}/invoke/{sid}/GetItem"
+    for _ in range(2):  # cached by the replica ahead
+        assert (await http.get(bundle_url, headers=user)).status_code == 200
+        assert (await http.post(invoke_url, json={}, headers=user)).status_code == 200
+    await asyncio.sleep(CHANGE_WINDOW + 1.5)  # the install is behind every poll's floor now
+    assert (await http.post(invoke_url, json={}, headers=user)).status_code == 200
+
+    revoked = await http.delete(f"{behind.url}/installs/{sid}", headers=admin)
+    start = time.monotonic()
+    assert revoked.status_code == 200, revoked.text
+    bundle, invoke = await asyncio.gather(
+        refused_after(http, bundle_url, user, start, post=False),
+        refused_after(http, invoke_url, user, start, post=True),
+    )
+    seen = max(bundle, invoke)
+    print(f"\nrevoke on the clock behind seen by the clock ahead, {skewed.backend}, "
+          f"skew {skewed.skew}: {seen * 1000:.0f} ms")  # fmt: skip
+    assert seen <= BOUND_SECONDS, f"the revoke was seen after {seen:.2f} s"
