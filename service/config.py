@@ -86,8 +86,9 @@ class Settings(BaseSettings):
     store_rate_per_minute: int = Field(500, ge=1)
     rate_limit_pause_seconds: float = Field(60.0, ge=0)
     # The anonymous merchant routes (/oauth/install, /oauth/callback): requests a minute
-    # per client address (per replica), how many proxies in front append to
-    # X-Forwarded-For, and how many Neto-initiated installs may be pending at once.
+    # per client address prefix (IPv4 address, IPv6 /64; per replica), how many proxies in
+    # front append to X-Forwarded-For, and how many Neto-initiated installs may be pending
+    # at once (no prefix or store domain holds more than an eighth: oauth/flow.py).
     install_rate_per_minute: int = Field(30, ge=1)
     trusted_proxies: int = Field(0, ge=0, le=10)
     max_pending_installs: int = Field(10_000, ge=1)

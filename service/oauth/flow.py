@@ -23,6 +23,7 @@ from service.errors import (
     BrokerError,
     InvalidState,
     OAuthNotConfigured,
+    RateLimited,
     ServiceUnavailable,
 )
 from service.installs.service import InstallService
@@ -107,6 +108,59 @@ class Started:
     expires_at: datetime
 
 
+# No address prefix and no store domain holds more than this share of the live
+# Neto-initiated installs (BROKER_MAX_PENDING_INSTALLS), so filling the table takes at
+# least this many prefixes, and a full table still makes room for a prefix with less.
+SHARE_DIVISOR = 8
+
+
+def anonymous_share(settings: Settings) -> int:
+    return max(1, settings.max_pending_installs // SHARE_DIVISOR)
+
+
+async def _admit_anonymous(
+    session: AsyncSession, settings: Settings, domain: str, initiator: str
+) -> None:
+    """Make room for one more Neto-initiated install from `initiator` (an address prefix)
+    for `domain`, or refuse it.
+
+    - A prefix at its share is refused (429): only its own traffic is turned away.
+    - A domain at its share gives up its oldest unclaimed row: refusing would let anyone
+      block a given store's installs by starting installs for it; this way a merchant's
+      start always gets a row, and keeps it until the share of newer starts for the
+      same store came after it.
+    - A full table gives up the oldest unclaimed row of the prefix holding the most, if
+      that prefix holds at least two more than this one; otherwise it is full (503). A
+      merchant from a fresh prefix therefore gets through while the table holds rows of
+      fewer prefixes than the cap.
+    """
+    cap, share = settings.max_pending_installs, anonymous_share(settings)
+    retry = {"Retry-After": str(settings.state_ttl_seconds)}
+    mine = await pending.live_count(session, share, pending.initiated_by(initiator))
+    if mine >= share:
+        raise RateLimited(
+            "Too many installs are in progress from your network. Wait a few minutes, then "
+            "start the install again from your Neto control panel.",
+            headers=retry,
+        )
+    for_domain = (pending.anonymous(), pending.for_domain(domain))
+    if await pending.live_count(session, share, *for_domain) >= share:
+        await pending.evict_oldest(session, *for_domain)
+    if await pending.live_count(session, cap, pending.anonymous()) < cap:
+        return
+    largest = await pending.largest_anonymous_origin(session)
+    if (
+        largest is None
+        or largest[1] < mine + 2
+        or not await pending.evict_oldest(session, pending.initiated_by(largest[0]))
+    ):
+        raise ServiceUnavailable(
+            "Too many installs are in progress right now. Wait a few minutes, then start "
+            "the install again from your Neto control panel.",
+            headers=retry,
+        )
+
+
 async def start(
     session: AsyncSession,
     settings: Settings,
@@ -114,10 +168,15 @@ async def start(
     *,
     raw_domain: str,
     return_url: str | None,
-    initiated_by: str,
     request_id: str | None,
+    caller: str | None = None,
+    origin: str | None = None,
     app_state: str | None = None,
 ) -> Started:
+    """Start an install for `caller` (a token's `sub`: app-initiated), or, from the
+    anonymous route, for the client's address prefix `origin` (Neto-initiated)."""
+    if (caller is None) == (origin is None):
+        raise ValueError("an install is started either by a caller or from an origin")
     if not settings.oauth_configured:
         raise OAuthNotConfigured()
     domain = normalize_store_domain(raw_domain)
@@ -125,17 +184,12 @@ async def start(
     if app_state is not None and return_url is None:
         # Only the return redirect carries it back: kept without one, it would be lost.
         raise BadRequest("app_state needs a return_url: it is echoed on the return redirect.")
-    anonymous = initiated_by == "neto"
-    if (
-        anonymous
-        and await pending.live_count(session, settings.max_pending_installs, initiated_by)
-        >= settings.max_pending_installs
-    ):
-        raise ServiceUnavailable(
-            "Too many installs are in progress right now. Wait a few minutes, then start "
-            "the install again from your Neto control panel.",
-            headers={"Retry-After": str(settings.state_ttl_seconds)},
-        )
+    if origin is not None:
+        initiated_by = pending.anonymous_initiator(origin)
+        await _admit_anonymous(session, settings, domain, initiated_by)
+    else:
+        assert caller is not None
+        initiated_by = caller
     state, row = await pending.create(
         session,
         store_domain=domain,
@@ -145,14 +199,14 @@ async def start(
         keyring=keyring,
         app_state=app_state,
     )
-    if not anonymous:
+    if caller is not None:
         # Only a caller with a token starts an audited install: the anonymous internet
         # must not grow the audit log. A Neto-initiated install is audited when it
         # completes (install.created / install.reinstalled) or fails (install.failed).
         record(
             session,
             "install.started",
-            actor=initiated_by,
+            actor=caller,
             request_id=request_id,
             store_domain=domain,
         )
@@ -199,7 +253,7 @@ async def complete(
             await pending.consume(session, pending_id, grant.store_id)
 
         await installs.store_oauth_grant(
-            grant, actor=claimed.initiated_by, request_id=request_id, also=consume
+            grant, actor=pending.actor_of(claimed), request_id=request_id, also=consume
         )
     except BaseException as exc:
         await _release(sessionmaker, pending_id)
@@ -249,7 +303,7 @@ async def _audit_failure(
         record(
             session,
             "install.failed",
-            actor=claimed.initiated_by,
+            actor=pending.actor_of(claimed),
             request_id=request_id,
             store_domain=claimed.store_domain,
             error=exc.code,

@@ -23,7 +23,7 @@ import logging
 import secrets
 from datetime import timedelta
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -45,6 +45,28 @@ RETENTION = timedelta(minutes=10)
 
 def digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
+
+
+# A Neto-initiated (anonymous) row's initiator: `neto:` and a digest of the client's
+# address prefix (oauth/throttle.py), so the shares can be counted in the database,
+# across replicas, without storing the address itself. Written only by the anonymous
+# route; callers cannot take these names (security/callers.py reserves `neto`).
+ANONYMOUS_ACTOR = "neto"
+_ANONYMOUS_PREFIX = ANONYMOUS_ACTOR + ":"
+
+
+def anonymous_initiator(address_prefix: str) -> str:
+    return _ANONYMOUS_PREFIX + digest(address_prefix)[:16]
+
+
+def is_anonymous(initiated_by: str) -> bool:
+    return initiated_by.startswith(_ANONYMOUS_PREFIX)
+
+
+def actor_of(row: PendingInstall) -> str:
+    """Who the audit names for this install: the caller, or `neto` for the anonymous
+    route (never the address digest)."""
+    return ANONYMOUS_ACTOR if is_anonymous(row.initiated_by) else row.initiated_by
 
 
 def _binding_ctx(
@@ -118,20 +140,64 @@ async def create(
     return state, pending
 
 
-async def live_count(session: AsyncSession, cap: int, initiated_by: str) -> int:
-    """How many unexpired, unused installs `initiated_by` has pending, counted up to
-    `cap` (the count stops there, so a full table costs no more than the cap)."""
-    live = (
-        select(col(PendingInstall.id))
-        .where(
-            col(PendingInstall.expires_at) > utcnow(),
-            col(PendingInstall.consumed_at).is_(None),
-            col(PendingInstall.initiated_by) == initiated_by,
-        )
-        .limit(cap)
-        .subquery()
-    )
+def _live() -> list[ColumnElement[bool]]:
+    return [
+        col(PendingInstall.expires_at) > utcnow(),
+        col(PendingInstall.consumed_at).is_(None),
+    ]
+
+
+def anonymous() -> ColumnElement[bool]:
+    return col(PendingInstall.initiated_by).startswith(_ANONYMOUS_PREFIX, autoescape=True)
+
+
+def initiated_by(value: str) -> ColumnElement[bool]:
+    return col(PendingInstall.initiated_by) == value
+
+
+def for_domain(store_domain: str) -> ColumnElement[bool]:
+    return col(PendingInstall.store_domain) == store_domain
+
+
+async def live_count(session: AsyncSession, cap: int, *where: ColumnElement[bool]) -> int:
+    """How many unexpired, unused installs match `where`, counted up to `cap` (the count
+    stops there, so a full table costs no more than the cap)."""
+    live = select(col(PendingInstall.id)).where(*_live(), *where).limit(cap).subquery()
     return int((await session.execute(select(func.count()).select_from(live))).scalar_one())
+
+
+async def largest_anonymous_origin(session: AsyncSession) -> tuple[str, int] | None:
+    """The anonymous initiator (address prefix) holding the most live, unclaimed rows."""
+    n = func.count().label("n")
+    top = (
+        select(col(PendingInstall.initiated_by), n)
+        .where(*_live(), anonymous(), col(PendingInstall.claimed_at).is_(None))
+        .group_by(col(PendingInstall.initiated_by))
+        .order_by(n.desc())
+        .limit(1)
+    )
+    row = (await session.execute(top)).first()
+    return None if row is None else (str(row[0]), int(row[1]))
+
+
+async def evict_oldest(session: AsyncSession, *where: ColumnElement[bool]) -> bool:
+    """Delete the oldest live row matching `where` that no callback is completing; its
+    merchant, if there is one, hears "unknown link" and starts again. False if none."""
+    oldest = (
+        select(col(PendingInstall.id))
+        .where(*_live(), *where, col(PendingInstall.claimed_at).is_(None))
+        .order_by(col(PendingInstall.id))
+        .limit(1)
+    )
+    victim = (await session.execute(oldest)).scalar_one_or_none()
+    if victim is None:
+        return False
+    result = await session.execute(
+        delete(PendingInstall)
+        .where(col(PendingInstall.id) == victim, col(PendingInstall.claimed_at).is_(None))
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def claim(session: AsyncSession, state: str, code: str) -> PendingInstall:

@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from service.errors import BadRequest, InstallDenied
 from service.oauth import flow
 from service.oauth.schemas import InstallStart, InstallStarted
-from service.oauth.throttle import client_address
+from service.oauth.throttle import address_prefix, client_address
 from service.services import services
 from service.web.api import ERRORS, ErrorBody
 from service.web.deps import Caller, SessionDep, request_id, require_scope
@@ -24,10 +24,13 @@ router = APIRouter()
 _CODE_RE = re.compile(r"^[a-z_]{1,64}$")
 
 
-def _throttle(request: Request) -> None:
-    """The per-address limit of the anonymous routes (oauth/throttle.py)."""
+def _throttle(request: Request) -> str:
+    """The per-address limit of the anonymous routes (oauth/throttle.py); returns the
+    client's address prefix, the unit it counts."""
     app = services(request)
-    app.install_limiter.admit(client_address(request, app.settings.trusted_proxies))
+    prefix = address_prefix(client_address(request, app.settings.trusted_proxies))
+    app.install_limiter.admit(prefix)
+    return prefix
 
 
 def _single(request: Request, *names: str) -> None:
@@ -58,8 +61,8 @@ async def start_install(
         app.keyring,
         raw_domain=body.store_domain,
         return_url=body.return_url,
-        initiated_by=caller.sub,
         request_id=request_id(request),
+        caller=caller.sub,
         app_state=body.app_state,
     )
     return InstallStarted(authorize_url=started.authorize_url, state_expires_at=started.expires_at)
@@ -84,7 +87,7 @@ async def install(
 ) -> Response:
     """Neto sends the merchant here when they install the add-on. The broker creates a
     pending install and sends the merchant on to Neto to approve it."""
-    _throttle(request)
+    origin = _throttle(request)
     _single(request, "store_domain")
     app = services(request)
     started = await flow.start(
@@ -93,8 +96,8 @@ async def install(
         app.keyring,
         raw_domain=store_domain,
         return_url=None,
-        initiated_by="neto",
         request_id=request_id(request),
+        origin=origin,  # this route, and only it, starts anonymous installs
     )
     return RedirectResponse(started.authorize_url, status_code=302, headers=PAGE_HEADERS)
 

@@ -9,10 +9,16 @@ The client address is the ASGI peer, or, behind BROKER_TRUSTED_PROXIES proxies t
 append the address they saw to X-Forwarded-For, the N-th entry from the right: entries to
 its left were written by the client and prove nothing. `broker serve` runs uvicorn with
 proxy headers off, so nothing upstream of this has rewritten the peer address.
+
+Requests are counted by *address prefix*: an IPv4 address as it is, an IPv6 address by
+its /64. One subscriber, or one cloud instance, is routinely handed a whole /64, so
+counting every /128 on its own would give an attacker 2^64 fresh budgets. The same prefix
+is what the pending-install shares count (oauth/flow.py).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import deque
 from collections.abc import Callable
@@ -47,6 +53,20 @@ def address_rule(trusted_proxies: int) -> str:
     right). A deployment whose rule is `peer` behind an Ingress counts every merchant as
     the controller's one address."""
     return "peer" if trusted_proxies <= 0 else f"x-forwarded-for[-{trusted_proxies}]"
+
+
+def address_prefix(address: str) -> str:
+    """The unit an address is counted by: IPv4 exact, IPv6 by /64 (an IPv4-mapped IPv6
+    address as its IPv4). Anything that is not an address is counted as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class AddressLimiter:
