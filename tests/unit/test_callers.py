@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from service.config import Settings
 from service.errors import ActionNotAllowed, Forbidden, StoreNotAllowed, Unauthorized
-from service.security.callers import KeyFileError, TokenVerifier, mint
+from service.security.callers import Caller, KeyFileError, TokenVerifier, mint
 from service.security.crypto import generate_key
 from tests.support import AUDIENCE, HS_KID, HS_SECRET, b64, hs256
 
@@ -68,6 +68,16 @@ def verifier(make_verifier) -> TokenVerifier:
     return make_verifier()
 
 
+# What `claims()` grants, as `grants` reads it back.
+DEFAULT_GRANTS = ("orders-service", {"credentials:read"}, {"N1001"}, None)
+
+
+def grants(caller: Caller) -> tuple[Any, ...]:
+    """Everything a verified token grants, compared whole: a caller is always truthy, so
+    `assert verifier.verify(token)` could only fail by raising."""
+    return caller.sub, caller.scopes, caller.stores, caller.actions
+
+
 def refused(verifier: TokenVerifier, token: str, reason: str) -> None:
     with pytest.raises(Unauthorized) as caught:
         verifier.verify(token)
@@ -95,7 +105,7 @@ def test_token_just_under_8_kib_accepted(verifier):
     base = hs256(claims(pad=""))
     token = hs256(claims(pad="x" * ((8192 - len(base)) * 3 // 4 - 4)))  # base64 grows 4/3
     assert 8100 < len(token) <= 8192
-    assert verifier.verify(token).sub == "orders-service"
+    assert grants(verifier.verify(token)) == DEFAULT_GRANTS
 
 
 @pytest.mark.parametrize(
@@ -193,12 +203,12 @@ def test_hs256_macd_with_the_rsa_public_key_refused(verifier, rsa_key, encoding,
 
 def test_rs256_token_minted_by_pyjwt_verifies(verifier, rsa_key):
     token = pyjwt.encode(claims(), rsa_key, algorithm="RS256", headers={"kid": "rsa1"})
-    assert verifier.verify(token).sub == "orders-service"
+    assert grants(verifier.verify(token)) == DEFAULT_GRANTS
 
 
 def test_es256_token_minted_by_pyjwt_verifies(verifier, ec_key):
     token = pyjwt.encode(claims(), ec_key, algorithm="ES256", headers={"kid": "ec1"})
-    assert verifier.verify(token).stores == {"N1001"}
+    assert grants(verifier.verify(token)) == DEFAULT_GRANTS
 
 
 def test_rs256_token_naming_the_ec_key_refused(verifier, rsa_key):
@@ -241,7 +251,8 @@ def test_iat_in_the_future_beyond_leeway_refused(verifier):
 
 
 def test_iat_in_the_future_within_leeway_accepted(verifier):
-    assert verifier.verify(hs256(claims(iat=int(NOW) + 29, exp=int(NOW) + 600)))
+    token = hs256(claims(iat=int(NOW) + 29, exp=int(NOW) + 600))
+    assert grants(verifier.verify(token)) == DEFAULT_GRANTS
 
 
 @pytest.mark.parametrize(
@@ -256,14 +267,14 @@ def test_iat_in_the_future_within_leeway_accepted(verifier):
     ids=["exp-at-leeway", "iat-at-leeway", "nbf-at-leeway", "nbf-now", "nbf-past"],
 )
 def test_time_claims_at_the_edge_of_the_leeway_are_accepted(verifier, times):
-    assert verifier.verify(hs256(claims(**times))).sub == "orders-service"
+    assert grants(verifier.verify(hs256(claims(**times)))) == DEFAULT_GRANTS
 
 
 def test_a_token_of_exactly_8_kib_is_accepted(verifier):
     base = hs256(claims(pad=""))
     pad = (8192 - len(base)) * 3 // 4
     token = next(t for n in range(pad - 4, pad + 4) if len(t := hs256(claims(pad="x" * n))) == 8192)
-    assert verifier.verify(token).sub == "orders-service"
+    assert grants(verifier.verify(token)) == DEFAULT_GRANTS
 
 
 def test_mint_makes_a_token_the_verifier_takes_with_every_grant(make_verifier):
@@ -296,17 +307,17 @@ def test_lifetime_over_24_hours_refused(verifier):
 
 
 def test_lifetime_of_exactly_24_hours_accepted(verifier):
-    assert verifier.verify(hs256(claims(exp=int(NOW) + 24 * 3600)))
+    assert grants(verifier.verify(hs256(claims(exp=int(NOW) + 24 * 3600)))) == DEFAULT_GRANTS
 
 
 def test_cache_never_serves_a_token_past_its_exp(make_verifier):
     clock = Clock()
     verifier = make_verifier(clock)
     token = hs256(claims(exp=int(NOW) + 2))
-    assert verifier.verify(token).sub == "orders-service"
+    assert grants(verifier.verify(token)) == DEFAULT_GRANTS
     assert token in verifier._cache  # the second call below is a cache hit
     clock.now = NOW + 1
-    assert verifier.verify(token).sub == "orders-service"
+    assert grants(verifier.verify(token)) == DEFAULT_GRANTS
     clock.now = NOW + 2 + 31  # past exp and past the leeway
     refused(verifier, token, "expired")
     assert token not in verifier._cache
@@ -318,7 +329,7 @@ def test_cache_hands_a_token_past_exp_back_to_full_verification(make_verifier):
     token = hs256(claims(exp=int(NOW) + 2))
     verifier.verify(token)
     clock.now = NOW + 10  # past exp, inside the leeway: accepted, but not from the cache
-    assert verifier.verify(token).sub == "orders-service"
+    assert grants(verifier.verify(token)) == DEFAULT_GRANTS
     assert token not in verifier._cache
 
 
@@ -359,11 +370,11 @@ def test_wrong_audience_refused(verifier):
 
 
 def test_audience_list_holding_ours_accepted(verifier):
-    assert verifier.verify(hs256(claims(aud=["other", AUDIENCE])))
+    assert grants(verifier.verify(hs256(claims(aud=["other", AUDIENCE])))) == DEFAULT_GRANTS
 
 
 def test_iss_not_checked_without_configured_issuers(verifier):
-    assert verifier.verify(hs256(claims(iss="https://anyone.example")))
+    assert grants(verifier.verify(hs256(claims(iss="https://anyone.example")))) == DEFAULT_GRANTS
 
 
 def test_wrong_iss_refused_when_issuers_configured(make_verifier):
@@ -373,7 +384,7 @@ def test_wrong_iss_refused_when_issuers_configured(make_verifier):
 
 def test_right_iss_accepted_when_issuers_configured(make_verifier):
     verifier = make_verifier(jwt_issuers="https://idp.example,https://idp2.example")
-    assert verifier.verify(hs256(claims(iss="https://idp2.example")))
+    assert grants(verifier.verify(hs256(claims(iss="https://idp2.example")))) == DEFAULT_GRANTS
 
 
 def test_absent_iss_refused_when_issuers_configured(make_verifier):
@@ -441,7 +452,10 @@ def test_stores_claim_limits_stores(verifier):
 
 
 def test_star_store_allows_every_store(verifier):
-    verifier.verify(hs256(claims(stores=["*"]))).require_store("N-anything")
+    caller = verifier.verify(hs256(claims(stores=["*"])))
+    assert grants(caller) == ("orders-service", {"credentials:read"}, {"*"}, None)
+    for store_id in ("N-anything", "N1001", "*"):
+        caller.require_store(store_id)
 
 
 def test_absent_stores_claim_allows_no_store(verifier):
