@@ -18,10 +18,12 @@ from service.installs.schemas import (
     InstallDetail,
     InstallPage,
     InstallSummary,
+    StoreBudgetView,
     VerifyResult,
 )
 from service.installs.sealing import open_profile
 from service.neto.actions import VERIFY_ACTION
+from service.replicas.budget import store_budget
 from service.security.crypto import KeyRing
 from service.security.domains import normalize_store_domain
 from service.services import services
@@ -47,8 +49,11 @@ def install_key(cursor: str) -> tuple[datetime, str]:
     return parsed, store_id
 
 
-async def detail_of(install: Install, keyring: KeyRing, session: AsyncSession) -> InstallDetail:
+async def detail_of(
+    install: Install, keyring: KeyRing, session: AsyncSession, configured_budget: int
+) -> InstallDetail:
     profile = open_profile(keyring, install)
+    budget = await store_budget(session, install.store_id, configured_budget)
     used = await queries.last_used(session, [install.store_id])
     return InstallDetail(
         store_id=install.store_id,
@@ -65,6 +70,12 @@ async def detail_of(install: Install, keyring: KeyRing, session: AsyncSession) -
         secret_readable=profile.readable,
         revoked_at=install.revoked_at,
         token_fingerprint=install.token_fingerprint,
+        budget=StoreBudgetView(
+            rate_per_minute=budget.per_minute,
+            learned=budget.learned,
+            last_rate_limited_at=budget.last_rate_limited_at,
+            paused_until=budget.paused_until,
+        ),
     )
 
 
@@ -93,7 +104,7 @@ async def register_api_key(
         request_id=request_id(request),
     )
     async with app.sessionmaker() as session:
-        return await detail_of(install, app.keyring, session)
+        return await detail_of(install, app.keyring, session, app.settings.store_rate_per_minute)
 
 
 @router.get("", summary="List installs, newest first", responses=ERRORS)
@@ -128,10 +139,12 @@ async def get_install(
     _: Annotated[Caller, Depends(require_scope("installs:read"))],
 ) -> InstallDetail:
     """Everything an operator needs about a store: status, scope, user, billing address,
-    times, and the token's fingerprint. Never the token."""
+    times, the token's fingerprint, and the budget the broker allows itself for the store
+    (lowered after Neto answers 429). Never the token."""
     request.state.store_id = store_id
     install = await repository.require(session, store_id)
-    return await detail_of(install, services(request).keyring, session)
+    app = services(request)
+    return await detail_of(install, app.keyring, session, app.settings.store_rate_per_minute)
 
 
 @router.delete("/{store_id}", summary="Revoke an install", responses={**ERRORS, **NOT_FOUND})
@@ -149,7 +162,7 @@ async def revoke_install(
     app = services(request)
     install = await app.installs.revoke(store_id, actor=caller.sub, request_id=request_id(request))
     async with app.sessionmaker() as session:
-        return await detail_of(install, app.keyring, session)
+        return await detail_of(install, app.keyring, session, app.settings.store_rate_per_minute)
 
 
 @router.post(

@@ -69,6 +69,23 @@ class InstallSummary(BaseModel):
     last_used_at: datetime | None = None
 
 
+class StoreBudgetView(BaseModel):
+    rate_per_minute: float = Field(
+        description="Calls a minute the broker allows itself to this store now, across all "
+        "replicas: BROKER_STORE_RATE_PER_MINUTE, or less after Neto answered 429 (the budget "
+        "is shared with the merchant's other add-ons): then what was sent in the minute "
+        "before, less a margin, growing back 3 % a quiet minute.",
+        examples=[450.0],
+    )
+    learned: bool = Field(description="True while below the configured budget after a 429.")
+    last_rate_limited_at: datetime | None = Field(
+        default=None, description="When Neto last answered 429 for this store."
+    )
+    paused_until: datetime | None = Field(
+        default=None, description="Set while calls to the store are paused after that 429."
+    )
+
+
 class InstallDetail(InstallSummary):
     model_config = ConfigDict(json_schema_extra={"examples": [_DETAIL_EXAMPLE]})
     scope: str | None = Field(default=None, examples=["api user address"])
@@ -92,6 +109,7 @@ class InstallDetail(InstallSummary):
         "`store_secret_unreadable`; the broker logs the store id at ERROR. Fix the key "
         "configuration, or reinstall / re-register the store.",
     )
+    budget: StoreBudgetView | None = None
 
 
 class InstallPage(BaseModel):

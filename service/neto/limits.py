@@ -21,6 +21,14 @@ during the pause are answered 429 at once without going upstream. The pause is p
 (`on_pause`) so the other replicas pause the store too (`pause_from_elsewhere`). At most
 BROKER_STORE_MAX_IN_FLIGHT calls per store run at the same time on a replica; a call over
 that waits up to QUEUE_WAIT_SECONDS for a slot, then gets 429.
+
+Neto's 500 a minute is shared with the merchant's other add-ons, so after a 429 the store
+does not resume at the configured budget (into the next 429): it resumes at a *learned*
+budget, what the broker sent to the store in the minute before the 429 (what the others
+left over) less MARGIN, and probes upward by PROBE_PER_MINUTE for every minute Neto stays
+quiet, until it is back at the configured budget and forgotten. A further 429 learns
+again from the lower of the two. The learned budget travels with the pause to the other
+replicas (`on_pause`, the heartbeat's `store_pauses`), each taking its share of it.
 """
 
 from __future__ import annotations
@@ -42,6 +50,17 @@ BURST_FRACTION = 0.1
 QUEUE_WAIT_SECONDS = 1.0
 # How many stores' state is kept before idle ones are swept out.
 SWEEP_EVERY = 10_000
+# After a 429: resume this much below what was sent in the minute before it...
+MARGIN = 0.1
+# ...and grow by this share for every minute without another 429 (compounding: from a
+# tenth of the budget back to all of it in about 80 minutes).
+PROBE_PER_MINUTE = 0.03
+# A learned budget never goes below this share of the configured one (a store whose other
+# add-ons use everything is still called, slowly).
+FLOOR_FRACTION = 0.02
+# What was sent to a store is counted in buckets of this many seconds, a minute of them.
+SENT_BUCKET_SECONDS = 10.0
+SENT_BUCKETS = int(WINDOW_SECONDS / SENT_BUCKET_SECONDS)
 
 
 def rate_limited(retry_after: float, detail: str) -> BrokerError:
@@ -57,7 +76,7 @@ class Share:
     rate: float
 
     @classmethod
-    def of(cls, budget_per_minute: int, replicas: int) -> Share:
+    def of(cls, budget_per_minute: float, replicas: int) -> Share:
         share = budget_per_minute / max(1, replicas)
         # A bucket needs a whole token to send at all; with a share under ten calls a
         # minute the burst is that one token, and under two the share can no longer
@@ -67,6 +86,32 @@ class Share:
         return cls(capacity=capacity, rate=refill / WINDOW_SECONDS)
 
 
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """A store's budget (calls a minute, all replicas) as Neto's 429 showed it: `per_minute`
+    from `since` (monotonic: when the pause ends), growing while Neto stays quiet."""
+
+    per_minute: float
+    since: float
+
+    def at(self, now: float) -> float:
+        quiet = max(0.0, now - self.since) / WINDOW_SECONDS
+        return float(self.per_minute * (1.0 + PROBE_PER_MINUTE) ** quiet)
+
+
+def probed(per_minute: float, quiet_seconds: float, budget: float) -> float:
+    """The learned budget `quiet_seconds` after its pause ended (the installs view and the
+    heartbeat compute it from the database's row the same way)."""
+    return min(budget, Learned(per_minute, 0.0).at(max(0.0, quiet_seconds)))
+
+
+def recovery_seconds(per_minute: float, budget: float) -> float:
+    """How long after its pause a learned budget is back at the configured one."""
+    if per_minute >= budget:
+        return 0.0
+    return WINDOW_SECONDS * math.log(budget / per_minute) / math.log(1.0 + PROBE_PER_MINUTE)
+
+
 @dataclass(slots=True)
 class _StoreState:
     slots: Slots
@@ -74,6 +119,13 @@ class _StoreState:
     at: float  # when `tokens` was last brought up to date
     paused_until: float = 0.0
     exhausted: bool = False
+    learned: Learned | None = None  # None: the configured budget
+    share: Share | None = None  # this replica's part of `learned`, as of `share_at`
+    share_at: float = -math.inf
+    # Calls sent, per SENT_BUCKET_SECONDS, the last minute of them (made on the first 429
+    # risk: most stores never need it); `sent_slot` is the bucket last counted into.
+    sent: list[int] | None = None
+    sent_slot: int = 0
 
 
 class StoreLimits:
@@ -89,27 +141,34 @@ class StoreLimits:
         self.budget = rate_per_minute
         self.pause_seconds = pause_seconds
         self._clock = clock
+        self.live = 1  # replicas sharing the budget, as the heartbeat counts them
         self.share = Share.of(rate_per_minute, 1)  # alone until the heartbeat says more
         # Spending (and refilling) is allowed from here on; alone at start, buckets begin
         # full. A newcomer among others is held (`hold`) and its buckets begin empty.
         self._held_until = -math.inf
-        # Called with (store_id, seconds) when Neto pauses a store here, to tell the others.
-        self.on_pause: Callable[[str, float], None] | None = None
+        # Called with (store_id, seconds, learned per minute) when Neto pauses a store
+        # here, to tell the others.
+        self.on_pause: Callable[[str, float, float], None] | None = None
         # One entry per store called recently (idle ones are swept out as the table
         # grows), so memory follows recent traffic, not the number of installs.
         self._stores: dict[str, _StoreState] = {}
         self._sweep_at = SWEEP_EVERY
 
-    def set_share(self, share: Share) -> None:
-        """Switch to a new share. Every bucket is first brought up to date at the old
-        rate, so a larger share never refills time that passed under a smaller one."""
-        if share == self.share:
+    def set_replicas(self, live: int) -> None:
+        """`live` replicas share the budget now. Every bucket is first brought up to date
+        at the old rate, so a larger share never refills time that passed under a smaller
+        one."""
+        share = Share.of(self.budget, live)
+        if share == self.share and live == self.live:
             return
         now = self._clock()
         for state in self._stores.values():
             self._refill(state, now)
-            state.tokens = min(state.tokens, share.capacity)
+        self.live = live
         self.share = share
+        for state in self._stores.values():
+            state.share_at = -math.inf  # a learned share is re-divided at its next use
+            state.tokens = min(state.tokens, self._share(state, now).capacity)
 
     def hold(self, seconds: float) -> None:
         """Spend nothing for `seconds` (a newcomer the others have not yet counted, or a
@@ -142,11 +201,38 @@ class StoreLimits:
             self._stores[store_id] = state
         return state
 
+    def _share(self, state: _StoreState, now: float) -> Share:
+        """This replica's part of the store's budget: of the configured one, or of what
+        was learned, re-computed at most once a second as the learned budget grows."""
+        if state.learned is None:
+            return self.share
+        if state.share is None or now - state.share_at >= 1.0:
+            per_minute = state.learned.at(now)
+            if per_minute >= self.budget:  # probed all the way back: forget it
+                state.learned = state.share = None
+                return self.share
+            state.share = Share.of(per_minute, self.live)
+            state.share_at = now
+        return state.share
+
     def _refill(self, state: _StoreState, now: float) -> None:
         since = max(state.at, self._held_until)  # nothing refills while held
         if now > since:
-            state.tokens = min(self.share.capacity, state.tokens + (now - since) * self.share.rate)
+            share = self._share(state, now)
+            state.tokens = min(share.capacity, state.tokens + (now - since) * share.rate)
         state.at = max(state.at, now)
+
+    def _count_sent(self, state: _StoreState, now: float, calls: int) -> int:
+        """Add `calls` to what was sent to the store; what was sent in the last minute."""
+        slot = int(now // SENT_BUCKET_SECONDS)
+        if state.sent is None:
+            state.sent = [0] * SENT_BUCKETS
+            state.sent_slot = slot
+        for passed in range(min(slot - state.sent_slot, SENT_BUCKETS)):
+            state.sent[(slot - passed) % SENT_BUCKETS] = 0  # buckets a minute old
+        state.sent_slot = max(state.sent_slot, slot)
+        state.sent[slot % SENT_BUCKETS] += calls
+        return sum(state.sent)
 
     def _sweep(self) -> None:
         """Forget stores with nothing to remember: a full bucket, no pause, no call in
@@ -157,6 +243,7 @@ class StoreLimits:
             self._refill(state, now)
             if (
                 state.paused_until <= now
+                and state.learned is None
                 and state.tokens >= self.share.capacity
                 and state.slots.idle()
             ):
@@ -185,7 +272,8 @@ class StoreLimits:
                 self._held_until - now, "This store's request budget is used up; retry later."
             )
         if not self._spend(state, now):
-            wait = (1.0 - state.tokens) / self.share.rate if self.share.rate > 0 else 60.0
+            rate = self._share(state, now).rate
+            wait = (1.0 - state.tokens) / rate if rate > 0 else WINDOW_SECONDS
             raise rate_limited(wait, "This store's request budget is used up; retry later.")
 
     def try_take(self, store_id: str) -> bool:
@@ -203,6 +291,7 @@ class StoreLimits:
             return False
         state.exhausted = False
         state.tokens -= 1.0
+        self._count_sent(state, now, 1)
         return True
 
     def has_headroom(self, store_id: str, fraction: float) -> bool:
@@ -219,22 +308,68 @@ class StoreLimits:
         self._refill(state, now)
         return (
             state.paused_until <= now
-            and state.tokens >= max(1.0, fraction * self.share.capacity)
+            and state.tokens >= max(1.0, fraction * self._share(state, now).capacity)
             and state.slots.free >= max(1.0, fraction * self._max_in_flight)
         )
 
     def pause(self, store_id: str) -> float:
         """Neto answered 429: stop calling this store for the pause, here and (through
-        `on_pause`) on every other replica; returns its length."""
+        `on_pause`) on every other replica, and resume at a learned budget; returns the
+        pause's length."""
+        state = self._state(store_id)
+        now = self._clock()
+        if state.paused_until > now:
+            # Another call in flight when the pause began: the same 429, learned once.
+            return state.paused_until - now
+        # What this replica sent in the last minute, as a part of all replicas' (they
+        # share a store's callers evenly behind the Service): what the other add-ons left.
+        sent = self._count_sent(state, now, 0) * self.live
+        current = self.budget if state.learned is None else min(self.budget, state.learned.at(now))
+        per_minute = max(self.budget * FLOOR_FRACTION, min(sent, current) * (1.0 - MARGIN))
         self._pause(store_id, self.pause_seconds)
+        self._learn(state, per_minute, now + self.pause_seconds)
         metrics.RATE_LIMIT_PAUSES.labels("upstream_429").inc()
         if self.on_pause is not None:
-            self.on_pause(store_id, self.pause_seconds)
+            self.on_pause(store_id, self.pause_seconds, per_minute)
         return self.pause_seconds
 
-    def pause_from_elsewhere(self, store_id: str, seconds: float) -> None:
-        """Another replica was told 429 for this store: pause it here too."""
-        self._pause(store_id, seconds)
+    def pause_from_elsewhere(
+        self, store_id: str, remaining: float, per_minute: float | None
+    ) -> None:
+        """Another replica was told 429 for this store: pause it here too for the
+        `remaining` seconds of its pause (negative: it ended that long ago), and take the
+        budget it learned (None: a replica of a release that learns none)."""
+        if remaining > 0:
+            self._pause(store_id, remaining)
+        if per_minute is not None:
+            self._learn(self._state(store_id), per_minute, self._clock() + remaining)
+
+    def learned(self, store_id: str) -> float | None:
+        """The store's learned budget (calls a minute, all replicas) now; None when it
+        runs at the configured one."""
+        state = self._stores.get(store_id)
+        if state is None or state.learned is None:
+            return None
+        rate = state.learned.at(self._clock())
+        return None if rate >= self.budget else rate
+
+    def states(self) -> dict[str, int]:
+        """How many stores are paused, and how many run at a learned budget (not paused)."""
+        now = self._clock()
+        paused = learned = 0
+        for state in self._stores.values():
+            if state.paused_until > now:
+                paused += 1
+            elif state.learned is not None and state.learned.at(now) < self.budget:
+                learned += 1
+        return {"paused": paused, "learned": learned}
+
+    def _learn(self, state: _StoreState, per_minute: float, since: float) -> None:
+        now = self._clock()
+        self._refill(state, now)
+        state.learned = Learned(min(per_minute, self.budget), since)
+        state.share_at = -math.inf
+        state.tokens = min(state.tokens, self._share(state, now).capacity)
 
     def _pause(self, store_id: str, seconds: float) -> None:
         state = self._state(store_id)

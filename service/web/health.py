@@ -126,6 +126,8 @@ async def metrics_text(request: Request, session: SessionDep) -> Response:
     workers' sums. When BROKER_METRICS_TOKEN is set, the scraper sends it as
     `Authorization: Bearer <token>` (a fixed token, not a caller JWT)."""
     _require_scrape_token(request)
+    for state, stores in services(request).upstream.limits.states().items():
+        metrics.STORE_BUDGETS.labels(state).set(stores)
     try:
         async with asyncio.timeout(2):
             metrics.set_installs(await queries.count_by_status(session))

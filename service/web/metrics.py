@@ -73,6 +73,15 @@ def count_upstream(action: str, outcome: str) -> None:
     series(UPSTREAM, action, outcome).inc()
 
 
+# Stores by what their budget is doing on this replica (paused after Neto's 429, running
+# below the configured budget at a learned one): a fixed label set, never a store id.
+STORE_BUDGETS = Gauge(
+    "broker_store_budget_stores",
+    "Stores whose Neto budget is paused or learned (below the configured one)",
+    ["state"],
+    multiprocess_mode="livesum",
+)
+
 STORE_CACHE_ENTRIES = Gauge(
     "broker_store_cache_entries",
     "Opened store credentials held in memory (summed over workers)",

@@ -86,6 +86,12 @@ class FakeNeto:
         self.token_delay = 0.0
         # Requests to any other path (e.g. where a redirect pointed): should stay empty.
         self.stray_requests: list[Seen] = []
+        # Neto's budget as the merchant's other add-ons leave it: at most `hidden_limit`
+        # answered calls per store in any `hidden_window` seconds, past it 429 (not counted).
+        self.hidden_limit: int | None = None
+        self.hidden_window = 60.0
+        self.answered: dict[str, deque[float]] = {}
+        self.rate_limited = 0
         self.lock = threading.Lock()
         self.app = Starlette(
             routes=[
@@ -111,6 +117,10 @@ class FakeNeto:
             self.api_delay = 0.0
             self.token_delay = 0.0
             self.api_gate.set()
+            self.hidden_limit = None
+            self.hidden_window = 60.0
+            self.answered.clear()
+            self.rate_limited = 0
 
     def authorize(
         self,
@@ -243,6 +253,9 @@ class FakeNeto:
             scripted = self.api_responses.popleft() if self.api_responses else None
             expected = self.credentials.get(domain)
             refused = body in self.refused_bodies
+            over = scripted is None and self._over_hidden_limit(domain)
+        if over:
+            return Response(b"Too Many Requests", status_code=429)
         await released(self.api_gate)
         if self.api_delay:
             await asyncio.sleep(self.api_delay)
@@ -263,6 +276,20 @@ class FakeNeto:
                 "Ack": "Success",
             }
         )
+
+    def _over_hidden_limit(self, domain: str) -> bool:
+        """Under `self.lock`: True (and counted) when the store's hidden budget is spent."""
+        if self.hidden_limit is None:
+            return False
+        now = time.monotonic()
+        answered = self.answered.setdefault(domain, deque())
+        while answered and answered[0] <= now - self.hidden_window:
+            answered.popleft()
+        if len(answered) >= self.hidden_limit:
+            self.rate_limited += 1
+            return True
+        answered.append(now)
+        return False
 
     async def stray(self, request: Request) -> Response:
         seen = Seen(request.url.path, dict(request.headers), await request.body())

@@ -63,7 +63,7 @@ def test_budget_holds_across_replicas_while_one_joins():
 
     def replica() -> StoreLimits:
         limits = StoreLimits(max_in_flight=8, rate_per_minute=120, pause_seconds=60, clock=clock)
-        limits.set_share(Share.of(120, 2))
+        limits.set_replicas(2)
         return limits
 
     a, b = replica(), replica()
@@ -72,11 +72,11 @@ def test_budget_holds_across_replicas_while_one_joins():
         clock.now = start + tick * 0.05
         if c is None and clock.now - start >= 20:
             c = replica()
-            c.set_share(Share.of(120, 3))
+            c.set_replicas(3)
             c.hold(4.0)  # two beats of 2 s
         if c is not None and clock.now - start >= 21.5:  # a and b's next beat
-            a.set_share(Share.of(120, 3))
-            b.set_share(Share.of(120, 3))
+            a.set_replicas(3)
+            b.set_replicas(3)
         _hammer([a, b] if c is None else [a, b, c], clock, sent)
     windows = [
         sum(1 for t in sent if s <= t < s + 60) for s in [start + k * 0.5 for k in range(141)]
@@ -90,7 +90,7 @@ def test_a_held_replica_is_not_done_waiting_until_a_new_store_can_be_called():
     (what /readyz waits for) also counts the first token's refill."""
     clock = Clock()
     limits = StoreLimits(max_in_flight=8, rate_per_minute=500, pause_seconds=60, clock=clock)
-    limits.set_share(Share.of(500, 2))  # refills 225 a minute: a token every 0.27 s
+    limits.set_replicas(2)  # refills 225 a minute: a token every 0.27 s
     limits.hold(4.0)
     clock.now += 4.0
     assert limits.held_for() == pytest.approx(60 / 225)
