@@ -2,8 +2,9 @@
 # The Debian packages `make run` and `make test` need beyond Python 3.11, installed once
 # from the machine's own apt sources (a no-op when they are there):
 #   run:  python3-venv (Debian's python3 ships without the venv module's pip)
-#   test: that, plus chromium (the Swagger UI browser tests drive Debian's Chromium) and
-#         faketime (the skewed-clock replica tests run a broker with a shifted clock).
+#   test: that, plus chromium (the Swagger UI browser tests drive Debian's Chromium),
+#         libatomic1 (Playwright's bundled node driver links it; a minimal Debian lacks it)
+#         and faketime (the skewed-clock replica tests run a broker with a shifted clock).
 # As root it installs what is missing; otherwise it stops, before anything else runs, with
 # the exact command to run. .ci/run gets them through `make test` too.
 set -euo pipefail
@@ -16,6 +17,8 @@ missing=()
 "$python" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ "$what" = test ]; then
   [ -x "$chromium" ] || missing+=(chromium)
+  dpkg-query -W -f='${Status}' libatomic1 2>/dev/null | grep -q 'ok installed' ||
+    missing+=(libatomic1)
   command -v faketime >/dev/null || missing+=(faketime)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
