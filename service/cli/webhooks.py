@@ -19,6 +19,8 @@ from service.cli.common import (
 from service.cli.installs import format_table
 
 T = TypeVar("T")
+# Who the audit log names for a change made with the CLI (it has no caller token).
+CLI_ACTOR = "cli"
 
 
 def _run(work: Callable[[Any], Awaitable[T]]) -> T:
@@ -44,15 +46,27 @@ def webhooks_add(
     ] = None,
     description: Annotated[str | None, typer.Option(help="What the receiver is.")] = None,
 ) -> None:
-    """Subscribe a receiver. Prints its id and signing secret: the secret is shown once."""
-    from service.events import subscriptions
+    """Subscribe a receiver. Prints its id and signing secret: the secret is shown once.
+    The input is checked as `POST /webhooks` checks it, and the change is audited."""
+    from pydantic import ValidationError
 
+    from service.events import subscriptions
+    from service.events.schemas import WebhookIn
+
+    try:
+        body = WebhookIn.model_validate(
+            {"url": url, "event_types": event_type or [], "description": description}
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        typer.secho(f"not a valid subscription: {problems}", err=True, fg="red")
+        raise typer.Exit(1) from None
     keyring = keyring_or_exit(settings_or_exit())
 
     async def work(session: Any) -> tuple[str, str]:
         webhook, secret = await subscriptions.create(
-            session, keyring, url=url, event_types=event_type or [], description=description,
-            actor="cli",
+            session, keyring, url=body.url, event_types=list(body.event_types),
+            description=body.description, actor=CLI_ACTOR,
         )  # fmt: skip
         return webhook.id, secret
 
@@ -67,8 +81,10 @@ def webhooks_list() -> None:
 
     rows = _run(subscriptions.listing)
     table = [
-        (w.id, w.status, ",".join(w.event_types) or "*", w.url, w.description or "") for w in rows
-    ]
+        (w.id, w.status, ",".join(w.event_types) or "*", subscriptions.redacted_url(w.url),
+         w.description or "")
+        for w in rows
+    ]  # fmt: skip
     if table:
         typer.echo(format_table(("ID", "STATUS", "EVENTS", "URL", "DESCRIPTION"), table))
     typer.echo(f"{len(rows)} subscription" + ("" if len(rows) == 1 else "s"))
@@ -81,7 +97,7 @@ def webhooks_remove(
     """Remove a subscription, what it was still owed and its delivery log."""
     from service.events import subscriptions
 
-    _run(lambda session: subscriptions.remove(session, webhook_id))
+    _run(lambda session: subscriptions.remove(session, webhook_id, actor=CLI_ACTOR))
     typer.echo(f"removed {webhook_id}")
 
 
@@ -92,5 +108,5 @@ def webhooks_enable(
     """Re-enable a failing subscription: what it missed is delivered, in order."""
     from service.events import subscriptions
 
-    _run(lambda session: subscriptions.enable(session, webhook_id))
+    _run(lambda session: subscriptions.enable(session, webhook_id, actor=CLI_ACTOR))
     typer.echo(f"enabled {webhook_id}")

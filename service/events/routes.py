@@ -7,7 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
-from service.audit.writer import record
 from service.events import deliveries, repository, subscriptions
 from service.events.models import Webhook, WebhookAttempt
 from service.events.schemas import (
@@ -80,7 +79,8 @@ async def event_feed(
 
 
 def _out(webhook: Webhook) -> WebhookOut:
-    return WebhookOut.model_validate(webhook, from_attributes=True)
+    out = WebhookOut.model_validate(webhook, from_attributes=True)
+    return out.model_copy(update={"url": subscriptions.redacted_url(webhook.url)})
 
 
 @router.post(
@@ -103,10 +103,8 @@ async def create_webhook(
     `BROKER_WEBHOOK_ALLOWED_HOSTS`."""
     webhook, secret = await subscriptions.create(
         session, services(request).keyring, url=body.url, event_types=list(body.event_types),
-        description=body.description, actor=caller.sub,
+        description=body.description, actor=caller.sub, request_id=request_id(request),
     )  # fmt: skip
-    record(session, "webhook.created", actor=caller.sub, request_id=request_id(request),
-           webhook_id=webhook.id, url=webhook.url)  # fmt: skip
     return WebhookCreated(**_out(webhook).model_dump(), secret=secret)
 
 
@@ -147,9 +145,8 @@ async def delete_webhook(
     caller: Annotated[Caller, Depends(require_scope("installs:admin"))],
 ) -> Response:
     """Stops deliveries at once; what was still owed and the delivery log go with it."""
-    await subscriptions.remove(session, webhook_id)
-    record(session, "webhook.removed", actor=caller.sub, request_id=request_id(request),
-           webhook_id=webhook_id)  # fmt: skip
+    await subscriptions.remove(session, webhook_id, actor=caller.sub,
+                               request_id=request_id(request))  # fmt: skip
     return Response(status_code=204)
 
 
@@ -167,9 +164,8 @@ async def enable_webhook(
 ) -> WebhookOut:
     """Active again: every event it missed while failing is delivered, in order, with a
     fresh retry window."""
-    webhook = await subscriptions.enable(session, webhook_id)
-    record(session, "webhook.enabled", actor=caller.sub, request_id=request_id(request),
-           webhook_id=webhook_id)  # fmt: skip
+    webhook = await subscriptions.enable(session, webhook_id, actor=caller.sub,
+                                         request_id=request_id(request))  # fmt: skip
     return _out(webhook)
 
 

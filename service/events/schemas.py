@@ -85,7 +85,10 @@ _ATTEMPT_EXAMPLE: dict[str, Any] = {
 class WebhookOut(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [_WEBHOOK_EXAMPLE]})
     id: str = Field(examples=["wh_3q2x9yS0c8VbqkzE"])
-    url: str
+    url: str = Field(
+        description="The receiver URL without user info or query string (where receivers "
+        "often take a token); `?…` marks that it had one."
+    )
     event_types: list[str]
     description: str | None = None
     status: Literal["active", "failing"] = Field(

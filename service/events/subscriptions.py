@@ -1,16 +1,18 @@
 """Webhook subscriptions: created with a fresh signing secret (sealed like a store's
 token, shown once), listed, removed, re-enabled. The admin API and the CLI both call
-these; each runs in the transaction its caller gives it."""
+these, and each change records its audit event here, so neither door can skip it; each
+runs in the transaction its caller gives it."""
 
 from __future__ import annotations
 
 import secrets
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from service.audit.writer import record
 from service.db import utcnow
 from service.errors import BadRequest, NotFound
 from service.events import deliveries
@@ -42,6 +44,22 @@ def check_url(url: str) -> str:
     return url
 
 
+def redacted_url(url: str) -> str:
+    """The receiver URL as every read shows it (the API, the audit log, the CLI's list):
+    no user info and no query string, where receivers often take a token (`?…` marks that
+    one was there), so reading subscriptions never teaches how to call a receiver."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    try:
+        port = parts.port
+    except ValueError:  # not from the API (it checks the URL): no port shown
+        port = None
+    if port is not None:
+        netloc += f":{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
+
+
 def check_types(event_types: list[str]) -> list[str]:
     unknown = sorted(set(event_types) - set(EVENT_TYPES))
     if unknown:
@@ -57,8 +75,10 @@ async def create(
     event_types: list[str],
     description: str | None,
     actor: str,
+    request_id: str | None = None,
 ) -> tuple[Webhook, str]:
-    """The new subscription and its secret in clear (returned this once, never stored)."""
+    """The new subscription and its secret in clear (returned this once, never stored),
+    audited as `webhook.created`."""
     webhook_id = "wh_" + secrets.token_urlsafe(12)
     secret = new_secret()
     webhook = Webhook(
@@ -68,6 +88,8 @@ async def create(
     )  # fmt: skip
     session.add(webhook)
     await session.flush()
+    record(session, "webhook.created", actor=actor, request_id=request_id,
+           webhook_id=webhook_id, url=redacted_url(webhook.url))  # fmt: skip
     return webhook, secret
 
 
@@ -88,15 +110,24 @@ async def require(session: AsyncSession, webhook_id: str) -> Webhook:
     return webhook
 
 
-async def remove(session: AsyncSession, webhook_id: str) -> None:
-    """The subscription, what it was still owed, and its delivery log."""
+async def remove(
+    session: AsyncSession, webhook_id: str, *, actor: str, request_id: str | None = None
+) -> None:
+    """The subscription, what it was still owed, and its delivery log (`webhook.removed`)."""
     await require(session, webhook_id)
     for table in (WebhookAttempt, WebhookDelivery):
         await session.execute(delete(table).where(col(table.webhook_id) == webhook_id))
     await session.execute(delete(Webhook).where(col(Webhook.id) == webhook_id))
+    record(session, "webhook.removed", actor=actor, request_id=request_id,
+           webhook_id=webhook_id)  # fmt: skip
 
 
-async def enable(session: AsyncSession, webhook_id: str) -> Webhook:
+async def enable(
+    session: AsyncSession, webhook_id: str, *, actor: str, request_id: str | None = None
+) -> Webhook:
+    """Active again (`webhook.enabled`)."""
     await require(session, webhook_id)
     await deliveries.reenable(session, webhook_id, await deliveries.database_now(session))
+    record(session, "webhook.enabled", actor=actor, request_id=request_id,
+           webhook_id=webhook_id)  # fmt: skip
     return await require(session, webhook_id)

@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 
 from service.db import utcnow
-from service.events.models import Event, WebhookDelivery
+from service.events.models import Event, Webhook, WebhookDelivery
 from service.events.outbox import new_event_id
+from service.events.subscriptions import _ctx
 from tests.fakes.receiver import verify_signature
+from tests.support import register_api_key_store
 
 FAST = {
     "events_poll_seconds": 0.1,
@@ -89,3 +91,41 @@ async def test_a_row_whose_data_is_not_an_object_still_delivers_the_known_shape(
     assert got.event["data"] == dict.fromkeys(DATA_KEYS) | {"store_id": "W2"}
     assert b"evil.example" not in got.body
     assert json.loads(got.body) == got.event
+
+
+async def test_reads_show_receiver_urls_without_query_or_user_info(app, client, auth, receiver):
+    secret_url = receiver.url + "?token=s3cret-receiver-token&x=1"
+    created = await subscribe(client, auth, secret_url)
+    assert created["url"] == receiver.url + "?…"
+    read, admin = auth("installs:read"), auth("installs:admin")
+    answers = [
+        await client.get("/webhooks", headers=read),
+        await client.get(f"/webhooks/{created['id']}", headers=read),
+        await client.post(f"/webhooks/{created['id']}/enable", headers=admin),
+        await client.get("/audit", headers=read),
+    ]
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        assert "s3cret" not in answer.text, answer.text
+    assert answers[1].json()["url"] == receiver.url + "?…"
+    audited = [e for e in answers[3].json()["items"] if e["event"] == "webhook.created"]
+    assert audited[0]["details"]["url"] == receiver.url + "?…"
+
+    # Deliveries still go to the stored URL: only what is shown is redacted.
+    await register_api_key_store(client, admin, "R1")
+    [got] = await receiver.wait_for(1)
+    assert got.event["data"]["store_id"] == "R1"
+
+
+async def test_user_info_in_a_stored_url_is_never_shown(app, client, auth):
+    """A row not written through the API (an older CLI, or the database itself)."""
+    keyring = app.state.services.keyring
+    async with app.state.services.sessionmaker() as session:
+        session.add(Webhook(id="wh_stored", url="https://ops:pa55word@hooks.example:8443/in?k=v",
+                            event_types=[], secret_sealed=keyring.seal(b"x", _ctx("wh_stored")),
+                            key_id=keyring.primary, status="active", created_by="db"))  # fmt: skip
+        await session.commit()
+    r = await client.get("/webhooks/wh_stored", headers=auth("installs:read"))
+    assert r.status_code == 200, r.text
+    assert r.json()["url"] == "https://hooks.example:8443/in?…"
+    assert "pa55word" not in r.text and "ops" not in r.text
