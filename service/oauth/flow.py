@@ -30,6 +30,7 @@ from service.installs.service import InstallService
 from service.neto.oauth import authorize_url, exchange_code
 from service.oauth import pending
 from service.oauth.models import PendingInstall
+from service.security.callers import is_reserved_sub
 from service.security.crypto import KeyRing
 from service.security.domains import normalize_store_domain
 
@@ -161,6 +162,18 @@ async def _admit_anonymous(
         )
 
 
+async def _admit_caller(session: AsyncSession, settings: Settings, caller: str) -> None:
+    """Each caller (`sub`) may have BROKER_MAX_PENDING_INSTALLS installs in flight: its
+    starts are not under the anonymous cap, so this is what bounds one caller's rows."""
+    cap = settings.max_pending_installs
+    if await pending.live_count(session, cap, pending.initiated_by(caller)) >= cap:
+        raise RateLimited(
+            f"This caller already has {cap} installs in progress "
+            "(BROKER_MAX_PENDING_INSTALLS); wait for some to complete or expire.",
+            headers={"Retry-After": str(settings.state_ttl_seconds)},
+        )
+
+
 async def start(
     session: AsyncSession,
     settings: Settings,
@@ -189,7 +202,10 @@ async def start(
         await _admit_anonymous(session, settings, domain, initiated_by)
     else:
         assert caller is not None
+        if is_reserved_sub(caller):  # the verifier refuses such tokens; never trust one
+            raise ValueError("a reserved name cannot start an app-initiated install")
         initiated_by = caller
+        await _admit_caller(session, settings, caller)
     state, row = await pending.create(
         session,
         store_domain=domain,

@@ -30,6 +30,7 @@ from sqlmodel import col
 from service.db import utcnow
 from service.errors import BadRequest, InvalidState, StateExpired
 from service.oauth.models import PendingInstall
+from service.security.callers import RESERVED_SUB
 from service.security.crypto import Context, KeyRing, SealError
 
 log = logging.getLogger("broker.install")
@@ -50,8 +51,8 @@ def digest(value: str) -> str:
 # A Neto-initiated (anonymous) row's initiator: `neto:` and a digest of the client's
 # address prefix (oauth/throttle.py), so the shares can be counted in the database,
 # across replicas, without storing the address itself. Written only by the anonymous
-# route; callers cannot take these names (security/callers.py reserves `neto`).
-ANONYMOUS_ACTOR = "neto"
+# route; callers cannot take these names (security/callers.py reserves them).
+ANONYMOUS_ACTOR = RESERVED_SUB
 _ANONYMOUS_PREFIX = ANONYMOUS_ACTOR + ":"
 
 

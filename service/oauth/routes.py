@@ -45,7 +45,12 @@ def _single(request: Request, *names: str) -> None:
     tags=["installs"],
     status_code=201,
     summary="Start an OAuth install from the company's app",
-    responses={**ERRORS, 400: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses={
+        **ERRORS,
+        400: {"model": ErrorBody},
+        429: {"model": ErrorBody, "description": "This caller has too many installs in flight"},
+        503: {"model": ErrorBody},
+    },
 )
 async def start_install(
     request: Request,

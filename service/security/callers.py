@@ -39,6 +39,10 @@ MAX_SUB_CHARS = 256
 # or a lone surrogate (no encoding can write it) would fail the audit batch it joins, and
 # with it every other caller's bundle in that batch.
 _NOT_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# The actor of installs Neto starts through the anonymous route (oauth/pending.py): no
+# caller may take the name, nor `neto:...` (the anonymous rows' initiators), in any case,
+# so the audit never shows a caller as Neto and no caller's start passes for anonymous.
+RESERVED_SUB = "neto"
 REQUIRED_CLAIMS = ("sub", "aud", "exp", "iat")
 FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "crit", "x5c", "enc", "zip"})
 SCOPES = frozenset(
@@ -222,6 +226,11 @@ class TokenVerifier:
             raise Unauthorized(f"The `sub` claim is longer than {MAX_SUB_CHARS} characters.")
         if _NOT_TEXT.search(sub):
             raise Unauthorized("The `sub` claim must be text without control characters.")
+        if is_reserved_sub(sub):
+            raise Unauthorized(
+                f"The `sub` {RESERVED_SUB!r} (and `{RESERVED_SUB}:...`) is reserved for the "
+                "installs Neto starts; give the caller a name of its own."
+            )
         iat, exp = _number(claims, "iat"), _number(claims, "exp")
         if exp < now - LEEWAY_SECONDS:
             raise Unauthorized("The token has expired.")
@@ -245,6 +254,11 @@ class TokenVerifier:
             actions=tuple(actions) if actions is not None else None,
             exp=exp,
         )
+
+
+def is_reserved_sub(sub: str) -> bool:
+    name = sub.lower()
+    return name == RESERVED_SUB or name.startswith(RESERVED_SUB + ":")
 
 
 def mint(
