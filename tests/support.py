@@ -11,7 +11,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -320,3 +320,25 @@ def assert_refused(response: httpx.Response, status: int, code: str) -> str:
     assert set(body) == {"error", "detail", "request_id"}, body
     assert body["error"] == code, body
     return str(body["detail"])
+
+
+async def warm_store_cache(
+    app: Any, read: Callable[[], Awaitable[Any]], copies: int = 1, within: float = 15.0
+) -> None:
+    """Calls `read` (a request for the stores) until the app's store cache holds `copies`
+    copies that two more polls of its change feed have kept: the requests that follow are
+    served from memory, the path a revoke must cut at once. (A copy read right after an
+    install can be dropped by that install's own notification, arriving later.)"""
+    cache = app.state.services.store_cache
+    deadline = time.monotonic() + within
+    while True:
+        await read()
+        if len(cache) == copies:
+            target = cache.polls + 2  # the first may have begun before the read
+            while cache.polls < target:
+                assert time.monotonic() < deadline, f"the store cache did not poll in {within} s"
+                await asyncio.sleep(0.01)
+            if len(cache) == copies:
+                return
+        assert time.monotonic() < deadline, f"the cache holds {len(cache)} copies, not {copies}"
+        await asyncio.sleep(0.05)

@@ -25,6 +25,7 @@ from tests.support import (
     audit_rows,
     hs256,
     install_store,
+    warm_store_cache,
 )
 
 READ = "credentials:read"
@@ -94,13 +95,23 @@ async def test_unknown_store_is_404(client, auth):
     assert_error(r, 404, "store_not_found")
 
 
-async def test_revoked_store_is_410(client, neto, auth):
+@pytest.mark.parametrize("warm", [False, True], ids=["cold-cache", "warm-cache"])
+async def test_revoked_store_is_410(app, client, neto, auth, warm):
     await install_store(client, neto, "shop.example.com", store_id="N1001")
     headers = auth(READ, stores=["N1001"])
     assert (await client.get("/credentials/N1001", headers=headers)).status_code == 200
+    if warm:  # the bundle is served from the cache's copy, which polls have kept
+        await warm_store_cache(app, lambda: client.get("/credentials/N1001", headers=headers))
     r = await client.delete("/installs/N1001", headers=auth("installs:admin"))
     assert r.status_code == 200, r.text
+    assert len(app.state.services.store_cache) == 0, "the revoking replica kept its copy"
     assert_error(await client.get("/credentials/N1001", headers=headers), 410, "store_revoked")
+    # A kept copy would also send the revoked token upstream (an invoke is not fenced).
+    sent = len(neto.api_requests)
+    invoke = auth("invoke", stores=["N1001"])
+    r = await client.post("/invoke/N1001/GetItem", json={}, headers=invoke)
+    assert_error(r, 410, "store_revoked")
+    assert len(neto.api_requests) == sent
 
 
 async def test_store_needing_reauthorisation_is_409(app, client, neto, auth):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 
 from service.audit.models import AuditEvent
 from service.installs import repository as stores
 from service.installs.models import AuthMethod
-from tests.support import install_store, register_api_key_store
+from tests.support import install_store, register_api_key_store, warm_store_cache
 
 ADMIN = "installs:admin"
 
@@ -164,13 +165,19 @@ async def test_detail_of_an_unknown_or_malformed_store(client, auth):
     assert response.json()["error"] == "validation_error"
 
 
-async def test_revoke_destroys_the_secret_audits_and_stops_bundles_at_once(client, app, neto, auth):
+@pytest.mark.parametrize("warm", [False, True], ids=["cold-cache", "warm-cache"])
+async def test_revoke_destroys_the_secret_audits_and_stops_bundles_at_once(
+    client, app, neto, auth, warm
+):
     got = await install_store(client, neto, "shop.example.com", store_id="N1001")
     bundle_auth = auth("credentials:read", stores=["N1001"])
     assert (await client.get("/credentials/N1001", headers=bundle_auth)).status_code == 200
+    if warm:  # the bundle is served from the cache's copy, which polls have kept
+        await warm_store_cache(app, lambda: client.get("/credentials/N1001", headers=bundle_auth))
 
     response = await client.delete("/installs/N1001", headers=auth(ADMIN, sub="ops-alice"))
     assert response.status_code == 200, response.text
+    assert len(app.state.services.store_cache) == 0, "the revoking replica kept its copy"
     body = response.json()
     assert body["status"] == "revoked"
     assert body["revoked_at"] is not None
@@ -180,6 +187,11 @@ async def test_revoke_destroys_the_secret_audits_and_stops_bundles_at_once(clien
     bundle = await client.get("/credentials/N1001", headers=bundle_auth)
     assert bundle.status_code == 410, "a revoked store's bundle must stop at once"
     assert bundle.json()["error"] == "store_revoked"
+    sent = len(neto.api_requests)
+    invoke = auth("invoke", stores=["N1001"])
+    invoked = await client.post("/invoke/N1001/GetItem", json={}, headers=invoke)
+    assert invoked.status_code == 410, "a revoked store's token must not be sent upstream"
+    assert len(neto.api_requests) == sent
 
     async with app.state.services.sessionmaker() as session:
         row = await stores.require(session, "N1001")
