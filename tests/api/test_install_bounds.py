@@ -192,6 +192,19 @@ async def test_one_store_domain_holds_at_most_its_share_and_its_newest_start_win
         assert gone.status_code == 400 and "unknown" in gone.text
 
 
+async def test_the_issues_two_address_attack_no_longer_fills_the_table(
+    app_factory, settings_factory
+):
+    """Issue 31: 25 starts from each of two loopback addresses filled a cap of 40 and the
+    next merchant got 503 for ten minutes."""
+    app = await app_factory(settings_factory(max_pending_installs=40))
+    for address in ("127.0.0.2", "127.0.0.3"):
+        for n in range(25):
+            await start_from(app, address, f"a{n}-{address[-1]}.example.com")
+    assert await count(app, anonymous_live()) == 10, "each address holds an eighth: 5"
+    assert (await start_from(app, "127.0.0.4", "merchant.example.com")).status_code == 302
+
+
 async def test_a_merchant_from_a_fresh_address_gets_through_a_many_address_flood(
     app_factory, settings_factory, neto
 ):
