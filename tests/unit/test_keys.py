@@ -253,7 +253,7 @@ async def test_a_webhook_removed_or_replaced_during_rotation_is_left_to_its_writ
         read = await keys.read_batch(sessionmaker, table, "k1", "", 10)
         batch = [keys.reseal(keyring, table, *row[:2], "k1", row[2]) for row in read]
         async with sessionmaker() as session, session.begin():
-            await subscriptions.remove(session, gone)
+            await subscriptions.remove(session, gone, actor="ops")
         async with sessionmaker() as session, session.begin():
             written = await keys.write_batch(session, table, keyring.primary, batch)
         assert [r.row_id for r in written] == [kept]
