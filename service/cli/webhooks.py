@@ -110,3 +110,26 @@ def webhooks_enable(
 
     _run(lambda session: subscriptions.enable(session, webhook_id, actor=CLI_ACTOR))
     typer.echo(f"enabled {webhook_id}")
+
+
+@webhooks_app.command("rotate-secret")
+def webhooks_rotate_secret(
+    webhook_id: Annotated[str, typer.Argument(help="The subscription id.")],
+    overlap_seconds: Annotated[
+        int, typer.Option(help="How long the replaced secret signs too (0: not at all).")
+    ] = 86400,
+) -> None:
+    """A new signing secret, printed once; deliveries carry the replaced secret's signature
+    as well for the overlap, so the receiver can switch without rejecting one."""
+    from service.events import subscriptions
+
+    keyring = keyring_or_exit(settings_or_exit())
+
+    async def work(session: Any) -> str:
+        _, secret = await subscriptions.rotate_secret(
+            session, keyring, webhook_id, overlap_seconds=overlap_seconds, actor=CLI_ACTOR
+        )
+        return secret
+
+    secret = _run(work)
+    typer.echo(f"secret: {secret}\n(the secret is not shown again)")

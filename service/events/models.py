@@ -50,6 +50,11 @@ class Webhook(SQLModel, table=True):
     event_types: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     description: str | None = Field(default=None, sa_column=Column(String(256)))
     secret_sealed: str = Field(sa_column=Column(Text, nullable=False))
+    # The secret a rotation replaced, sealed under the same key as `secret_sealed`:
+    # deliveries carry its signature too until `previous_secret_until`, so receivers can
+    # switch secrets without rejecting a delivery.
+    previous_secret_sealed: str | None = Field(default=None, sa_column=Column(Text))
+    previous_secret_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     key_id: str = Field(sa_column=Column(String(64), nullable=False))
     status: str = Field(sa_column=Column(String(16), nullable=False))
     created_at: datetime = Field(

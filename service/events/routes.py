@@ -14,6 +14,7 @@ from service.events.schemas import (
     AttemptPage,
     EventOut,
     EventPage,
+    SecretRotationIn,
     WebhookCreated,
     WebhookIn,
     WebhookList,
@@ -167,6 +168,30 @@ async def enable_webhook(
     webhook = await subscriptions.enable(session, webhook_id, actor=caller.sub,
                                          request_id=request_id(request))  # fmt: skip
     return _out(webhook)
+
+
+@router.post(
+    "/webhooks/{webhook_id}/rotate-secret",
+    tags=["webhooks"],
+    summary="Replace the signing secret, with an overlap",
+    responses={**ERRORS, **NO_WEBHOOK},
+)
+async def rotate_secret(
+    request: Request,
+    webhook_id: WebhookId,
+    body: SecretRotationIn,
+    session: SessionDep,
+    caller: Annotated[Caller, Depends(require_scope("installs:admin"))],
+) -> WebhookCreated:
+    """A new signing `secret`, in this answer only. For `overlap_seconds` (default a day,
+    at most 7 days) every delivery also carries a signature with the replaced secret, so
+    the receiver can switch to the new one without rejecting a delivery; nothing owed is
+    dropped. Rotating again during an overlap ends the earlier one."""
+    webhook, secret = await subscriptions.rotate_secret(
+        session, services(request).keyring, webhook_id, overlap_seconds=body.overlap_seconds,
+        actor=caller.sub, request_id=request_id(request),
+    )  # fmt: skip
+    return WebhookCreated(**_out(webhook).model_dump(), secret=secret)
 
 
 def _attempt_out(row: WebhookAttempt) -> AttemptOut:

@@ -98,6 +98,20 @@ class WebhookOut(BaseModel):
     created_at: datetime
     created_by: str
     failing_since: datetime | None = None
+    previous_secret_until: datetime | None = Field(
+        default=None,
+        description="After a secret rotation: until when deliveries are signed with the "
+        "replaced secret too.",
+    )
+
+
+class SecretRotationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    overlap_seconds: int = Field(
+        default=86400, ge=0, le=7 * 86400,
+        description="How long deliveries carry the replaced secret's signature as well "
+        "(0: not at all).",
+    )  # fmt: skip
 
 
 class WebhookCreated(WebhookOut):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,10 +55,17 @@ def body_of(event: Event) -> bytes:
     return json.dumps(event_json(event), separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def signed_headers(secret: str, event_id: str, body: bytes, at: datetime) -> dict[str, str]:
-    """The three Standard Webhooks headers for one attempt (a retry signs anew)."""
+def signed_headers(
+    secret: str, event_id: str, body: bytes, at: datetime, *, also: Sequence[str] = ()
+) -> dict[str, str]:
+    """The three Standard Webhooks headers for one attempt (a retry signs anew). `also`:
+    secrets that sign too (a rotation's overlap); the specification's receivers accept a
+    delivery when any of the space-separated signatures is theirs."""
     at = at.replace(microsecond=0)
-    signature = Signer(secret).sign(msg_id=event_id, timestamp=at, data=body.decode("ascii"))
+    signature = " ".join(
+        Signer(key).sign(msg_id=event_id, timestamp=at, data=body.decode("ascii"))
+        for key in (secret, *also)
+    )
     return {
         "webhook-id": event_id,
         "webhook-timestamp": str(int(at.timestamp())),

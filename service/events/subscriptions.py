@@ -6,6 +6,7 @@ runs in the transaction its caller gives it."""
 from __future__ import annotations
 
 import secrets
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import delete, select
@@ -19,19 +20,22 @@ from service.events import deliveries
 from service.events.models import EVENT_TYPES, Webhook, WebhookAttempt, WebhookDelivery
 from service.events.signing import new_secret
 from service.keys.rotation import SealedTable
-from service.security.crypto import Context, KeyRing
+from service.security.crypto import Context, KeyRing, SealError
 
 
-def _ctx(webhook_id: str) -> Context:
-    return Context("webhooks", "secret_sealed", webhook_id)
+def _ctx(webhook_id: str, column: str = "secret_sealed") -> Context:
+    return Context("webhooks", column, webhook_id)
 
 
 # How `broker keys rotate | check` (service/keys/rotation.py) sees the signing secrets: a
 # secret left under a key that is later removed could no longer sign a delivery.
 ROTATION = SealedTable.of(
-    Webhook, "webhook secrets", row_id="id", sealed=("secret_sealed",), bound=(),
-    context=lambda webhook_id, _bound, _column: _ctx(webhook_id),
+    Webhook, "webhook secrets", row_id="id",
+    sealed=("secret_sealed", "previous_secret_sealed"), bound=(),
+    context=lambda webhook_id, _bound, column: _ctx(webhook_id, column),
 )  # fmt: skip
+# The longest a replaced secret may keep signing: receivers switch within days, not weeks.
+MAX_OVERLAP_SECONDS = 7 * 86400
 
 
 def check_url(url: str) -> str:
@@ -95,6 +99,59 @@ async def create(
 
 def open_secret(keyring: KeyRing, webhook: Webhook) -> str:
     return keyring.open(webhook.secret_sealed, _ctx(webhook.id)).decode()
+
+
+def open_previous(keyring: KeyRing, webhook: Webhook, now: datetime) -> list[str]:
+    """The replaced secret while its overlap lasts at `now` (the database's clock)."""
+    until, sealed = webhook.previous_secret_until, webhook.previous_secret_sealed
+    if sealed is None or until is None or until <= now:
+        return []
+    return [keyring.open(sealed, _ctx(webhook.id, "previous_secret_sealed")).decode()]
+
+
+async def rotate_secret(
+    session: AsyncSession,
+    keyring: KeyRing,
+    webhook_id: str,
+    *,
+    overlap_seconds: int,
+    actor: str,
+    request_id: str | None = None,
+) -> tuple[Webhook, str]:
+    """A new signing secret, returned in clear this once (`webhook.secret_rotated`). For
+    `overlap_seconds` deliveries are signed with the replaced secret too (a second `v1,`
+    signature, as Standard Webhooks allows), so a receiver can switch without rejecting
+    one; 0 drops the replaced secret at once. A secret replaced earlier whose overlap is
+    still running is dropped now: at most two secrets sign."""
+    if not 0 <= overlap_seconds <= MAX_OVERLAP_SECONDS:
+        raise BadRequest(f"The overlap must be 0 to {MAX_OVERLAP_SECONDS} seconds.")
+    stmt = select(Webhook).where(col(Webhook.id) == webhook_id)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()  # two rotations at once: one after the other
+    webhook = (await session.execute(stmt.execution_options(populate_existing=True))).scalar()
+    if webhook is None:
+        raise NotFound("No such webhook subscription.")
+    secret = new_secret()
+    try:
+        replaced = open_secret(keyring, webhook).encode() if overlap_seconds else None
+    except SealError:  # it signs nothing already: the rotation is the way out
+        replaced = None
+    if replaced is not None:
+        # Re-sealed under the primary key with the new one: the row's `key_id` names the
+        # key of both (service/keys/rotation.py).
+        webhook.previous_secret_sealed = keyring.seal(
+            replaced, _ctx(webhook_id, "previous_secret_sealed")
+        )
+        now = await deliveries.database_now(session)
+        webhook.previous_secret_until = now + timedelta(seconds=overlap_seconds)
+    else:
+        webhook.previous_secret_sealed = webhook.previous_secret_until = None
+    webhook.secret_sealed = keyring.seal(secret.encode(), _ctx(webhook_id))
+    webhook.key_id = keyring.primary
+    await session.flush()
+    record(session, "webhook.secret_rotated", actor=actor, request_id=request_id,
+           webhook_id=webhook_id, overlap_seconds=overlap_seconds)  # fmt: skip
+    return webhook, secret
 
 
 async def listing(session: AsyncSession) -> list[Webhook]:

@@ -167,12 +167,14 @@ class DeliveryWorker:
         timeout. The error names what went wrong, never the URL's or answer's content."""
         try:
             secret = subscriptions.open_secret(self._keyring, webhook)
+            previous = subscriptions.open_previous(self._keyring, webhook, at)
         except SealError:
             log.error(
                 "a webhook secret cannot be opened", extra={"fields": {"webhook_id": webhook.id}}
             )
             return Outcome(None, 0, "signing secret unreadable")
         body = body_of(event)
+        headers = signed_headers(secret, event.event_id, body, at, also=previous)
         host = (urlsplit(webhook.url).hostname or "").lower()
         session = (
             self._private
@@ -185,8 +187,7 @@ class DeliveryWorker:
         error: str | None = None
         try:
             async with session.post(
-                webhook.url, data=body, headers=signed_headers(secret, event.event_id, body, at),
-                allow_redirects=False, timeout=timeout,
+                webhook.url, data=body, headers=headers, allow_redirects=False, timeout=timeout,
             ) as answer:  # fmt: skip
                 status = answer.status
                 await answer.content.read(self._settings.webhook_response_max_bytes)

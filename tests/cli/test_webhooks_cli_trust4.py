@@ -52,3 +52,26 @@ async def test_every_change_is_audited_and_list_redacts(app, client, database_ur
         ("webhook.removed", "cli", webhook_id),
     ]
     assert rows[0]["details"]["url"] == GOOD + "?…"
+
+
+async def test_rotate_secret_prints_a_new_secret_and_is_audited(app, client, auth, database_url):
+    added = await run_cli(database_url, "webhooks", "add", GOOD)
+    webhook_id = re.search(r"id: (wh_\S+)", added.output).group(1)  # type: ignore[union-attr]
+    first = re.search(r"secret: (whsec_\S+)", added.output).group(1)  # type: ignore[union-attr]
+    rotated = await run_cli(database_url, "webhooks", "rotate-secret", webhook_id,
+                            "--overlap-seconds", "60")  # fmt: skip
+    assert rotated.exit_code == 0, rotated.output
+    second = re.search(r"secret: (whsec_\S+)", rotated.output).group(1)  # type: ignore[union-attr]
+    assert second != first
+    r = await client.get(f"/webhooks/{webhook_id}", headers=auth("installs:read"))
+    assert r.json()["previous_secret_until"] is not None
+
+    too_long = await run_cli(database_url, "webhooks", "rotate-secret", webhook_id,
+                             "--overlap-seconds", str(8 * 86400))  # fmt: skip
+    assert too_long.exit_code == 1 and "overlap must be" in too_long.output
+    unknown = await run_cli(database_url, "webhooks", "rotate-secret", "wh_nope")
+    assert unknown.exit_code == 1 and "No such webhook subscription" in unknown.output
+    rows = [r for r in await audit_rows(app) if r["event"] == "webhook.secret_rotated"]
+    assert [(r["actor"], r["details"]) for r in rows] == [
+        ("cli", {"webhook_id": webhook_id, "overlap_seconds": 60})
+    ]
