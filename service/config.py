@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     store_max_in_flight: int = Field(8, ge=1)
     store_rate_per_minute: int = Field(500, ge=1)
     rate_limit_pause_seconds: float = Field(60.0, ge=0)
+    # A call that finds its store's bucket empty waits this long for a token (never past
+    # its deadline) before 429; batch-lane calls leave this share's complement of each
+    # bucket's burst to interactive ones (neto/limits.py).
+    store_queue_seconds: float = Field(2.0, ge=0, le=60)
+    batch_share: float = Field(0.5, ge=0, le=1)
     # The anonymous merchant routes (/oauth/install, /oauth/callback): requests a minute
     # per client address prefix (IPv4 address, IPv6 /64; per replica), how many proxies in
     # front append to X-Forwarded-For, and how many Neto-initiated installs may be pending

@@ -219,10 +219,11 @@ def token() -> Callable[..., str]:
         stores: list[str] | None = None,
         actions: list[str] | None = None,
         ttl: int = 600,
+        priority: str | None = None,
     ) -> str:
         return mint(
             kid=HS_KID, secret=HS_SECRET, sub=sub, scope=scope, audience=AUDIENCE,
-            ttl_seconds=ttl, stores=stores, actions=actions,
+            ttl_seconds=ttl, stores=stores, actions=actions, priority=priority,
         )  # fmt: skip
 
     return build

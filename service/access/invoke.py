@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
 from starlette.convertors import Convertor, register_url_convertor
 
-from service.access.pipeline import capped_body, check_action, forward, passthrough
+from service.access.pipeline import answer, capped_body, check_action
 from service.errors import UnsupportedMediaType
 from service.neto.actions import READ_ACTIONS, WRITE_ACTIONS
 from service.web.api import ERRORS, StoreId, error
@@ -76,7 +76,10 @@ ACTION_DOC = (
         410: error("The install was revoked"),
         413: error("The request body is over BROKER_MAX_REQUEST_BYTES"),
         415: error("The request body is not JSON"),
-        429: error("The store's budget is used up or Neto paused it; see `Retry-After`"),
+        429: error(
+            "The store's budget stayed spent for BROKER_STORE_QUEUE_SECONDS, or Neto paused "
+            "it; see `Retry-After`"
+        ),
         502: error(
             "Neto unreachable, refused the credentials (store marked `reauth_required`), "
             "redirected, or answered over BROKER_MAX_RESPONSE_BYTES"
@@ -99,14 +102,20 @@ async def invoke(
     it lists (exact names or `Prefix*`), reads included, so `["GetItem"]` grants GetItem
     and nothing else. Reads are retried on connection failures
     and 5xx; writes never are once sent. Per store: BROKER_STORE_MAX_IN_FLIGHT calls at a
-    time, BROKER_STORE_RATE_PER_MINUTE calls a minute, and a pause of
-    BROKER_RATE_LIMIT_PAUSE_SECONDS after Neto answers 429."""
+    time, BROKER_STORE_RATE_PER_MINUTE calls a minute (lower after Neto answers 429: the
+    budget is shared with the merchant's other add-ons), and a pause of
+    BROKER_RATE_LIMIT_PAUSE_SECONDS after that 429. A call that finds the store's budget
+    spent waits for its turn up to BROKER_STORE_QUEUE_SECONDS, then 429 with
+    `Retry-After`. The token's `priority` claim picks the lane: `interactive` (the
+    default) is served first; `batch` gives way to it and never spends the last
+    (1 - BROKER_BATCH_SHARE) of the store's burst. Callers of one lane take turns.
+    Answers and refusals carry `RateLimit-Policy` and `RateLimit` (the IETF draft) for the
+    store and lane, e.g. `"interactive";q=500;w=60` and `"interactive";r=41;t=6`."""
     check_action(request, caller, store_id, action)
     content_type = request.headers.get("content-type")
     if content_type is not None and not is_json(content_type):
         raise UnsupportedMediaType()
-    answer = await forward(request, caller, store_id, action, capped_body(request))
-    return passthrough(answer)
+    return await answer(request, caller, store_id, action, capped_body(request))
 
 
 async def serve(request: Request) -> Response:

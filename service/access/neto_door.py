@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.datastructures import Headers
 
-from service.access.pipeline import capped_body, check_action, forward, passthrough
+from service.access.pipeline import answer, capped_body, check_action
 from service.errors import BadRequest, Unauthorized, UnsupportedMediaType
 from service.neto.actions import READ_ACTIONS, WRITE_ACTIONS
 from service.web.api import ERRORS, StoreId, error
@@ -139,7 +139,10 @@ REQUEST_BODY = {
         410: error("The install was revoked"),
         413: error("The request body is over BROKER_MAX_REQUEST_BYTES"),
         415: error("The request body is neither JSON nor XML"),
-        429: error("The store's budget is used up or Neto paused it; see `Retry-After`"),
+        429: error(
+            "The store's budget stayed spent for BROKER_STORE_QUEUE_SECONDS, or Neto paused "
+            "it; see `Retry-After`"
+        ),
         502: error("Neto unreachable, refused the credentials, or answered too much"),
         504: error("No answer within BROKER_UPSTREAM_DEADLINE_SECONDS"),
     },
@@ -159,8 +162,7 @@ async def neto_api(request: Request, store_id: StoreId) -> Response:
     action = requested_action(headers)
     check_action(request, caller, store_id, action)
     media = media_headers(headers)
-    answer = await forward(request, caller, store_id, action, capped_body(request), media)
-    return passthrough(answer)
+    return await answer(request, caller, store_id, action, capped_body(request), media)
 
 
 async def serve(request: Request) -> Response:

@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
 from service.errors import (
+    BrokerError,
     StoreNotFound,
     StoreReauthRequired,
     StoreRevoked,
@@ -96,7 +97,15 @@ async def forward(
             creds = await usable_store(request, store_id)
         return creds
 
-    answer = await app.upstream.call(creds, action, body, request_id=rid, fence=fence, media=media)
+    async def disconnected() -> None:
+        # The body is read: what the server says next is that the caller went away.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    answer = await app.upstream.call(
+        creds, action, body, request_id=rid, fence=fence, media=media,
+        lane=caller.priority, caller=caller.sub, disconnected=disconnected,
+    )  # fmt: skip
     if answer.status in (401, 403):
         # The store is flagged only if a verify read with the same credentials is refused
         # too: one caller's refused request must not lock the store for everyone.
@@ -107,7 +116,25 @@ async def forward(
     return answer
 
 
-def passthrough(answer: UpstreamResponse) -> Response:
-    """Neto's answer as the caller gets it: its status, body and content type, unchanged."""
-    headers = {"content-type": answer.content_type} if answer.content_type else None
-    return Response(answer.body, status_code=answer.status, headers=headers)
+async def answer(
+    request: Request,
+    caller: Caller,
+    store_id: str,
+    action: str,
+    read_body: Callable[[], Awaitable[bytes]],
+    media: Mapping[str, str] = JSON_MEDIA,
+) -> Response:
+    """`forward`, and Neto's answer as the caller gets it: its status, body and content
+    type unchanged. The answer, or the broker's refusal, carries the store's RateLimit
+    headers for the caller's lane (draft-ietf-httpapi-ratelimit-headers), so callers can
+    pace themselves; only callers granted the store see them (`check_action` passed)."""
+    limits = services(request).upstream.limits
+    try:
+        upstream = await forward(request, caller, store_id, action, read_body, media)
+    except BrokerError as exc:
+        exc.headers.update(limits.rate_headers(store_id, caller.priority))
+        raise
+    headers = limits.rate_headers(store_id, caller.priority)
+    if upstream.content_type:
+        headers["content-type"] = upstream.content_type
+    return Response(upstream.body, status_code=upstream.status, headers=headers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -11,6 +12,13 @@ from service.cli.common import settings_or_exit, token_app
 from service.config import Settings, kid_pairs
 
 _TTL_RE = re.compile(r"^(\d+)([smhd]?)$")
+
+
+class Priority(StrEnum):
+    """The `priority` claim's values (neto/queue.py's lanes)."""
+
+    interactive = "interactive"
+    batch = "batch"
 
 
 def parse_ttl(text: str) -> int:
@@ -49,6 +57,13 @@ def token_mint(
     ] = None,
     ttl: Annotated[str, typer.Option(help="Lifetime, e.g. 15m, 1h (max 24h).")] = "1h",
     kid: Annotated[str | None, typer.Option(help="HS256 key id (default: the first).")] = None,
+    priority: Annotated[
+        Priority | None,
+        typer.Option(
+            help="The lane the caller's calls wait in for a store's budget: interactive "
+            "(the default: a person waits) or batch (a sync; interactive calls go first)."
+        ),
+    ] = None,
 ) -> None:
     """Print a caller JWT signed with a configured HS256 key."""
     # The broker ignores an unknown scope (it grants nothing): refuse it here, where a
@@ -65,7 +80,8 @@ def token_mint(
     settings = settings_or_exit()
     typer.echo(
         mint_or_exit(settings, sub=sub, scope=scope, stores=_csv(stores), actions=_csv(actions),
-                     ttl_seconds=parse_ttl(ttl), kid=kid)
+                     ttl_seconds=parse_ttl(ttl), kid=kid,
+                     priority=None if priority is None else priority.value)
     )  # fmt: skip
 
 
@@ -78,6 +94,7 @@ def mint_or_exit(
     actions: list[str] | None,
     ttl_seconds: int,
     kid: str | None = None,
+    priority: str | None = None,
 ) -> str:
     """A caller JWT signed with the configured HS256 key `kid` (default: the first)."""
     from service.security.callers import mint
@@ -101,4 +118,5 @@ def mint_or_exit(
         stores=stores,
         actions=actions,
         issuer=issuers[0] if issuers else None,
+        priority=priority,
     )

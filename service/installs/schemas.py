@@ -74,7 +74,7 @@ class StoreBudgetView(BaseModel):
         description="Calls a minute the broker allows itself to this store now, across all "
         "replicas: BROKER_STORE_RATE_PER_MINUTE, or less after Neto answered 429 (the budget "
         "is shared with the merchant's other add-ons): then what was sent in the minute "
-        "before, less a margin, growing back 3 % a quiet minute.",
+        "before, less 5 %, growing back 3 % a quiet minute.",
         examples=[450.0],
     )
     learned: bool = Field(description="True while below the configured budget after a 429.")

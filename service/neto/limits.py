@@ -22,6 +22,15 @@ during the pause are answered 429 at once without going upstream. The pause is p
 BROKER_STORE_MAX_IN_FLIGHT calls per store run at the same time on a replica; a call over
 that waits up to QUEUE_WAIT_SECONDS for a slot, then gets 429.
 
+A call that finds the bucket empty waits for its token (`take`) up to
+BROKER_STORE_QUEUE_SECONDS (never past its deadline), first come first served in its lane
+and round-robin among the lane's callers (`neto/queue.py`); only then 429, with the wait
+its turn would have taken as `Retry-After`. Interactive calls are served before batch
+calls, and batch never spends the last (1 - BROKER_BATCH_SHARE) of a bucket's burst: an
+interactive call arriving into a batch flood finds tokens at once, and while interactive
+calls wait batch gets no token at all. With no interactive call about, batch has the whole
+refill rate.
+
 Neto's 500 a minute is shared with the merchant's other add-ons, so after a 429 the store
 does not resume at the configured budget (into the next 429): it resumes at a *learned*
 budget, what the broker sent to the store in the minute before the 429 (what the others
@@ -33,13 +42,17 @@ replicas (`on_pause`, the heartbeat's `store_pauses`), each taking its share of 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 
+from starlette.requests import ClientDisconnect
+
 from service.errors import BrokerError, RateLimited
+from service.neto.queue import BATCH, INTERACTIVE, StoreQueue
 from service.neto.slots import Slots
 from service.web import metrics
 
@@ -51,7 +64,7 @@ QUEUE_WAIT_SECONDS = 1.0
 # How many stores' state is kept before idle ones are swept out.
 SWEEP_EVERY = 10_000
 # After a 429: resume this much below what was sent in the minute before it...
-MARGIN = 0.1
+MARGIN = 0.05
 # ...and grow by this share for every minute without another 429 (compounding: from a
 # tenth of the budget back to all of it in about 80 minutes).
 PROBE_PER_MINUTE = 0.03
@@ -126,6 +139,9 @@ class _StoreState:
     # risk: most stores never need it); `sent_slot` is the bucket last counted into.
     sent: list[int] | None = None
     sent_slot: int = 0
+    queue: StoreQueue | None = None  # calls waiting for a token (made when one must)
+    # Tokens each caller took while the store was short of them (neto/queue.py's turns).
+    served: dict[str, int] | None = None
 
 
 class StoreLimits:
@@ -135,9 +151,11 @@ class StoreLimits:
         max_in_flight: int,
         rate_per_minute: int,
         pause_seconds: float,
+        batch_share: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._max_in_flight = max_in_flight
+        self._batch_share = batch_share
         self.budget = rate_per_minute
         self.pause_seconds = pause_seconds
         self._clock = clock
@@ -244,6 +262,7 @@ class StoreLimits:
             if (
                 state.paused_until <= now
                 and state.learned is None
+                and state.queue is None
                 and state.tokens >= self.share.capacity
                 and state.slots.idle()
             ):
@@ -282,9 +301,153 @@ class StoreLimits:
         now = self._clock()
         return state.paused_until <= now and now >= self._held_until and self._spend(state, now)
 
-    def _spend(self, state: _StoreState, now: float) -> bool:
+    async def take(
+        self,
+        store_id: str,
+        *,
+        lane: str = INTERACTIVE,
+        caller: str = "",
+        max_wait: float = 0.0,
+        disconnected: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        """Spend one request of the store's budget, waiting up to `max_wait` seconds for
+        it in `lane` (fair among its callers); 429 saying how long to wait when it does
+        not come, ClientDisconnect when `disconnected` returns first."""
+        self.check_paused(store_id)
+        state = self._state(store_id)
+        now = self._clock()
+        if now < self._held_until:
+            raise rate_limited(
+                self._held_until - now, "This store's request budget is used up; retry later."
+            )
+        queue = state.queue
+        if lane == INTERACTIVE:
+            granted = (queue is None or not queue.waiting(INTERACTIVE)) and self._spend(state, now)
+        else:
+            granted = not queue and self._spend(state, now, keep=self._reserve(state, now))
+        if granted:
+            if queue is not None or state.tokens < self._share(state, now).capacity / 2:
+                served = state.served if state.served is not None else {}
+                served[caller] = served.get(caller, 0) + 1
+                state.served = served
+            return
+        if max_wait <= 0:
+            raise self._refusal(state, lane, now)
+        if queue is None:
+            queue = state.queue = StoreQueue()
+        waiter = queue.add(lane, caller)
+        self._schedule(state, now)
+        watch = asyncio.ensure_future(disconnected()) if disconnected is not None else None
+        try:
+            done, _ = await asyncio.wait(
+                (waiter,) if watch is None else (waiter, watch),
+                timeout=max_wait,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        except BaseException:
+            self._give_up(state, lane, caller, waiter)
+            raise
+        finally:
+            if watch is not None:
+                watch.cancel()
+        if waiter in done:
+            return
+        self._give_up(state, lane, caller, waiter)
+        if watch is not None and watch in done:
+            raise ClientDisconnect()
+        raise self._refusal(state, lane, self._clock())
+
+    def _give_up(
+        self, state: _StoreState, lane: str, caller: str, waiter: asyncio.Future[None]
+    ) -> None:
+        """A waiting call stops waiting: out of the queue, or, handed its token as it gave
+        up, the token back for the next."""
+        if waiter.done() and not waiter.cancelled():
+            state.tokens += 1.0
+            self._count_sent(state, self._clock(), -1)
+            self._dispatch(state)
+            return
+        waiter.cancel()
+        if state.queue is not None:
+            state.queue.remove(lane, caller, waiter)
+            if not state.queue:
+                self._drop_queue(state)
+
+    def _reserve(self, state: _StoreState, now: float) -> float:
+        """Tokens a batch call leaves in the bucket for interactive ones."""
+        return self._reserve_of(self._share(state, now))
+
+    def _reserve_of(self, share: Share) -> float:
+        return (1.0 - self._batch_share) * share.capacity
+
+    def _refusal(self, state: _StoreState, lane: str, now: float) -> BrokerError:
+        """429 with how long this call's turn would take: the calls ahead of it in its lane
+        (and, for batch, every interactive one and the reserve) at the refill rate."""
+        queue = state.queue
+        ahead = 0.0 if queue is None else float(queue.waiting(INTERACTIVE))
+        if lane == BATCH:
+            ahead += (0.0 if queue is None else queue.waiting(BATCH)) + self._reserve(state, now)
+        rate = self._share(state, now).rate
+        wait = (ahead + 1.0 - state.tokens) / rate if rate > 0 else WINDOW_SECONDS
+        return rate_limited(
+            max(wait, state.paused_until - now),
+            "This store's request budget is used up; retry later.",
+        )
+
+    def _schedule(self, state: _StoreState, now: float) -> None:
+        """Wake the queue when its next call's token will have refilled (or the store's
+        pause or this replica's hold ends)."""
+        queue = state.queue
+        if queue is None:
+            return
+        if queue.timer is not None:  # an interactive call may be owed a token sooner
+            queue.timer.cancel()
+        need = 1.0 if queue.waiting(INTERACTIVE) else 1.0 + self._reserve(state, now)
+        rate = self._share(state, now).rate
+        delay = (need - state.tokens) / rate if rate > 0 else WINDOW_SECONDS
+        delay = max(delay, state.paused_until - now, self._held_until - now, 0.001)
+        queue.timer = asyncio.get_running_loop().call_later(delay, self._dispatch, state)
+
+    def _dispatch(self, state: _StoreState) -> None:
+        """Hand refilled tokens to waiting calls: interactive first, then batch above the
+        reserve; round-robin among a lane's callers (`StoreQueue.next`)."""
+        queue = state.queue
+        if queue is None:
+            return
+        if queue.timer is not None:
+            queue.timer.cancel()
+            queue.timer = None
+        now = self._clock()
         self._refill(state, now)
-        if state.tokens < 1.0:
+        while queue and state.paused_until <= now and now >= self._held_until:
+            lane = INTERACTIVE if queue.waiting(INTERACTIVE) else BATCH
+            keep = 0.0 if lane == INTERACTIVE else self._reserve(state, now)
+            if state.tokens < 1.0 + keep:
+                break
+            if state.served is None:
+                state.served = {}
+            waiter = queue.next(lane, state.served)
+            if waiter is None:
+                continue
+            state.tokens -= 1.0
+            self._count_sent(state, now, 1)
+            waiter.set_result(None)
+        if queue:
+            self._schedule(state, now)
+        else:
+            self._drop_queue(state)
+
+    @staticmethod
+    def _drop_queue(state: _StoreState) -> None:
+        """Nobody waits any more: the turns start afresh when the store runs short again."""
+        if state.queue is not None and state.queue.timer is not None:
+            state.queue.timer.cancel()
+        state.queue = None
+        state.served = None
+
+    def _spend(self, state: _StoreState, now: float, keep: float = 0.0) -> bool:
+        self._refill(state, now)
+        if state.tokens < 1.0 + keep:
             if not state.exhausted:  # count each time a store runs dry, not each refusal
                 state.exhausted = True
                 metrics.RATE_LIMIT_PAUSES.labels("budget").inc()
@@ -352,6 +515,31 @@ class StoreLimits:
             return None
         rate = state.learned.at(self._clock())
         return None if rate >= self.budget else rate
+
+    def rate_headers(self, store_id: str, lane: str) -> dict[str, str]:
+        """The IETF RateLimit fields for the store and lane: the policy (`q` calls a `w`
+        of 60 s: the configured or learned budget, all replicas) and what is left now (`r`,
+        this replica's tokens times the live replicas, less the interactive reserve for
+        batch) with `t`, the seconds until that is whole again (or the pause ends)."""
+        now = self._clock()
+        state = self._stores.get(store_id)
+        if state is None:  # untouched recently: a full bucket
+            share, tokens, paused = self.share, self.share.capacity, 0.0
+        else:
+            self._refill(state, now)
+            share, tokens = self._share(state, now), state.tokens
+            paused = state.paused_until - now
+        quota = self.budget if state is None else self.learned(store_id) or self.budget
+        spendable = tokens - (self._reserve_of(share) if lane == BATCH else 0.0)
+        if paused > 0 or now < self._held_until:
+            left, reset = 0, max(paused, self._held_until - now)
+        else:
+            left = max(0, math.floor(spendable * self.live))
+            reset = (share.capacity - tokens) / share.rate if share.rate > 0 else WINDOW_SECONDS
+        return {
+            "RateLimit-Policy": f'"{lane}";q={math.floor(quota)};w={WINDOW_SECONDS:.0f}',
+            "RateLimit": f'"{lane}";r={left};t={max(0, math.ceil(reset))}',
+        }
 
     def states(self) -> dict[str, int]:
         """How many stores are paused, and how many run at a learned budget (not paused)."""

@@ -47,6 +47,7 @@ from service.errors import (
 from service.neto.actions import is_write
 from service.neto.credentials import StoreCredentials
 from service.neto.limits import StoreLimits, rate_limited
+from service.neto.queue import INTERACTIVE
 from service.neto.urls import ApiUrlBuilder
 from service.security.egress import is_refusal
 from service.web import metrics
@@ -117,10 +118,12 @@ class UpstreamClient:
         self._deadline = settings.upstream_deadline_seconds
         self._max_retries = settings.upstream_max_retries
         self._max_response = settings.max_response_bytes
+        self._queue_seconds = settings.store_queue_seconds
         self.limits = StoreLimits(
             max_in_flight=settings.store_max_in_flight,
             rate_per_minute=settings.store_rate_per_minute,
             pause_seconds=settings.rate_limit_pause_seconds,
+            batch_share=settings.batch_share,
         )
 
     async def call(
@@ -132,15 +135,22 @@ class UpstreamClient:
         request_id: str | None,
         fence: Fence | None = None,
         media: Mapping[str, str] = JSON_MEDIA,
+        lane: str = INTERACTIVE,
+        caller: str = "",
+        disconnected: Callable[[], Awaitable[object]] | None = None,
     ) -> UpstreamResponse:
-        """Send one action to the store's API under its limits; Neto's answer, or a
-        BrokerError saying why there is none."""
+        """Send one action to the store's API under its limits, waiting in `lane` for the
+        store's budget; Neto's answer, or a BrokerError saying why there is none."""
         store_id = creds.store_id
-        self.limits.admit(store_id)
+        deadline = asyncio.get_running_loop().time() + self._deadline
+        await self.limits.take(
+            store_id, lane=lane, caller=caller, disconnected=disconnected,
+            max_wait=min(self._queue_seconds, self._deadline / 2),
+        )  # fmt: skip
         async with self.limits.slot(store_id):
             # A pause may have begun while this call waited for its slot.
             self.limits.check_paused(store_id)
-            response = await self._exchange(creds, action, body, request_id, fence, media)
+            response = await self._exchange(creds, action, body, request_id, fence, media, deadline)
         if response.status == 429:
             pause = self.limits.pause(store_id)
             fields = {"store_id": store_id, "pause_seconds": pause}
@@ -161,11 +171,11 @@ class UpstreamClient:
         request_id: str | None,
         fence: Fence | None,
         media: Mapping[str, str],
+        deadline: float,
     ) -> UpstreamResponse:
         headers = self._headers(creds, action, request_id, media)
         url = yarl.URL(self._api_urls.url_for(creds.store_domain), encoded=True)
         retry_reads = not is_write(action)
-        deadline = asyncio.get_running_loop().time() + self._deadline
         last: UpstreamResponse | None = None
         attempt = 0
         try:

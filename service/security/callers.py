@@ -26,6 +26,7 @@ from jose.exceptions import JOSEError, JWTClaimsError
 
 from service.config import Settings
 from service.errors import ActionNotAllowed, Forbidden, StoreNotAllowed, Unauthorized
+from service.neto.queue import INTERACTIVE, LANES
 from service.security.caller_keys import KeyFileError, load_keys
 
 __all__ = ["Caller", "KeyFileError", "TokenVerifier", "mint"]
@@ -67,6 +68,8 @@ class Caller:
     stores: frozenset[str] | None
     actions: tuple[str, ...] | None
     exp: float
+    # The lane its calls wait in for a store's budget (neto/queue.py).
+    priority: str = INTERACTIVE
 
     def require_scope(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -247,12 +250,16 @@ class TokenVerifier:
         actions = _str_list(claims, "actions")
         if actions is not None and any("*" in grant[:-1] for grant in actions):
             raise Unauthorized("An `actions` pattern may hold `*` only at its end.")
+        priority = claims.get("priority", INTERACTIVE)
+        if priority not in LANES:
+            raise Unauthorized("The `priority` claim must be `interactive` or `batch`.")
         return Caller(
             sub=sub,
             scopes=_expand_scopes(scope),
             stores=frozenset(stores) if stores is not None else None,
             actions=tuple(actions) if actions is not None else None,
             exp=exp,
+            priority=priority,
         )
 
 
@@ -272,6 +279,7 @@ def mint(
     stores: list[str] | None = None,
     actions: list[str] | None = None,
     issuer: str | None = None,
+    priority: str | None = None,
 ) -> str:
     """An HS256 caller token, for operators (`broker token mint`) and the demo."""
     now = int(time.time())
@@ -284,4 +292,6 @@ def mint(
         claims["actions"] = actions
     if issuer:
         claims["iss"] = issuer
+    if priority is not None:
+        claims["priority"] = priority
     return str(jwt.encode(claims, secret, algorithm="HS256", headers={"kid": kid}))

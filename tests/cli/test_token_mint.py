@@ -52,3 +52,13 @@ def test_a_scope_the_broker_would_ignore_is_refused(scope):
     assert result.exit_code == 2, result.output
     assert "unknown scope" in result.output
     assert "eyJ" not in result.stdout, "no token may be printed"
+
+
+def test_a_batch_token_is_minted_and_an_unknown_priority_is_refused():
+    result = mint("--scope", "invoke", "--stores", "N1", "--priority", "batch")
+    assert result.exit_code == 0, result.output
+    assert verifier().verify(result.stdout.strip()).priority == "batch"
+    default = mint("--scope", "invoke", "--stores", "N1")
+    assert verifier().verify(default.stdout.strip()).priority == "interactive"
+    refused = mint("--scope", "invoke", "--priority", "urgent")
+    assert refused.exit_code == 2 and "eyJ" not in refused.stdout
