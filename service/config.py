@@ -9,6 +9,7 @@ import secrets
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -117,8 +118,9 @@ class Settings(BaseSettings):
     # Audit rows and events older than this many days are pruned; 0 keeps everything.
     audit_retention_days: int = Field(90, ge=0)
     event_retention_days: int = Field(90, ge=0)
-    # Webhooks: receivers on these hosts (names or IPs, comma-separated) may sit on private
-    # addresses; every other receiver is under the egress rules above.
+    # Webhooks: receivers on these hosts (names or IPs, comma-separated, each with an
+    # optional `:port`; `[v6]:port`) may sit on private addresses; a bare host admits only
+    # its scheme's default port. Every other receiver is under the egress rules above.
     webhook_allowed_hosts: str = ""
     webhook_timeout_seconds: float = Field(5.0, gt=0, le=60)
     # Retries: base * 2^(attempt-1) with jitter, capped; after the window the subscription
@@ -172,6 +174,14 @@ class Settings(BaseSettings):
             raise ValueError("must contain {store_domain}")
         return value
 
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _webhook_hosts_parse(cls, value: str) -> str:
+        for entry in value.split(","):
+            if entry.strip():
+                allowed_host(entry)  # a sentence at start-up, not at the first delivery
+        return value
+
     @model_validator(mode="after")
     def _production_needs_keys(self) -> Settings:
         if self.env != "production":
@@ -206,11 +216,10 @@ class Settings(BaseSettings):
         return tuple(p.strip() for p in self.return_url_prefixes.split(",") if p.strip())
 
     @cached_property
-    def webhook_hosts(self) -> frozenset[str]:
+    def webhook_hosts(self) -> frozenset[tuple[str, int | None]]:
+        """(host, port) pairs; port None: the scheme's default port only."""
         return frozenset(
-            h.strip().lower().strip("[]")
-            for h in self.webhook_allowed_hosts.split(",")
-            if h.strip()
+            allowed_host(h) for h in self.webhook_allowed_hosts.split(",") if h.strip()
         )
 
     @property
@@ -228,6 +237,21 @@ class DatabaseSettings(BaseSettings):
     @classmethod
     def _async_driver(cls, value: str) -> str:
         return normalize_database_url(value)
+
+
+def allowed_host(entry: str) -> tuple[str, int | None]:
+    """One `BROKER_WEBHOOK_ALLOWED_HOSTS` entry: `host`, `host:port`, `v6` or `[v6]:port`."""
+    entry = entry.strip().lower()
+    if entry.count(":") > 1 and not entry.startswith("["):
+        return entry, None  # a bare IPv6 address
+    parts = urlsplit("//" + entry)
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if not parts.hostname or port == 0 or parts.path or parts.username is not None:
+        raise ValueError(f"not a host or host:port: {entry!r}")
+    return parts.hostname, port
 
 
 def _dev_keys() -> dict[str, str]:

@@ -48,6 +48,23 @@ def check_url(url: str) -> str:
     return url
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def allow_listed(url: str, hosts: frozenset[tuple[str, int | None]]) -> bool:
+    """The receiver is on `BROKER_WEBHOOK_ALLOWED_HOSTS` (`Settings.webhook_hosts`): its host
+    with its port, or its host bare and the URL on its scheme's default port. Listing a
+    receiver's host so admits that receiver, not every other service of the machine."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    default = DEFAULT_PORTS.get(parts.scheme)
+    try:
+        port = parts.port or default
+    except ValueError:
+        return False
+    return (host, port) in hosts or ((host, None) in hosts and port == default)
+
+
 def redacted_url(url: str) -> str:
     """The receiver URL as every read shows it (the API, the audit log, the CLI's list):
     no user info and no query string, where receivers often take a token (`?…` marks that

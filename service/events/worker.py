@@ -16,7 +16,6 @@ import logging
 import random
 import time
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit
 
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -175,12 +174,8 @@ class DeliveryWorker:
             return Outcome(None, 0, "signing secret unreadable")
         body = body_of(event)
         headers = signed_headers(secret, event.event_id, body, at, also=previous)
-        host = (urlsplit(webhook.url).hostname or "").lower()
-        session = (
-            self._private
-            if self._private and host in self._settings.webhook_hosts
-            else self._session
-        )
+        listed = subscriptions.allow_listed(webhook.url, self._settings.webhook_hosts)
+        session = self._private if self._private and listed else self._session
         timeout = aiohttp.ClientTimeout(total=self._settings.webhook_timeout_seconds)
         started = time.monotonic()
         status: int | None = None

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -185,7 +186,8 @@ async def test_allow_list_admits_private_receivers_and_only_them(
     import httpx
 
     app = await app_factory(settings_factory(
-        **FAST, egress_allow_private=False, webhook_allowed_hosts="127.0.0.1",
+        **FAST, egress_allow_private=False,
+        webhook_allowed_hosts=f"127.0.0.1:{urlsplit(receiver.url).port}",
     ))  # fmt: skip
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://broker.test"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
+from service.config import allowed_host
 from service.db import utcnow
 from service.events.models import Event, Webhook, WebhookDelivery
 from service.events.outbox import new_event_id
-from service.events.subscriptions import _ctx
+from service.events.subscriptions import _ctx, allow_listed
 from tests.fakes.receiver import verify_signature
 from tests.support import register_api_key_store
 
@@ -129,3 +133,75 @@ async def test_user_info_in_a_stored_url_is_never_shown(app, client, auth):
     assert r.status_code == 200, r.text
     assert r.json()["url"] == "https://hooks.example:8443/in?…"
     assert "pa55word" not in r.text and "ops" not in r.text
+
+
+@pytest.mark.parametrize(
+    ("listed", "admitted"),
+    [("127.0.0.1", False), ("127.0.0.1:{port}", True), ("127.0.0.1:1", False),
+     ("localhost:{port}", False)],
+    ids=["bare-host-default-port-only", "host-and-its-port", "another-port", "another-host"],
+)  # fmt: skip
+async def test_an_allow_listed_host_admits_only_its_listed_or_default_port(
+    app_factory, settings_factory, neto, auth, receiver, listed, admitted
+):
+    port = urlsplit(receiver.url).port
+    app = await app_factory(settings_factory(
+        **FAST, egress_allow_private=False, webhook_allowed_hosts=listed.format(port=port),
+    ))  # fmt: skip
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://broker.test"
+    ) as client:
+        hook = await subscribe(client, auth, receiver.url)
+        await register_api_key_store(client, auth("installs:admin"), "P1")
+        if admitted:
+            [got] = await receiver.wait_for(1)
+            assert got.event["data"]["store_id"] == "P1"
+            return
+        for _ in range(100):
+            r = await client.get(
+                f"/webhooks/{hook['id']}/deliveries", headers=auth("installs:read")
+            )
+            if r.json()["items"]:
+                break
+            await asyncio.sleep(0.05)
+        assert r.json()["items"][0]["error"] == "egress refused", r.text
+        assert receiver.received == []
+
+
+@pytest.mark.parametrize(
+    ("url", "hosts", "admitted"),
+    [
+        ("https://hooks.internal/in", {("hooks.internal", None)}, True),
+        ("https://hooks.internal:443/in", {("hooks.internal", None)}, True),
+        ("https://hooks.internal:8443/in", {("hooks.internal", None)}, False),
+        ("http://hooks.internal/in", {("hooks.internal", None)}, True),
+        ("http://hooks.internal:443/in", {("hooks.internal", None)}, False),
+        ("https://hooks.internal:8443/in", {("hooks.internal", 8443)}, True),
+        ("https://hooks.internal/in", {("hooks.internal", 8443)}, False),
+        ("http://[::1]:8080/in", {("::1", 8080)}, True),
+        ("http://[::1]:8081/in", {("::1", 8080)}, False),
+        ("http://HOOKS.internal/in", {("hooks.internal", None)}, True),
+        ("http://hooks.internal:99999/in", {("hooks.internal", None)}, False),
+    ],
+)
+def test_allow_listed_matches_host_and_port(url, hosts, admitted):
+    assert allow_listed(url, frozenset(hosts)) is admitted
+
+
+@pytest.mark.parametrize(
+    ("entry", "parsed"),
+    [("Hooks.Internal", ("hooks.internal", None)),
+     ("hooks.internal:8443", ("hooks.internal", 8443)), ("::1", ("::1", None)),
+     ("[::1]:8080", ("::1", 8080)), ("[fd00::5]", ("fd00::5", None)),
+     (" 10.0.0.5:80 ", ("10.0.0.5", 80))],
+)  # fmt: skip
+def test_allowed_host_entries(entry, parsed):
+    assert allowed_host(entry) == parsed
+
+
+@pytest.mark.parametrize(
+    "entry", ["hooks.internal:0", "hooks.internal:x", "h:1/path", "u@h", ":80"]
+)
+def test_a_bad_allowed_host_entry_is_a_configuration_error(settings_factory, entry):
+    with pytest.raises(ValueError, match="host"):
+        settings_factory(webhook_allowed_hosts=entry)
