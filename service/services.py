@@ -190,9 +190,11 @@ def _jobs(
                 sessionmaker, installs, upstream.limits, period_hours=settings.health_sweep_hours
             )
         )
-    retained = targets(settings)
-    if retained:
-        jobs.append(Retention(sessionmaker, retained))
+    # Always: besides the tables' retentions, revoked installs' profiles are destroyed
+    # once past theirs (at once without one: what an older replica's revoke left).
+    jobs.append(
+        Retention(sessionmaker, targets(settings), profiles=installs.forget_revoked_profiles)
+    )
     return jobs
 
 

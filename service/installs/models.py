@@ -59,7 +59,7 @@ class Install(SQLModel, table=True):
     scope: str | None = Field(default=None, sa_column=Column(String(512)))
     timezone: str | None = Field(default=None, sa_column=Column(String(64)))
     # Sealed JSON: {"access_token", ...} for OAuth, {"username", "api_key"} for API keys.
-    # Destroyed (NULL) on revoke.
+    # Destroyed (NULL) on revoke, with the profile below (the merchant's user and address).
     secret_sealed: str | None = Field(default=None, sa_column=Column(Text))
     user_sealed: str | None = Field(default=None, sa_column=Column(Text))
     billing_sealed: str | None = Field(default=None, sa_column=Column(Text))

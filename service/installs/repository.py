@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, insert, select, text, update
+from sqlalchemy import Table, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -145,24 +145,49 @@ async def set_status(
     return bool(getattr(result, "rowcount", 0))
 
 
-async def revoke(session: AsyncSession, store_id: str) -> Install:
-    """Destroy the sealed secret and mark the install revoked."""
+async def revoke(session: AsyncSession, store_id: str, *, keep_profile: bool = False) -> Install:
+    """Destroy the sealed secret and the merchant's profile (user and billing address;
+    with `keep_profile`, `forget_revoked_profiles` destroys it later) and mark the install
+    revoked. The row keeps what the audit trail needs: store id, domain, auth method,
+    times and the token's fingerprint (which identifies it and cannot be reversed)."""
     now = utcnow()
+    values: dict[str, Any] = {
+        "status": InstallStatus.revoked.value,
+        "secret_sealed": None,
+        "revoked_at": now,
+        "updated_at": now,
+        "change_seq": next_change_seq(),
+    }
+    if not keep_profile:
+        values.update(user_sealed=None, billing_sealed=None)
     result = await session.execute(
-        update(INSTALLS)
-        .where(INSTALLS.c.store_id == store_id)
-        .values(
-            status=InstallStatus.revoked.value,
-            secret_sealed=None,
-            token_fingerprint=None,
-            revoked_at=now,
-            updated_at=now,
-            change_seq=next_change_seq(),
-        )
+        update(INSTALLS).where(INSTALLS.c.store_id == store_id).values(**values)
     )
     if not getattr(result, "rowcount", 0):
         raise StoreNotFound()
     return await require(session, store_id)
+
+
+async def forget_revoked_profiles(
+    session: AsyncSession, revoked_before: datetime, limit: int
+) -> int:
+    """Destroy the profiles of up to `limit` installs revoked before `revoked_before` (or
+    at an unknown time); how many. A row reinstalled meanwhile is not revoked any more,
+    and is left alone by the same statement."""
+    c = INSTALLS.c
+    due = (
+        c.status == InstallStatus.revoked.value,
+        or_(c.revoked_at.is_(None), c.revoked_at < revoked_before),
+        or_(c.user_sealed.is_not(None), c.billing_sealed.is_not(None)),
+    )
+    picked = select(c.store_id).where(*due).limit(limit).scalar_subquery()
+    result = await session.execute(
+        update(INSTALLS)
+        .where(c.store_id.in_(picked), *due)
+        .values(user_sealed=None, billing_sealed=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 # The last-use stamp: never backwards, never on a revoked install. A plain read of the

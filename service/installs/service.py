@@ -10,8 +10,10 @@ a change to an install itself (tests/unit/test_install_service.py checks the sou
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError
@@ -38,6 +40,8 @@ log = logging.getLogger("broker.installs")
 T = TypeVar("T")
 # Work that must commit with the change or not at all (the OAuth flow consumes its state).
 AlsoInTransaction = Callable[[AsyncSession], Awaitable[None]]
+# Revoked installs' profiles destroyed per transaction (`forget_revoked_profiles`).
+PROFILE_BATCH = 500
 
 
 class InstallService:
@@ -48,8 +52,12 @@ class InstallService:
         cache: StoreCache,
         upstream: UpstreamClient,
         client_id: str | None,
+        *,
+        profile_retention_days: int = 0,
     ) -> None:
         self._sessionmaker = sessionmaker
+        # 0: a revoke destroys the merchant's profile with the token; N: N days later.
+        self._profile_days = profile_retention_days
         self._keyring = keyring
         self._cache = cache
         self._upstream = upstream
@@ -140,15 +148,18 @@ class InstallService:
         return await self._change(store_id, work)
 
     async def revoke(self, store_id: str, *, actor: str, request_id: str | None) -> Install:
-        """Destroy the stored secret and mark the install revoked. Idempotent: revoking a
-        revoked store changes nothing and audits nothing."""
+        """Destroy the stored secret and the merchant's profile (user, billing address;
+        with a profile retention, kept that many days) and mark the install revoked.
+        Idempotent: revoking a revoked store changes nothing and audits nothing."""
 
         def work(with_trail: bool) -> Callable[[AsyncSession], Awaitable[Install]]:
             async def revoke(session: AsyncSession) -> Install:
                 install = await repository.require(session, store_id)
                 if install.status == InstallStatus.revoked:
                     return install
-                install = await repository.revoke(session, store_id)
+                install = await repository.revoke(
+                    session, store_id, keep_profile=self._profile_days > 0
+                )
                 if with_trail:
                     record(session, "install.revoked", actor=actor, store_id=store_id,
                            request_id=request_id)  # fmt: skip
@@ -173,6 +184,31 @@ class InstallService:
             )  # fmt: skip
             metrics.series(metrics.AUDIT_FAILURES, "install.revoked").inc()
             return install
+
+    async def forget_revoked_profiles(
+        self, *, batch_size: int = PROFILE_BATCH, pause_seconds: float = 0.05
+    ) -> int:
+        """Destroy the profiles revoked installs still hold past their retention, batch
+        by batch; how many. With no retention that is any a revoke left: one by a replica
+        of the previous version during a rolling upgrade. Not a change a cached copy or
+        the audit log cares about (no status, no secret): no change number, no audit row."""
+        revoked_before = utcnow() - timedelta(days=self._profile_days)
+        total = 0
+        while True:
+            cleared = await run_transaction(
+                self._sessionmaker,
+                lambda s: repository.forget_revoked_profiles(s, revoked_before, batch_size),
+            )
+            total += cleared
+            if cleared < batch_size:
+                break
+            await asyncio.sleep(pause_seconds)  # short transactions, room for the rest
+        if total:
+            log.info(
+                "profiles of revoked installs destroyed",
+                extra={"fields": {"installs": total, "revoked_before": revoked_before.isoformat()}},
+            )
+        return total
 
     async def mark_reauth_required(
         self,

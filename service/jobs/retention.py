@@ -38,6 +38,8 @@ LEASE_SECONDS = 180.0
 BATCH_SIZE = 1000
 # Between batches: lets the bundles' group-committed audit inserts through.
 PAUSE_SECONDS = 0.05
+# broker_retention_pruned_total's label for revoked installs' destroyed profiles.
+PROFILES = "install_profiles"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +121,15 @@ class Retention(LeasedJob):
         batch_size: int = BATCH_SIZE,
         pause_seconds: float = PAUSE_SECONDS,
         holder: str | None = None,
+        profiles: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         lease = LeaseKeeper(sessionmaker, LEASE, ttl_seconds=LEASE_SECONDS, holder=holder)
         super().__init__(lease, tick_seconds)
         self._sessionmaker = sessionmaker
         self._retained = retained
+        # Revoked installs' profiles past their retention (InstallService), destroyed
+        # after the tables are pruned: an UPDATE of a few rows, not a DELETE by age.
+        self._profiles = profiles
         self._batch_size = batch_size
         self._pause_seconds = pause_seconds
 
@@ -136,3 +142,5 @@ class Retention(LeasedJob):
                 pause_seconds=self._pause_seconds,
                 still_ours=self.still_ours,
             )
+        if self._profiles is not None and await self.still_ours():
+            metrics.PRUNED.labels(PROFILES).inc(await self._profiles())

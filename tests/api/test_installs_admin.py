@@ -11,6 +11,7 @@ from sqlalchemy import select
 from service.audit.models import AuditEvent
 from service.installs import repository as stores
 from service.installs.models import AuthMethod
+from service.installs.sealing import fingerprint
 from tests.support import install_store, register_api_key_store, warm_store_cache
 
 ADMIN = "installs:admin"
@@ -181,7 +182,8 @@ async def test_revoke_destroys_the_secret_audits_and_stops_bundles_at_once(
     body = response.json()
     assert body["status"] == "revoked"
     assert body["revoked_at"] is not None
-    assert body["token_fingerprint"] is None
+    # Kept for the audit trail (it names the token, cannot be reversed); the token is gone.
+    assert body["token_fingerprint"] == fingerprint(got["access_token"])
     assert got["access_token"] not in response.text
 
     bundle = await client.get("/credentials/N1001", headers=bundle_auth)

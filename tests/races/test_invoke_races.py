@@ -181,7 +181,9 @@ async def race(client, app, neto, auth, store, domain, revoke_after, reinstall_a
     assert busy <= BUSY, f"{busy} answers of 503, but Neto was busy only {BUSY} times"
 
     if install.status == "revoked":
-        assert install.secret_sealed is None and install.token_fingerprint is None
+        assert install.secret_sealed is None and install.user_sealed is None
+        # The fingerprint of the token it held when revoked stays, for the audit trail.
+        assert install.token_fingerprint in {fingerprint(old), fingerprint(new)}
         assert revoke.finished > reinstall.started, "revoked only if the revoke ended last"
     else:
         assert install.status == "active", "never reauth_required for a replaced token"

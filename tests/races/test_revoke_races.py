@@ -155,7 +155,9 @@ async def race(client, app, neto, auth, store, domain, revoke_after, reinstall_a
     # The end state is legal, and the next bundle agrees with it.
     after = await client.get(f"/credentials/{store}", headers=reader)
     if install.status == "revoked":
-        assert install.secret_sealed is None and install.token_fingerprint is None
+        assert install.secret_sealed is None and install.user_sealed is None
+        # The fingerprint of the token it held when revoked stays, for the audit trail.
+        assert install.token_fingerprint in {fingerprint(old), fingerprint(new)}
         assert revoke.finished > reinstall.started, "revoked only if the revoke ended last"
         assert after.status_code == 410
     else:

@@ -61,9 +61,11 @@ async def seed(url: str, spec: str, store_ids: list[str], **kwargs: Any) -> None
 
 
 async def revoke(url: str, store_id: str) -> None:
+    """A revoke that keeps the profile (BROKER_REVOKED_PROFILE_RETENTION_DAYS set): the
+    row still holds sealed values, which rotation must move like any other."""
     engine = create_async_engine(url)
     async with create_sessionmaker(engine)() as session, session.begin():
-        await stores.revoke(session, store_id)
+        await stores.revoke(session, store_id, keep_profile=True)
     await engine.dispose()
 
 
