@@ -31,6 +31,7 @@ from service.installs.verification import ConfirmationGate, VerifyOutcome, verdi
 from service.neto.actions import VERIFY_ACTION
 from service.neto.credentials import StoreCredentials
 from service.neto.oauth import TokenGrant
+from service.neto.refusals import neto_refused
 from service.neto.upstream import UpstreamClient
 from service.notifications import notify
 from service.security.crypto import KeyRing
@@ -249,7 +250,8 @@ class InstallService:
         upstream_status: int,
     ) -> bool:
         """Neto refused one call made with these credentials: flag the store only if the
-        cheap verify read, with the same credentials, is refused too. A refusal of one
+        cheap verify read, with the same credentials, is refused too, in Neto's own
+        envelope (a firewall's or CDN's 403 page says nothing of the credentials). A refusal of one
         caller's request (a web firewall in front of the store that dislikes its body)
         says nothing about the credentials, and must not lock the store for every other
         caller. At most one confirming read per store per CONFIRM_INTERVAL_SECONDS on
@@ -261,8 +263,8 @@ class InstallService:
             answer = await self._upstream.call(creds, VERIFY_ACTION, b"{}", request_id=request_id)
         except BrokerError:
             return False  # unreachable, rate-limited: nothing confirmed
-        if answer.status not in (401, 403):
-            return False
+        if not neto_refused(answer.status, answer.body):
+            return False  # accepted, or a firewall's page: nothing said of the credentials
         return await self.mark_reauth_required(
             creds.store_id, actor=actor, request_id=request_id, action=action,
             upstream_status=upstream_status, token_fingerprint=credentials_fingerprint(creds),
@@ -296,7 +298,8 @@ class InstallService:
             ok, detail = False, f"{exc.code}: {exc.detail}"
         else:
             upstream_status = answer.status
-            ok, new_status, detail = verdict(answer.status)
+            ok, new_status, detail = verdict(answer.status, answer.body)
+        refused = new_status == InstallStatus.reauth_required
 
         async def work(session: AsyncSession) -> VerifyOutcome:
             changed = False
@@ -307,7 +310,7 @@ class InstallService:
                 )
             status = new_status.value if new_status is not None else install.status
             if ok and not changed and not audit_unchanged_ok:
-                return VerifyOutcome(ok, status, upstream_status, detail, changed)
+                return VerifyOutcome(ok, status, upstream_status, detail, changed, refused)
             record(session, "install.verified", actor=actor, store_id=store_id,
                    request_id=request_id, ok=ok, upstream_status=upstream_status,
                    status=status, changed=changed)  # fmt: skip
@@ -315,7 +318,7 @@ class InstallService:
                 kind = "install.reactivated" if new_status == InstallStatus.active else (
                     "install.reauth_required")  # fmt: skip
                 await emit(session, kind, await repository.require(session, store_id), actor)
-            return VerifyOutcome(ok, status, upstream_status, detail, changed)
+            return VerifyOutcome(ok, status, upstream_status, detail, changed, refused)
 
         return await self._change(store_id, work)
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.installs.models import InstallStatus
+from service.neto.refusals import REFUSED_STATUSES, neto_refused
 
 # A refused call is confirmed with a verify read at most this often per store (replica).
 CONFIRM_INTERVAL_SECONDS = 10.0
@@ -21,14 +22,23 @@ class VerifyOutcome:
     upstream_status: int | None
     detail: str
     changed: bool
+    refused: bool = False  # Neto itself refused the credentials (its envelope, 401/403)
 
 
-def verdict(upstream_status: int) -> tuple[bool, InstallStatus | None, str]:
+def verdict(upstream_status: int, body: bytes) -> tuple[bool, InstallStatus | None, str]:
     """What Neto's answer to the verify read says about the stored credentials: ok, the
-    status the install should have (None: leave it), and a sentence for the operator."""
-    if upstream_status in (401, 403):
+    status the install should have (None: leave it), and a sentence for the operator.
+    Only a refusal in Neto's envelope flags the store; a firewall's or CDN's 401/403 page
+    in front of it is an error like any other (service/neto/refusals.py)."""
+    if neto_refused(upstream_status, body):
         detail = f"Neto refused the stored credentials (HTTP {upstream_status})."
         return False, InstallStatus.reauth_required, detail
+    if upstream_status in REFUSED_STATUSES:
+        detail = (
+            f"HTTP {upstream_status} without Neto's error envelope (a firewall or CDN in "
+            "front of the store?); status left unchanged."
+        )
+        return False, None, detail
     if 200 <= upstream_status < 300:
         return True, InstallStatus.active, "Neto accepted the stored credentials."
     return False, None, f"Neto answered HTTP {upstream_status}; status left unchanged."

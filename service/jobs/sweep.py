@@ -119,7 +119,7 @@ class HealthSweep(LeasedJob):
                                                                "error": exc.code}})  # fmt: skip
             return
         metrics.SWEEP_SWEPT.inc()
-        if outcome.upstream_status in (401, 403):
+        if outcome.refused:  # Neto's own refusal; a firewall's 403 page is an error
             metrics.SWEEP_FAILED.labels("refused").inc()
         elif not outcome.ok:
             metrics.SWEEP_FAILED.labels("error").inc()

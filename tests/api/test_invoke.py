@@ -439,7 +439,8 @@ async def test_upstream_401_marks_the_store_reauth_required(app, client, neto, a
 
 async def test_upstream_403_also_needs_reauth(client, neto, auth, door):
     await installed(client, neto)
-    neto.api_responses.extend([fake.answer(403, b"{}")] * 2)
+    denied = b'{"Ack":"Error","Messages":{"Error":[{"Message":"Access denied"}]}}'
+    neto.api_responses.extend([fake.answer(403, denied)] * 2)  # Neto's own envelope
     r = await door(client, STORE, "GetItem", json={}, headers=invoker(auth))
     assert_error(r, 502, "upstream_unauthorized")
     r = await client.get(f"/installs/{STORE}", headers=auth("installs:read"))
