@@ -13,6 +13,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
+from service.access import fields
 from service.errors import (
     BrokerError,
     StoreNotFound,
@@ -130,11 +131,17 @@ async def answer(
     pace themselves; only callers granted the store see them (`check_action` passed)."""
     limits = services(request).upstream.limits
     try:
+        # A `fields` token: the body narrowed on the way up, the answer stripped on the
+        # way back (access/fields.py); without the claim both pass byte for byte.
+        grant = fields.grant(caller, action, media)
+        if grant is not None:
+            read_body = grant.reading(read_body)
         upstream = await forward(request, caller, store_id, action, read_body, media)
+        body = upstream.body if grant is None else grant.strip(upstream.body)
     except BrokerError as exc:
         exc.headers.update(limits.rate_headers(store_id, caller.priority))
         raise
     headers = limits.rate_headers(store_id, caller.priority)
     if upstream.content_type:
         headers["content-type"] = upstream.content_type
-    return Response(upstream.body, status_code=upstream.status, headers=headers)
+    return Response(body, status_code=upstream.status, headers=headers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from enum import StrEnum
 from typing import Annotated
@@ -29,6 +30,32 @@ def parse_ttl(text: str) -> int:
     if not 1 <= seconds <= 86400:
         raise typer.BadParameter("a caller token lives at most 24h")
     return seconds
+
+
+def parse_fields(text: str | None) -> dict[str, list[str]] | None:
+    """`--fields`: the claim as JSON, checked as the broker checks it, so a token that
+    would be refused is never printed."""
+    if text is None:
+        return None
+    from service.errors import Unauthorized
+    from service.security.callers import fields_claim
+
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        raise typer.BadParameter(
+            'not JSON; e.g. \'{"Item": ["SKU", "AvailableSellQuantity"]}\'', param_hint="--fields"
+        ) from None
+    try:
+        fields_claim({"fields": value})
+    except Unauthorized as exc:
+        raise typer.BadParameter(exc.detail, param_hint="--fields") from None
+    if value is None:
+        raise typer.BadParameter(
+            "null grants every field; omit --fields instead", param_hint="--fields"
+        )
+    fields: dict[str, list[str]] = value
+    return fields
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -64,6 +91,14 @@ def token_mint(
             "(the default: a person waits) or batch (a sync; interactive calls go first)."
         ),
     ] = None,
+    fields: Annotated[
+        str | None,
+        typer.Option(
+            help="Per Neto entity, the only fields the caller may read, as JSON, e.g. "
+            '\'{"Item": ["SKU", "AvailableSellQuantity"]}\'. Actions of other entities are '
+            "refused. Omitted: every field."
+        ),
+    ] = None,
 ) -> None:
     """Print a caller JWT signed with a configured HS256 key."""
     # The broker ignores an unknown scope (it grants nothing): refuse it here, where a
@@ -77,11 +112,17 @@ def token_mint(
             f"spaces): {', '.join(sorted(SCOPES))}",
             param_hint="--scope",
         )
+    claim = parse_fields(fields)
+    if claim is not None and "credentials:read" in scope.split(" "):
+        raise typer.BadParameter(
+            "a token with --fields cannot carry credentials:read (a bundle reads every field)",
+            param_hint="--scope",
+        )
     settings = settings_or_exit()
     typer.echo(
         mint_or_exit(settings, sub=sub, scope=scope, stores=_csv(stores), actions=_csv(actions),
                      ttl_seconds=parse_ttl(ttl), kid=kid,
-                     priority=None if priority is None else priority.value)
+                     priority=None if priority is None else priority.value, fields=claim)
     )  # fmt: skip
 
 
@@ -95,6 +136,7 @@ def mint_or_exit(
     ttl_seconds: int,
     kid: str | None = None,
     priority: str | None = None,
+    fields: dict[str, list[str]] | None = None,
 ) -> str:
     """A caller JWT signed with the configured HS256 key `kid` (default: the first)."""
     from service.security.callers import mint
@@ -119,4 +161,5 @@ def mint_or_exit(
         actions=actions,
         issuer=issuers[0] if issuers else None,
         priority=priority,
+        fields=fields,
     )

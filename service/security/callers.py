@@ -16,8 +16,8 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from jose import jwt
@@ -26,6 +26,7 @@ from jose.exceptions import JOSEError, JWTClaimsError
 
 from service.config import Settings
 from service.errors import ActionNotAllowed, Forbidden, StoreNotAllowed, Unauthorized
+from service.neto.entities import ENTITIES
 from service.neto.queue import INTERACTIVE, LANES
 from service.security.caller_keys import KeyFileError, load_keys
 
@@ -57,6 +58,10 @@ SCOPES = frozenset(
     }
 )
 _IMPLIED = {"installs:admin": {"installs:read", "installs:start"}}
+# Claims that limit a caller but that this broker does not enforce yet (the contract's
+# third round): a token carrying one is refused, never honoured as if it had no limit.
+# A claim leaves this set only with the code that enforces it (`fields`: access/fields.py).
+UNENFORCED_CLAIMS = ("apps",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,8 @@ class Caller:
     exp: float
     # The lane its calls wait in for a store's budget (neto/queue.py).
     priority: str = INTERACTIVE
+    # Per Neto entity, the OutputSelector names it may read (access/fields.py); None: all.
+    fields: Mapping[str, tuple[str, ...]] | None = field(default=None, hash=False)
 
     def require_scope(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -120,6 +127,35 @@ def _str_list(claims: dict[str, Any], name: str) -> list[str] | None:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise Unauthorized(f"The `{name}` claim must be a list of non-empty strings.")
     return value
+
+
+def fields_claim(claims: dict[str, Any]) -> dict[str, tuple[str, ...]] | None:
+    """The `fields` claim: an object of Neto entity -> list of OutputSelector names (a
+    dotted name, such as `OrderLine.SKU`, reaches into nested records)."""
+    value = claims.get("fields")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise Unauthorized(
+            "The `fields` claim must be an object of Neto entity -> list of field names, "
+            'e.g. {"Item": ["SKU"]}.'
+        )
+    fields: dict[str, tuple[str, ...]] = {}
+    for entity, names in value.items():
+        if entity not in ENTITIES:
+            raise Unauthorized(
+                f"The `fields` claim names {entity[:64]!r}, which is not a Neto entity "
+                "(the key of an answer, e.g. Item, Order, Customer)."
+            )
+        if not isinstance(names, list) or not all(
+            isinstance(n, str) and n and "" not in n.split(".") for n in names
+        ):
+            raise Unauthorized(
+                f"The `fields` claim's {entity!r} must be a list of field names "
+                "(non-empty; dotted names without empty parts)."
+            )
+        fields[entity] = tuple(dict.fromkeys(names))
+    return fields
 
 
 def _number(claims: dict[str, Any], name: str) -> float:
@@ -253,13 +289,29 @@ class TokenVerifier:
         priority = claims.get("priority", INTERACTIVE)
         if priority not in LANES:
             raise Unauthorized("The `priority` claim must be `interactive` or `batch`.")
+        for name in UNENFORCED_CLAIMS:
+            if name in claims:
+                raise Unauthorized(
+                    f"The `{name}` claim is not enforced by this broker yet; a token "
+                    "carrying it is refused rather than served without its limit."
+                )
+        fields = fields_claim(claims)
+        granted = _expand_scopes(scope)
+        if fields is not None and "credentials:read" in granted:
+            # A bundle is the store's token: with it every field is readable, whatever
+            # the claim says.
+            raise Unauthorized(
+                "A token with a `fields` claim cannot carry `credentials:read`: the "
+                "store's credentials read every field."
+            )
         return Caller(
             sub=sub,
-            scopes=_expand_scopes(scope),
+            scopes=granted,
             stores=frozenset(stores) if stores is not None else None,
             actions=tuple(actions) if actions is not None else None,
             exp=exp,
             priority=priority,
+            fields=fields,
         )
 
 
@@ -280,6 +332,7 @@ def mint(
     actions: list[str] | None = None,
     issuer: str | None = None,
     priority: str | None = None,
+    fields: dict[str, list[str]] | None = None,
 ) -> str:
     """An HS256 caller token, for operators (`broker token mint`) and the demo."""
     now = int(time.time())
@@ -294,4 +347,6 @@ def mint(
         claims["iss"] = issuer
     if priority is not None:
         claims["priority"] = priority
+    if fields is not None:
+        claims["fields"] = fields
     return str(jwt.encode(claims, secret, algorithm="HS256", headers={"kid": kid}))
