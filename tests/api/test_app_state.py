@@ -28,7 +28,8 @@ async def start(client, auth, **body):
 
 async def pending_rows(app):
     async with app.state.services.sessionmaker() as session:
-        return list((await session.execute(select(PendingInstall))).scalars())
+        rows = select(PendingInstall).order_by(PendingInstall.id)  # oldest first, on any database
+        return list((await session.execute(rows)).scalars())
 
 
 async def finish(client, neto, started, store_id="N7"):
