@@ -70,7 +70,14 @@ ACTION_DOC = (
             "content": {"application/json": {"example": {"Item": [], "Ack": "Success"}}},
         },
         **ERRORS,
-        403: error("Missing scope, store, or action outside the token's `actions`"),
+        400: error(
+            "The request is not valid (`validation_error`), e.g. with a `fields` claim a body "
+            "that is not a JSON object"
+        ),
+        403: error(
+            "Missing scope, store, or action outside the token's `actions`, or whose "
+            "entity its `fields` claim does not list"
+        ),
         404: error("No install for this store, or not a Neto action (`unknown_action`)"),
         409: error("The store must be re-authorised"),
         410: error("The install was revoked"),
@@ -82,7 +89,8 @@ ACTION_DOC = (
         ),
         502: error(
             "Neto unreachable, refused the credentials (store marked `reauth_required`), "
-            "redirected, or answered over BROKER_MAX_RESPONSE_BYTES"
+            "redirected, answered over BROKER_MAX_RESPONSE_BYTES, or (to a `fields` "
+            "token) answered what is not a JSON object"
         ),
         504: error("No answer within BROKER_UPSTREAM_DEADLINE_SECONDS"),
     },
@@ -96,6 +104,16 @@ async def invoke(
     """Forwards the JSON body to the store's Neto API with `NETOAPI_ACTION` and the store's
     credentials, and returns Neto's status, body and content type unchanged. Only
     `X-Request-ID` of the caller's headers is forwarded.
+
+    A token with a `fields` claim (per Neto entity, the `OutputSelector` names it may
+    read: `{"Item": ["SKU", "AvailableSellQuantity"]}`; `OrderLine.SKU` reaches into
+    nested records) reads only those: a read's `Filter.OutputSelector` is set to them, or
+    narrowed to the requested names they allow, and Neto's answer keeps `Ack`,
+    `CurrentTime`, `Messages` and the allowed fields of the action's entity, nested lists
+    and single objects included; every other key is removed. An action whose entity the
+    claim does not list is 403 `action_not_allowed`, nothing sent; the body must be a
+    JSON object (400); an answer that is not a JSON object is withheld (502). Without the
+    claim, body and answer pass byte for byte.
 
     Every call needs the `invoke` scope and the store in `stores`. The `actions` claim
     decides which actions: absent, every read and no write; present, exactly the actions

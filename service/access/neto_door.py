@@ -131,14 +131,20 @@ REQUEST_BODY = {
                         "application/xml": {"example": "<GetItemResponse>...</GetItemResponse>"}},
         },
         **ERRORS,
-        400: error("NETOAPI_ACTION missing or repeated, or a media header that is not plain"),
+        400: error(
+            "NETOAPI_ACTION missing or repeated, a media header that is not plain, or (with a "
+            "`fields` claim) a body that is not a JSON object"
+        ),
         401: error("No caller token, an invalid one, or two different ones"),
-        403: error("Missing scope, store or action grant"),
+        403: error("Missing scope, store or action grant, or an entity `fields` does not list"),
         404: error("No install for this store, or not a Neto action (`unknown_action`)"),
         409: error("The store must be re-authorised"),
         410: error("The install was revoked"),
         413: error("The request body is over BROKER_MAX_REQUEST_BYTES"),
-        415: error("The request body is neither JSON nor XML"),
+        415: error(
+            "The request body is neither JSON nor XML; with a `fields` claim, the request "
+            "or the answer asked for (`Accept`) is not JSON"
+        ),
         429: error(
             "The store's budget stayed spent for BROKER_STORE_QUEUE_SECONDS, or Neto paused "
             "it; see `Retry-After`"
@@ -156,7 +162,9 @@ async def neto_api(request: Request, store_id: StoreId) -> Response:
 
     The broker's own refusals keep their HTTP status and `X-Broker-Error`, with a body in
     Neto's error shape (`Ack: Error`), in XML when the caller asked for XML. Limits,
-    retries, metrics and audit are those of `/invoke`."""
+    retries, metrics and audit are those of `/invoke`, and so is a `fields` claim, JSON
+    only: with it an XML body, or an answer asked for in XML (or with no `Accept`, which
+    makes Neto answer XML), is refused with 415."""
     headers = request.headers
     caller = verify_caller(request, caller_token(headers), "invoke")
     action = requested_action(headers)
