@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from service.access.fields import FieldGrant
 from service.cli import app as cli
 from service.security.callers import mint
 from tests.api.test_invoke import STORE, client_for, installed
@@ -279,3 +280,15 @@ def test_broker_token_mint_fields():
     run = CliRunner().invoke(cli, ["token", "mint", "--sub", "s", "--scope", "credentials:read",
                                    "--fields", '{"Item": ["SKU"]}'], env=ENV)  # fmt: skip
     assert run.exit_code == 2 and "eyJ" not in run.stdout, run.output
+
+
+@pytest.mark.parametrize(
+    "names", [("OrderLine", "OrderLine.SKU"), ("OrderLine.SKU", "OrderLine")], ids=["first", "last"]
+)
+def test_a_name_allowed_whole_keeps_its_records_whole_whatever_else_is_listed(names):
+    grant = FieldGrant("GetOrder", "Order", names)
+    answer = {"Order": {"OrderLine": [LINE], "Email": "mia@example.com"}, "Ack": "Success"}
+    assert json.loads(grant.strip(json.dumps(answer).encode())) == {
+        "Order": {"OrderLine": [LINE]},
+        "Ack": "Success",
+    }
