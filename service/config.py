@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     # bucket's burst to interactive ones (neto/limits.py).
     store_queue_seconds: float = Field(2.0, ge=0, le=60)
     batch_share: float = Field(0.5, ge=0, le=1)
+    # A write sent with an Idempotency-Key is answered from its row this long (idempotency/).
+    idempotency_ttl_hours: float = Field(24.0, gt=0, le=24 * 30)
     # The anonymous merchant routes (/oauth/install, /oauth/callback): requests a minute
     # per client address prefix (IPv4 address, IPv6 /64; per replica), how many proxies in
     # front append to X-Forwarded-For, and how many Neto-initiated installs may be pending

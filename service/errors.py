@@ -203,6 +203,9 @@ class UpstreamUnreachable(BrokerError):
     code = "upstream_unreachable"
     status = 502
     default_detail = "The store's Neto API is unreachable."
+    # True when a write's connection broke after it may have been sent: its outcome is
+    # unknown (an idempotent write is then never sent again).
+    maybe_sent = False
 
 
 class UpstreamUnauthorized(BrokerError):
@@ -227,6 +230,39 @@ class UpstreamTimeout(BrokerError):
     code = "upstream_timeout"
     status = 504
     default_detail = "The store's Neto API did not answer in time."
+
+
+class UpstreamOutcomeUnknown(BrokerError):
+    """A write with this Idempotency-Key may have reached Neto, and no answer came back."""
+
+    code = "upstream_outcome_unknown"
+    status = 504
+    default_detail = (
+        "The write sent with this Idempotency-Key may have reached Neto, but no answer came "
+        "back; it is never sent again. Check the store (e.g. a Get* call) before writing anew "
+        "with a new key."
+    )
+
+
+class IdempotencyKeyReused(BrokerError):
+    """The key was used with another request."""
+
+    code = "idempotency_key_reused"
+    status = 422
+    default_detail = (
+        "This Idempotency-Key was used with a different request (action, body or media "
+        "types); it was not sent. Use a new key for a new request."
+    )
+
+
+class IdempotencyKeyInFlight(BrokerError):
+    """The first request with this key is still out."""
+
+    code = "idempotency_key_in_flight"
+    status = 409
+    default_detail = (
+        "The first request with this Idempotency-Key is still being answered; retry shortly."
+    )
 
 
 class InternalError(BrokerError):

@@ -25,6 +25,7 @@ from service.db import create_engine, create_sessionmaker
 from service.events.outbox import CHANNEL as EVENTS_CHANNEL
 from service.events.signal import EventSignal
 from service.events.worker import DeliveryWorker
+from service.idempotency.store import IdempotencyStore
 from service.installs.cache import CHANGES_CHANNEL, StoreCache
 from service.installs.service import InstallService
 from service.jobs.loop import LeasedJob
@@ -82,6 +83,7 @@ class Services:
     heartbeat: Heartbeat | None  # divides each store's Neto budget among live replicas
     event_signal: EventSignal  # wakes this replica's waiting `GET /events` requests
     webhooks: DeliveryWorker  # this replica's webhook delivery worker
+    idempotency: IdempotencyStore  # writes sent with an Idempotency-Key, and their answers
 
 
 @contextlib.asynccontextmanager
@@ -132,6 +134,10 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
         webhooks=DeliveryWorker(
             sessionmaker, config.keyring, settings, session,
             create_session(settings, allow_private=True) if settings.webhook_hosts else None,
+        ),
+        idempotency=IdempotencyStore(
+            sessionmaker, config.keyring, ttl_hours=settings.idempotency_ttl_hours,
+            wait_seconds=settings.upstream_deadline_seconds + settings.store_queue_seconds,
         ),
     )  # fmt: skip
     for wake in (services.event_signal.fire, services.webhooks.wake):

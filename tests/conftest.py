@@ -190,6 +190,7 @@ async def truncate(url: str) -> None:
             "webhook_deliveries",
             "webhooks",
             "events",
+            "idempotency_keys",
         )
         for table in tables:
             await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608

@@ -79,7 +79,10 @@ ACTION_DOC = (
             "entity its `fields` claim does not list"
         ),
         404: error("No install for this store, or not a Neto action (`unknown_action`)"),
-        409: error("The store must be re-authorised"),
+        409: error(
+            "The store must be re-authorised, or the first request with this "
+            "Idempotency-Key is still out (`idempotency_key_in_flight`)"
+        ),
         410: error("The install was revoked"),
         413: error("The request body is over BROKER_MAX_REQUEST_BYTES"),
         415: error("The request body is not JSON"),
@@ -92,7 +95,10 @@ ACTION_DOC = (
             "redirected, answered over BROKER_MAX_RESPONSE_BYTES, or (to a `fields` "
             "token) answered what is not a JSON object"
         ),
-        504: error("No answer within BROKER_UPSTREAM_DEADLINE_SECONDS"),
+        504: error(
+            "No answer within BROKER_UPSTREAM_DEADLINE_SECONDS, or a write with this "
+            "Idempotency-Key may have reached Neto unanswered (`upstream_outcome_unknown`)"
+        ),
     },
 )
 async def invoke(
@@ -128,7 +134,14 @@ async def invoke(
     default) is served first; `batch` gives way to it and never spends the last
     (1 - BROKER_BATCH_SHARE) of the store's burst. Callers of one lane take turns.
     Answers and refusals carry `RateLimit-Policy` and `RateLimit` (the IETF draft) for the
-    store and lane, e.g. `"interactive";q=500;w=60` and `"interactive";r=41;t=6`."""
+    store and lane, e.g. `"interactive";q=500;w=60` and `"interactive";r=41;t=6`.
+
+    A write sent with `Idempotency-Key: "<key>"` reaches Neto at most once per store,
+    caller and key (BROKER_IDEMPOTENCY_TTL_HOURS): a repeat gets the first answer with
+    `Idempotent-Replayed: true`, waits while the first is out (409
+    `idempotency_key_in_flight` past its deadline), is 422 `idempotency_key_reused` with
+    another body, and 504 `upstream_outcome_unknown` when the first may have reached Neto
+    unanswered."""
     check_action(request, caller, store_id, action)
     content_type = request.headers.get("content-type")
     if content_type is not None and not is_json(content_type):

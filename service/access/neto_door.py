@@ -138,7 +138,10 @@ REQUEST_BODY = {
         401: error("No caller token, an invalid one, or two different ones"),
         403: error("Missing scope, store or action grant, or an entity `fields` does not list"),
         404: error("No install for this store, or not a Neto action (`unknown_action`)"),
-        409: error("The store must be re-authorised"),
+        409: error(
+            "The store must be re-authorised, or the first request with this "
+            "Idempotency-Key is still out (`idempotency_key_in_flight`)"
+        ),
         410: error("The install was revoked"),
         413: error("The request body is over BROKER_MAX_REQUEST_BYTES"),
         415: error(
@@ -150,7 +153,10 @@ REQUEST_BODY = {
             "it; see `Retry-After`"
         ),
         502: error("Neto unreachable, refused the credentials, or answered too much"),
-        504: error("No answer within BROKER_UPSTREAM_DEADLINE_SECONDS"),
+        504: error(
+            "No answer within BROKER_UPSTREAM_DEADLINE_SECONDS, or a write with this "
+            "Idempotency-Key may have reached Neto unanswered (`upstream_outcome_unknown`)"
+        ),
     },
 )  # fmt: skip
 async def neto_api(request: Request, store_id: StoreId) -> Response:

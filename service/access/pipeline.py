@@ -20,8 +20,12 @@ from service.errors import (
     StoreReauthRequired,
     StoreRevoked,
     UnknownAction,
+    UpstreamResponseTooLarge,
+    UpstreamTimeout,
     UpstreamUnauthorized,
+    UpstreamUnreachable,
 )
+from service.idempotency import store as idempotency
 from service.installs.models import InstallStatus
 from service.neto.actions import ALL_ACTIONS, is_write
 from service.neto.credentials import StoreCredentials
@@ -103,10 +107,33 @@ async def forward(
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    answer = await app.upstream.call(
-        creds, action, body, request_id=rid, fence=fence, media=media,
-        lane=caller.priority, caller=caller.sub, disconnected=disconnected,
-    )  # fmt: skip
+    ticket = None
+    key = request.headers.get(idempotency.HEADER)
+    if key is not None and is_write(action):
+        digest = idempotency.request_digest(action, media, body)
+        begun = await app.idempotency.begin(
+            store_id, caller.sub, idempotency.parse_key(key), digest
+        )
+        if isinstance(begun, UpstreamResponse):  # a first try's answer
+            return begun
+        ticket = begun
+    try:
+        answer = await app.upstream.call(
+            creds, action, body, request_id=rid, fence=fence, media=media,
+            lane=caller.priority, caller=caller.sub, disconnected=disconnected,
+        )  # fmt: skip
+    except BaseException as exc:
+        if ticket is not None:
+            if _maybe_sent(exc):
+                await app.idempotency.unknown(ticket)
+            else:
+                await app.idempotency.abandon(ticket)
+        raise
+    if ticket is not None:
+        if answer.status in (401, 403):  # refused, not done: a retry may go out
+            await app.idempotency.abandon(ticket)
+        else:
+            await app.idempotency.done(ticket, answer)
     if answer.status in (401, 403):
         # The store is flagged only if a verify read with the same credentials is refused
         # too: one caller's refused request must not lock the store for everyone.
@@ -115,6 +142,16 @@ async def forward(
         )
         raise UpstreamUnauthorized()
     return answer
+
+
+def _maybe_sent(exc: BaseException) -> bool:
+    """Whether a write that failed so may have reached Neto: only the broker's own refusals
+    before sending (and a caller that left while queued) are known not to have."""
+    if isinstance(exc, (UpstreamTimeout, UpstreamResponseTooLarge)):
+        return True
+    if isinstance(exc, UpstreamUnreachable):
+        return exc.maybe_sent
+    return not isinstance(exc, (BrokerError, ClientDisconnect))
 
 
 async def answer(
@@ -144,4 +181,6 @@ async def answer(
     headers = limits.rate_headers(store_id, caller.priority)
     if upstream.content_type:
         headers["content-type"] = upstream.content_type
+    if upstream.replayed:
+        headers[idempotency.REPLAYED] = "true"
     return Response(body, status_code=upstream.status, headers=headers)

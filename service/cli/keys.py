@@ -36,9 +36,10 @@ def keys_generate(
 def _sealed_tables() -> tuple[SealedTable, ...]:
     """Every table with sealed columns: a key is needed while any of them uses it."""
     from service.events import subscriptions
+    from service.idempotency import store
     from service.installs import sealing
 
-    return (sealing.ROTATION, subscriptions.ROTATION)
+    return (sealing.ROTATION, subscriptions.ROTATION, store.ROTATION)
 
 
 @keys_app.command("rotate")
@@ -47,10 +48,10 @@ def keys_rotate(
         int, typer.Option(min=1, max=5000, help="Rows re-sealed per transaction.")
     ] = 200,
 ) -> None:
-    """Re-encrypt every stored secret (installs, webhook signing secrets) under the
-    primary key (the first of BROKER_ENCRYPTION_KEYS). Safe while the service serves
-    traffic; running it again does nothing. Configure the new key first on every replica
-    ("new:...,old:...")."""
+    """Re-encrypt every stored secret (installs, webhook signing secrets, idempotent
+    answers) under the primary key (the first of BROKER_ENCRYPTION_KEYS). Safe while the
+    service serves traffic; running it again does nothing. Configure the new key first on
+    every replica ("new:...,old:...")."""
     from service.errors import BrokerError
     from service.keys import rotation
 
@@ -106,7 +107,8 @@ def _say_rotated(report: RotationReport) -> None:
 
 @keys_app.command("check")
 def keys_check() -> None:
-    """Say which keys the stored data (installs, webhook signing secrets) needs. Fails
+    """Say which keys the stored data (installs, webhook signing secrets, idempotent
+    answers) needs. Fails
     when data is sealed under a key that is not configured, or when a configured key (not
     the primary) seals nothing."""
     from service.errors import BrokerError
@@ -124,7 +126,8 @@ def keys_check() -> None:
         raise typer.Exit(1) from None
     for kid in usage.configured:
         sealed = usage.sealed_by(kid)
-        seals = " and ".join(f"{count} {noun}" for noun, count in sealed.items())
+        counts = [f"{count} {noun}" for noun, count in sealed.items()]
+        seals = " and ".join([", ".join(counts[:-1]), counts[-1]] if len(counts) > 1 else counts)
         if kid == usage.primary:
             typer.echo(f"key {kid!r} (primary): seals {seals}")
         elif any(sealed.values()):

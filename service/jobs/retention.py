@@ -48,7 +48,7 @@ class Retained:
 
     table: str
     time_column: str
-    days: int
+    days: float
     key: str = "id"  # an indexed, unique column to delete by
 
     def cutoff(self, now: datetime) -> datetime:
@@ -62,6 +62,8 @@ def targets(settings: Settings) -> list[Retained]:
         Retained("audit_events", "at", settings.audit_retention_days),
         # A delivery still pending for a pruned event is marked expired by the worker.
         Retained("events", "occurred_at", settings.event_retention_days, key="seq"),
+        # Ids begin with their creation time, so the oldest by id are the oldest.
+        Retained("idempotency_keys", "created_at", settings.idempotency_ttl_hours / 24),
     ]
     return [target for target in registered if target.days > 0]
 

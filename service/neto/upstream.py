@@ -73,6 +73,7 @@ class UpstreamResponse:
     status: int
     body: bytes
     content_type: str | None
+    replayed: bool = False  # kept from a first try of an idempotent write (idempotency/)
 
 
 class _TooLarge(Exception):
@@ -178,6 +179,7 @@ class UpstreamClient:
         retry_reads = not is_write(action)
         last: UpstreamResponse | None = None
         attempt = 0
+        maybe_sent = False
         try:
             async with asyncio.timeout_at(deadline):
                 while True:
@@ -193,6 +195,7 @@ class UpstreamClient:
                     except (aiohttp.ClientError, OSError) as exc:
                         last = None
                         unsent = nothing_sent(exc)
+                        maybe_sent = maybe_sent or not unsent
                         self._connection_failed(exc, creds, action, unsent)
                         retryable = retry_reads or unsent
                     else:
@@ -211,7 +214,9 @@ class UpstreamClient:
             raise UpstreamTimeout() from None
         if last is not None:  # a read that kept failing with 5xx: Neto's last answer
             return last
-        raise UpstreamUnreachable()
+        unreachable = UpstreamUnreachable()
+        unreachable.maybe_sent = maybe_sent
+        raise unreachable
 
     @staticmethod
     def _headers(

@@ -109,8 +109,12 @@ def test_rotate_moves_every_install_to_the_primary_key_and_check_says_which_keys
     both = f"{NEW},{OLD}"
     before = run_cli(db, both, "keys", "check")
     assert before.exit_code == 0, before.output
-    assert "key 'k2' (primary): seals 0 installs and 0 webhook secrets" in before.output
-    assert "key 'k1': seals 8 installs and 0 webhook secrets; still needed" in before.output
+    assert (
+        "key 'k2' (primary): seals 0 installs, 0 webhook secrets and 0 idempotent answers"
+    ) in before.output
+    assert (
+        "key 'k1': seals 8 installs, 0 webhook secrets and 0 idempotent answers; still needed"
+    ) in before.output
 
     result = run_cli(db, both, "keys", "rotate", "--batch-size", "3")
     assert result.exit_code == 0, result.output
@@ -222,7 +226,9 @@ def test_rotate_moves_webhook_secrets_to_the_primary_key_with_the_installs(db: s
     both = f"{NEW},{OLD}"
     before = run_cli(db, both, "keys", "check")
     assert before.exit_code == 0, before.output
-    assert "key 'k1': seals 1 installs and 3 webhook secrets; still needed" in before.output
+    assert (
+        "key 'k1': seals 1 installs, 3 webhook secrets and 0 idempotent answers; still needed"
+    ) in before.output
 
     result = run_cli(db, both, "keys", "rotate", "--batch-size", "2")
     assert result.exit_code == 0, result.output
@@ -237,7 +243,9 @@ def test_rotate_moves_webhook_secrets_to_the_primary_key_with_the_installs(db: s
         assert subscriptions.open_secret(new_only, row) == secret, "the same secret, re-sealed"
     ok = run_cli(db, NEW, "keys", "check")
     assert ok.exit_code == 0, ok.output
-    assert "key 'k2' (primary): seals 1 installs and 3 webhook secrets" in ok.output
+    assert (
+        "key 'k2' (primary): seals 1 installs, 3 webhook secrets and 0 idempotent answers"
+    ) in ok.output
     again = run_cli(db, both, "keys", "rotate")
     assert again.exit_code == 0 and "nothing to rotate" in again.output, again.output
 

@@ -93,11 +93,13 @@ async def test_prune_stops_when_the_lease_is_lost(app):
 
 
 def test_zero_days_keeps_everything_and_every_target_names_real_columns(settings_factory):
-    assert retention.targets(settings_factory(audit_retention_days=0, event_retention_days=0)) == []
+    kept = retention.targets(settings_factory(audit_retention_days=0, event_retention_days=0))
+    assert [t.table for t in kept] == ["idempotency_keys"]  # always: its TTL is at least 1 s
     registered = retention.targets(settings_factory())
     assert [(t.table, t.time_column, t.key, t.days) for t in registered] == [
         ("audit_events", "at", "id", 90),
         ("events", "occurred_at", "seq", 90),
+        ("idempotency_keys", "created_at", "id", 1),
     ]
     for target in registered:
         table = metadata.tables[target.table]
