@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     # Upstream limits (the /invoke passthrough and the token exchange).
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_response_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    # Bytes of Neto answers being read at once, across the replica (neto/memory.py): a
+    # call that finds it spent waits up to 1 s, then 503. The default keeps a replica
+    # under the chart's 512 Mi with answers of BROKER_MAX_RESPONSE_BYTES.
+    upstream_buffer_bytes: int = Field(128 * 1024 * 1024, ge=64 * 1024)
     token_response_max_bytes: int = Field(64 * 1024, ge=1024)
     upstream_connect_timeout_seconds: float = Field(5.0, gt=0)
     upstream_deadline_seconds: float = Field(60.0, gt=0)

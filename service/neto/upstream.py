@@ -47,6 +47,7 @@ from service.errors import (
 from service.neto.actions import is_write
 from service.neto.credentials import StoreCredentials
 from service.neto.limits import StoreLimits, rate_limited
+from service.neto.memory import ByteBudget, Reservation
 from service.neto.queue import INTERACTIVE
 from service.neto.urls import ApiUrlBuilder
 from service.security.egress import is_refusal
@@ -120,6 +121,8 @@ class UpstreamClient:
         self._max_retries = settings.upstream_max_retries
         self._max_response = settings.max_response_bytes
         self._queue_seconds = settings.store_queue_seconds
+        # Bytes of answers being read, across the replica (neto/memory.py).
+        self.buffer = ByteBudget(settings.upstream_buffer_bytes)
         self.limits = StoreLimits(
             max_in_flight=settings.store_max_in_flight,
             rate_per_minute=settings.store_rate_per_minute,
@@ -238,23 +241,34 @@ class UpstreamClient:
         async with self._session.post(
             url, data=body, headers=headers, allow_redirects=False, timeout=self._timeout
         ) as response:
-            length = response.content_length
-            if length is not None:
-                if length > self._max_response:
-                    raise _TooLarge()
-                # The declared length is within the cap, and aiohttp reads no more than it.
-                body = await response.read()
-                return UpstreamResponse(response.status, body, response.headers.get("Content-Type"))
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.content.iter_chunked(READ_CHUNK):
-                size += len(chunk)
-                if size > self._max_response:
-                    raise _TooLarge()
-                chunks.append(chunk)
-            return UpstreamResponse(
-                response.status, b"".join(chunks), response.headers.get("Content-Type")
-            )
+            # Released when the aiohttp response is done; the body then lives on in the
+            # caller's answer until sent, outside the budget (neto/memory.py).
+            held = Reservation(self.buffer)
+            try:
+                length = response.content_length
+                if length is not None:
+                    if length > self._max_response:
+                        raise _TooLarge()
+                    # Before the body is read: while this waits, the answer stays in the
+                    # socket. The length is within the cap, and aiohttp reads no more.
+                    await held.add(length)
+                    body = await response.read()
+                    return UpstreamResponse(
+                        response.status, body, response.headers.get("Content-Type")
+                    )
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.content.iter_chunked(READ_CHUNK):
+                    size += len(chunk)
+                    if size > self._max_response:
+                        raise _TooLarge()
+                    await held.add(len(chunk))
+                    chunks.append(chunk)
+                return UpstreamResponse(
+                    response.status, b"".join(chunks), response.headers.get("Content-Type")
+                )
+            finally:
+                held.close()
 
     def _connection_failed(
         self, exc: BaseException, creds: StoreCredentials, action: str, unsent: bool
