@@ -268,7 +268,10 @@ async def test_key_rotation_while_both_replicas_serve_bundles_loses_nothing(
 
     async with db() as session:
         rows = {i.store_id: i for i in (await session.execute(select(Install))).scalars()}
-    assert {r.key_id for r in rows.values()} == {"k2"}, "every install is under the new key"
+    # A revoke destroys everything sealed (token and profile): a revoked row needs no key.
+    live = {sid: r for sid, r in rows.items() if sid not in to_revoke}
+    assert {r.key_id for r in live.values()} == {"k2"}, "every install is under the new key"
+    assert {rows[sid].key_id for sid in to_revoke} == {None}
     new_only = KeyRing.parse(NEW_KEY)
     for sid in to_revoke:
         assert rows[sid].status == "revoked" and rows[sid].secret_sealed is None, sid
@@ -286,4 +289,4 @@ async def test_key_rotation_while_both_replicas_serve_bundles_loses_nothing(
     )  # fmt: skip
     checked, _ = await check.communicate()
     assert check.returncode == 0, checked.decode()
-    assert f"seals {len(ids)} installs" in checked.decode()
+    assert f"seals {len(ids) - len(to_revoke)} installs" in checked.decode()  # revoked: nothing
