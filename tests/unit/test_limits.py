@@ -123,7 +123,9 @@ async def test_in_flight_cap_waits_briefly_then_refuses(monkeypatch):
                 pass
         async with limits.slot("B"):
             pass
-    # A waiter gets a slot released within the wait.
+    # A waiter gets a slot released within the wait (a long one: a loaded machine may
+    # take more than 50 ms to run the release).
+    monkeypatch.setattr(limits_module, "QUEUE_WAIT_SECONDS", 5.0)
     one = StoreLimits(max_in_flight=1, rate_per_minute=500, pause_seconds=60)
     async with one.slot("A"):
         waiter = asyncio.create_task(_enter(one))
