@@ -126,7 +126,7 @@ def test_debian_mirror_wins_over_the_machine_sources(tmp_path):
     assert found(mirror_of(tmp_path / "empty", DEBIAN_MIRROR=chosen)) == chosen
 
 
-# Public Debian and Ubuntu archive hosts (deb.debian.org, ftp.<cc>.debian.org, ...): the
+# Public Debian and Ubuntu archive hosts (deb, ftp.<cc> and the like under debian.org): the
 # pattern is spelled in pieces so that this file does not hold one itself.
 HOSTS = re.compile(r"\b[\w.-]*" + r"\.debian\." + r"org\b|\barchive\." + r"ubuntu\.com\b")
 
