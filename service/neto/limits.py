@@ -281,8 +281,9 @@ class StoreLimits:
         if remaining > 0:
             raise rate_limited(remaining, "Neto rate-limited this store; retry after the pause.")
 
-    def admit(self, store_id: str) -> None:
-        """Spend one request of the store's budget, or raise 429 saying how long to wait."""
+    def _spendable(self, store_id: str) -> tuple[_StoreState, float]:
+        """The store's state and the time, when it may spend now: 429 while Neto's pause
+        runs or this replica is held."""
         self.check_paused(store_id)
         state = self._state(store_id)
         now = self._clock()
@@ -290,6 +291,11 @@ class StoreLimits:
             raise rate_limited(
                 self._held_until - now, "This store's request budget is used up; retry later."
             )
+        return state, now
+
+    def admit(self, store_id: str) -> None:
+        """Spend one request of the store's budget, or raise 429 saying how long to wait."""
+        state, now = self._spendable(store_id)
         if not self._spend(state, now):
             rate = self._share(state, now).rate
             wait = (1.0 - state.tokens) / rate if rate > 0 else WINDOW_SECONDS
@@ -313,13 +319,7 @@ class StoreLimits:
         """Spend one request of the store's budget, waiting up to `max_wait` seconds for
         it in `lane` (fair among its callers); 429 saying how long to wait when it does
         not come, ClientDisconnect when `disconnected` returns first."""
-        self.check_paused(store_id)
-        state = self._state(store_id)
-        now = self._clock()
-        if now < self._held_until:
-            raise rate_limited(
-                self._held_until - now, "This store's request budget is used up; retry later."
-            )
+        state, now = self._spendable(store_id)
         queue = state.queue
         if lane == INTERACTIVE:
             granted = (queue is None or not queue.waiting(INTERACTIVE)) and self._spend(state, now)
