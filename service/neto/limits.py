@@ -307,6 +307,22 @@ class StoreLimits:
         now = self._clock()
         return state.paused_until <= now and now >= self._held_until and self._spend(state, now)
 
+    def take_now(self, store_id: str, lane: str = INTERACTIVE, caller: str = "") -> bool:
+        """`take` without waiting: True when a token was spent, False when the call must
+        queue; 429 while paused or held. Plain, not a coroutine: the call that finds its
+        token (nearly every call) pays for no await."""
+        state, now = self._spendable(store_id)
+        queue = state.queue
+        if lane == INTERACTIVE:
+            granted = (queue is None or not queue.waiting(INTERACTIVE)) and self._spend(state, now)
+        else:
+            granted = not queue and self._spend(state, now, keep=self._reserve(state, now))
+        if granted and (queue is not None or state.tokens < self._share(state, now).capacity / 2):
+            served = state.served if state.served is not None else {}
+            served[caller] = served.get(caller, 0) + 1
+            state.served = served
+        return granted
+
     async def take(
         self,
         store_id: str,
@@ -319,18 +335,11 @@ class StoreLimits:
         """Spend one request of the store's budget, waiting up to `max_wait` seconds for
         it in `lane` (fair among its callers); 429 saying how long to wait when it does
         not come, ClientDisconnect when `disconnected` returns first."""
-        state, now = self._spendable(store_id)
-        queue = state.queue
-        if lane == INTERACTIVE:
-            granted = (queue is None or not queue.waiting(INTERACTIVE)) and self._spend(state, now)
-        else:
-            granted = not queue and self._spend(state, now, keep=self._reserve(state, now))
-        if granted:
-            if queue is not None or state.tokens < self._share(state, now).capacity / 2:
-                served = state.served if state.served is not None else {}
-                served[caller] = served.get(caller, 0) + 1
-                state.served = served
+        if self.take_now(store_id, lane, caller):
             return
+        state = self._state(store_id)
+        now = self._clock()
+        queue = state.queue
         if max_wait <= 0:
             raise self._refusal(state, lane, now)
         if queue is None:

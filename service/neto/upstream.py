@@ -147,10 +147,11 @@ class UpstreamClient:
         store's budget; Neto's answer, or a BrokerError saying why there is none."""
         store_id = creds.store_id
         deadline = asyncio.get_running_loop().time() + self._deadline
-        await self.limits.take(
-            store_id, lane=lane, caller=caller, disconnected=disconnected,
-            max_wait=min(self._queue_seconds, self._deadline / 2),
-        )  # fmt: skip
+        if not self.limits.take_now(store_id, lane, caller):
+            await self.limits.take(
+                store_id, lane=lane, caller=caller, disconnected=disconnected,
+                max_wait=min(self._queue_seconds, self._deadline / 2),
+            )  # fmt: skip
         async with self.limits.slot(store_id):
             # A pause may have begun while this call waited for its slot.
             self.limits.check_paused(store_id)
