@@ -294,12 +294,10 @@ class StoreLimits:
         return state, now
 
     def admit(self, store_id: str) -> None:
-        """Spend one request of the store's budget, or raise 429 saying how long to wait."""
-        state, now = self._spendable(store_id)
-        if not self._spend(state, now):
-            rate = self._share(state, now).rate
-            wait = (1.0 - state.tokens) / rate if rate > 0 else WINDOW_SECONDS
-            raise rate_limited(wait, "This store's request budget is used up; retry later.")
+        """`take` without waiting, in the interactive lane: spend one request of the
+        store's budget, or raise 429 saying how long to wait."""
+        if not self.take_now(store_id):
+            raise self._refusal(self._state(store_id), INTERACTIVE, self._clock())
 
     def try_take(self, store_id: str) -> bool:
         """Spend one request of the budget if there is one and no pause (for retries)."""
@@ -564,7 +562,10 @@ class StoreLimits:
     def _learn(self, state: _StoreState, per_minute: float, since: float) -> None:
         now = self._clock()
         self._refill(state, now)
-        state.learned = Learned(min(per_minute, self.budget), since)
+        # Between the floor and the budget whoever says it (a row holding 0 would never
+        # grow back: 0 times anything stays 0).
+        per_minute = min(max(per_minute, self.budget * FLOOR_FRACTION), self.budget)
+        state.learned = Learned(per_minute, since)
         state.share_at = -math.inf
         state.tokens = min(state.tokens, self._share(state, now).capacity)
 

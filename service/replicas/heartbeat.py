@@ -176,7 +176,10 @@ class Heartbeat:
         keep_for = self._limits.pause_seconds + self._interval * REAP_AFTER_BEATS
         for pause in pauses:
             if pause.age is not None:
-                lasts = pause.seconds + recovery_seconds(pause.per_minute or 0.0, self._budget)
+                # A pause that taught nothing has nothing to grow back (and no log of 0).
+                budget = self._limits.budget
+                learned = pause.per_minute if pause.per_minute else budget
+                lasts = pause.seconds + recovery_seconds(learned, budget)
                 stale = pause.age > lasts + self._interval * REAP_AFTER_BEATS
             else:  # a pause from an older release: by when this replica first saw it
                 seen = self._pauses.get(pause.store_id)
@@ -201,10 +204,6 @@ class Heartbeat:
         )
         self.live = live + 1
         self._limits.set_replicas(self.live)
-
-    @property
-    def _budget(self) -> float:
-        return float(self._limits.budget)
 
     def _apply_pauses(self, pauses: list[Pause], now: float, published: set[str]) -> None:
         current: dict[str, tuple[int, float, float | None]] = {}
