@@ -1,5 +1,6 @@
 """`broker keys rotate` and `broker keys check` on a real database (both backends), over
-every table with sealed columns: installs and webhook signing secrets."""
+every table with sealed columns: installs and webhook signing secrets. Both read the key
+id inside each sealed value, not the `key_id` column a database writer can change."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from typer.testing import CliRunner
 
@@ -187,9 +188,9 @@ async def test_a_row_changed_between_read_and_write_is_left_to_its_writer(db: st
     sessionmaker = create_sessionmaker(engine)
     try:
         table = sealing.ROTATION
-        read = await keys.read_batch(sessionmaker, table, "k1", "", 10)
-        assert [row_id for row_id, _, _ in read] == ["S001", "S002", "S003"]
-        batch = [keys.reseal(keyring, table, *row[:2], "k1", row[2]) for row in read]
+        read = await keys.read_batch(sessionmaker, table, "k2", "", 10)
+        assert [row[0] for row in read] == ["S001", "S002", "S003"]
+        batch = [keys.reseal(keyring, table, *row) for row in read]
         # Between the read and the write: S001 is revoked, S002 reinstalled with a new token.
         await revoke(db, "S001")
         async with sessionmaker() as session, session.begin():
@@ -260,8 +261,8 @@ async def test_a_webhook_removed_or_replaced_during_rotation_is_left_to_its_writ
     sessionmaker = create_sessionmaker(engine)
     table = subscriptions.ROTATION
     try:
-        read = await keys.read_batch(sessionmaker, table, "k1", "", 10)
-        batch = [keys.reseal(keyring, table, *row[:2], "k1", row[2]) for row in read]
+        read = await keys.read_batch(sessionmaker, table, "k2", "", 10)
+        batch = [keys.reseal(keyring, table, *row) for row in read]
         async with sessionmaker() as session, session.begin():
             await subscriptions.remove(session, gone, actor="ops")
         async with sessionmaker() as session, session.begin():
@@ -272,3 +273,72 @@ async def test_a_webhook_removed_or_replaced_during_rotation_is_left_to_its_writ
         assert subscriptions.open_secret(KeyRing.parse(NEW), now[kept]) == kept_secret
     finally:
         await engine.dispose()
+
+
+# -- the key id inside the value, not the `key_id` column -------------------------------
+
+
+async def tamper_key_id(url: str, kid: str) -> None:
+    """A database writer sets every row's `key_id` column, leaving the sealed values."""
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        for table in ("installs", "webhooks"):
+            await conn.execute(text(f"UPDATE {table} SET key_id = :kid"), {"kid": kid})  # noqa: S608
+    await engine.dispose()
+
+
+def test_a_key_id_column_naming_the_new_key_does_not_make_the_old_key_look_removable(
+    db: str,
+) -> None:
+    asyncio.run(seed(db, OLD, ["S001", "S002"]))
+    webhook_id, secret = asyncio.run(seed_webhook(db, OLD))
+    asyncio.run(tamper_key_id(db, "k2"))  # the values are still sealed under k1
+    both = f"{NEW},{OLD}"
+
+    check = run_cli(db, both, "keys", "check")
+    assert check.exit_code == 0, check.output
+    assert "key 'k1' is unused" not in check.output
+    assert (
+        "key 'k1': seals 2 installs, 1 webhook secrets and 0 idempotent answers; still needed"
+    ) in check.output
+    without_old = run_cli(db, NEW, "keys", "check")
+    assert without_old.exit_code == 1, without_old.output
+    assert "2 installs are sealed under key 'k1', which is not configured" in without_old.output
+    assert "1 webhook secrets are sealed under key 'k1'" in without_old.output
+
+    rotate = run_cli(db, both, "keys", "rotate")
+    assert rotate.exit_code == 0, rotate.output
+    assert "rotated 2 installs to key 'k2'" in rotate.output
+    assert "rotated 1 webhook secrets to key 'k2'" in rotate.output
+    new_only = KeyRing.parse(NEW)
+    for sid, install in asyncio.run(rows(db)).items():
+        assert sealed_kids(install) == {"k2"}, sid
+        creds = sealing.open_credentials(new_only, install, "client")
+        assert creds.headers["X_SECRET_KEY"] == f"tok-{sid}"
+    webhook = asyncio.run(rows(db, Webhook, "id"))[webhook_id]
+    assert subscriptions.open_secret(new_only, webhook) == secret
+    ok = run_cli(db, NEW, "keys", "check")
+    assert ok.exit_code == 0 and "keys ok" in ok.output, ok.output
+
+
+def test_rotate_refuses_values_under_a_removed_key_whatever_the_column_says(db: str) -> None:
+    asyncio.run(seed(db, OLD, ["S001"]))
+    asyncio.run(tamper_key_id(db, "k2"))
+    before = asyncio.run(rows(db))["S001"].secret_sealed
+    rotate = run_cli(db, NEW, "keys", "rotate")
+    assert rotate.exit_code == 1, rotate.output
+    assert "1 installs are sealed under key 'k1', which is not configured" in rotate.output
+    assert asyncio.run(rows(db))["S001"].secret_sealed == before, "nothing was touched"
+
+
+def test_a_key_id_column_naming_a_removed_key_is_corrected_not_feared(db: str) -> None:
+    asyncio.run(seed(db, NEW, ["S001"]))
+    asyncio.run(tamper_key_id(db, "k1"))  # the values are under k2, the primary
+    check = run_cli(db, NEW, "keys", "check")
+    assert check.exit_code == 0 and "keys ok" in check.output, check.output
+    rotate = run_cli(db, NEW, "keys", "rotate")
+    assert rotate.exit_code == 0, rotate.output
+    after = asyncio.run(rows(db))["S001"]
+    assert after.key_id == "k2" and sealed_kids(after) == {"k2"}
+    again = run_cli(db, NEW, "keys", "rotate")
+    assert "nothing to rotate" in again.output, again.output
