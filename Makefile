@@ -12,7 +12,7 @@ BASE_IMAGE ?= python:3.11-slim-bookworm
 DOCKER_BUILD ?= DOCKER_BUILDKIT=0 docker build --network host
 UV_VERSION := 0.13.9
 
-.PHONY: run test test-packages demo bench openapi lint install install-test image image-test lock mutants
+.PHONY: run test test-packages demo bench openapi lint install install-test image image-test lock mutants client-wheel
 
 $(BIN)/python:
 	PYTHON=$(PYTHON) scripts/system_packages.sh run
@@ -23,12 +23,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test]'
+$(VENV)/.installed-test: pyproject.toml client/pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]' -e ./client
 	touch $@ $(VENV)/.installed
 
-$(VENV)/.installed-mutants: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test,mutants]'
+$(VENV)/.installed-mutants: pyproject.toml client/pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test,mutants]' -e ./client
 	touch $@ $(VENV)/.installed-test $(VENV)/.installed
 
 install: $(VENV)/.installed
@@ -50,9 +50,10 @@ test-packages:
 
 ## make lint: ruff and mypy
 lint: install-test
-	$(BIN)/ruff check service tests bench scripts alembic
-	$(BIN)/ruff format --check service tests bench scripts alembic
+	$(BIN)/ruff check service tests bench scripts alembic client
+	$(BIN)/ruff format --check service tests bench scripts alembic client
 	$(BIN)/mypy service
+	$(BIN)/mypy --strict client/src
 
 ## make mutants: mutation testing of the security-critical modules on SQLite, two workers,
 ## each mutant running only its module's tests (docs/mutation.md); prints the survivors and
@@ -65,6 +66,11 @@ mutants: $(VENV)/.installed-mutants
 	    > mutants/run.log 2>&1 || { tr '\r' '\n' < mutants/run.log | tail -n 40; exit 1; }; \
 	  echo "mutmut run: $$(( $$(date +%s) - start )) s"
 	$(BIN)/python scripts/mutation_score.py --fail-under 90
+
+## make client-wheel: the typed Python client (client/) as a wheel in dist/
+client-wheel: | $(BIN)/python
+	$(BIN)/python -m pip wheel -q --no-deps --wheel-dir dist ./client
+	@ls dist/neto_broker_client-*.whl
 
 ## make openapi: regenerate openapi/openapi.json from the code (no environment needed)
 openapi: install
