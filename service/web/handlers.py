@@ -1,6 +1,6 @@
 """Every error becomes the contract's envelope: the broker's own errors, FastAPI's
 validation errors, Starlette's 404/405, and database failures (503 when the database is
-unavailable, 500 otherwise, never a stack trace)."""
+unavailable, 422 for text it cannot store, 500 otherwise, never a stack trace)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.db import is_transient, is_unavailable
@@ -25,6 +25,22 @@ from service.errors import (
 from service.web.responses import error_response
 
 log = logging.getLogger("broker")
+
+# PostgreSQL's SQLSTATEs for text it cannot store: 22021 character_not_in_repertoire (a
+# NUL byte, a byte sequence that is not UTF-8), 22P05 untranslatable_character (none in
+# the database's encoding). asyncpg raises them as CharacterNotInRepertoireError and
+# UntranslatableCharacterError; the SQLAlchemy error's `orig` carries the state.
+_UNSTORABLE_TEXT_STATES = frozenset({"22021", "22P05"})
+
+
+def _is_unstorable_text(exc: BaseException) -> bool:
+    """The database refused a text value the caller sent. Every field is checked before
+    it gets there (control characters are refused with their own detail); this is the
+    backstop for a field that is not, so the caller's mistake is a 422, not our 500.
+    SQLite has no such refusal: it stores a NUL as any other character."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    return getattr(exc.orig, "sqlstate", None) in _UNSTORABLE_TEXT_STATES
 
 
 def _validation_detail(exc: RequestValidationError) -> str:
@@ -61,6 +77,20 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(request.scope, mapped)
 
     async def database_error(request: Request, exc: Exception) -> Response:
+        if _is_unstorable_text(exc):
+            # Never the error's text: it holds the value, which may be a secret. The access
+            # log line of the same request id names the route.
+            log.warning(
+                "the database refused a text value of the request",
+                extra={"fields": {"error_type": type(exc).__name__}},
+            )
+            return error_response(
+                request.scope,
+                ValidationFailed(
+                    "A text value holds a character the database cannot store "
+                    "(a NUL byte or a sequence that is not UTF-8)."
+                ),
+            )
         if is_transient(exc) or is_unavailable(exc) or not isinstance(exc, SQLAlchemyError):
             log.warning(
                 "database unavailable",
