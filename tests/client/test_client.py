@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from neto_broker_client import Bundle, Retries
+from neto_broker_client import AsyncBrokerClient, Bundle, Retries
 from neto_broker_client.errors import (
     ActionNotAllowed,
     Forbidden,
@@ -221,3 +221,16 @@ def test_retry_after_is_honoured_within_its_bound():
     first, second = policy.delay(1, None), policy.delay(2, None)
     assert first is not None and 0.05 <= first <= 0.1
     assert second is not None and 0.1 <= second <= 0.2
+
+
+async def test_an_async_token_source_is_awaited_before_every_request(live, token):
+    issued: list[str] = []
+
+    async def fresh_token() -> str:  # e.g. read from a vault with an async client
+        issued.append(token("events:read", sub=f"svc-{len(issued)}"))
+        return issued[-1]
+
+    async with AsyncBrokerClient(live.url, fresh_token) as client:
+        first = await client.events_page()
+        await client.events_page(first.next_cursor)
+    assert len(issued) == 2, "the token was not asked for before each request"

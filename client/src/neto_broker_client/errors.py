@@ -256,15 +256,14 @@ def refusal(response: httpx.Response) -> BrokerError | None:
     code = response.headers.get("x-broker-error")
     if code is None:
         return None
-    message, request_id = "", response.headers.get("x-request-id")
     try:
         body = response.json()
     except ValueError:
         body = None
-    if isinstance(body, dict):
-        message = str(body.get("detail", ""))
-        request_id = str(body.get("request_id") or request_id or "") or None
+    message = str(body.get("detail", "")) if isinstance(body, dict) else ""
     cls = CODES.get(code, BrokerError)
+    # X-Request-ID is on every answer, the same id as the envelope's `request_id`.
+    request_id = response.headers.get("x-request-id")
     return cls(code, message, response.status_code, _retry_after(response), request_id=request_id)
 
 
