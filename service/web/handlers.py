@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.db import is_transient, is_unavailable
@@ -59,7 +60,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        if request.url.path.startswith("/oauth/"):
+        # The route's path, without a `root_path` in front (as routes match it).
+        if get_route_path(request.scope).startswith("/oauth/"):
             return error_response(request.scope, BadRequest(_validation_detail(exc)))
         return error_response(request.scope, ValidationFailed(_validation_detail(exc)))
 

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI
+from starlette._utils import get_route_path
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
@@ -85,7 +86,12 @@ class LeanApp(FastAPI):
 
 class _Switch:
     """A request a lean route matches in full goes the lean way; anything else (other
-    paths, a lean path with another method, the lifespan) goes through FastAPI."""
+    paths, a lean path with another method, the lifespan) goes through FastAPI.
+
+    Paths are compared without the `root_path` the server was given (`uvicorn
+    --root-path`, a proxy mounting the broker under a prefix puts it in front of
+    `path`): the path Starlette's routes match, by Starlette's own function, so a hot
+    request behind a prefix still goes the lean way."""
 
     def __init__(self, routes: list[LeanRoute], lean: ASGIApp, rest: ASGIApp) -> None:
         self.routes = routes
@@ -94,7 +100,7 @@ class _Switch:
         self.rest = rest
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(self.prefixes):
+        if scope["type"] == "http" and get_route_path(scope).startswith(self.prefixes):
             for route in self.routes:
                 match, child_scope = route.matches(scope)
                 if match is Match.FULL:

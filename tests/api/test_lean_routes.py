@@ -193,3 +193,35 @@ async def test_an_error_on_a_lean_route_is_the_handler_the_app_registered(
     assert r.json()["request_id"] == r.headers["x-request-id"]
     assert "internal-secret" not in r.text
     assert r.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_behind_a_root_path_the_hot_routes_are_still_served_lean(app, neto, auth):
+    """A server given a root path (`uvicorn --root-path /broker`, a proxy mounting the
+    broker under a prefix) puts it in front of the path: the hot routes still go the lean
+    way (with FastAPI's router emptied only they can answer), labelled by their template,
+    and a request whose proxy stripped the prefix is served the same."""
+    transport = httpx.ASGITransport(app=app, root_path="/broker")
+    async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as c:
+        await install_store(c, neto, "shop.example.com", store_id=STORE)  # via FastAPI
+        # FastAPI's routes match without the root path too: a validation error on an
+        # OAuth route is its 400, not the 422 of the JSON routes.
+        assert (await c.get("/broker/oauth/install")).status_code == 400
+        routes = app.router.routes
+        app.router.routes = []
+        try:
+            read = auth("credentials:read", stores=[STORE])
+            for path in (f"/broker/credentials/{STORE}", f"/credentials/{STORE}"):
+                r = await c.get(path, headers=read)
+                assert r.status_code == 200, (path, r.text)
+                assert r.json()["store_id"] == STORE
+            call = auth("invoke", stores=[STORE])
+            r = await c.post(f"/broker/invoke/{STORE}/GetItem", headers=call, json={})
+            assert r.status_code == 200 and r.json()["Ack"] == "Success"
+            door = {"NETOAPI_ACTION": "GetItem", **call}
+            assert (await c.post("/broker" + NETO.format(STORE), headers=door)).status_code == 200
+            # The lean checks see the route's path: a bad store id is their 422.
+            r = await c.get(f"/broker/credentials/{BAD_ID}", headers=read)
+            assert r.status_code == 422 and r.headers["x-broker-error"] == "validation_error"
+            assert (await c.get("/broker/healthz")).status_code == 404  # FastAPI's way
+        finally:
+            app.router.routes = routes
