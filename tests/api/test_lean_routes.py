@@ -198,8 +198,8 @@ async def test_an_error_on_a_lean_route_is_the_handler_the_app_registered(
 async def test_behind_a_root_path_the_hot_routes_are_still_served_lean(app, neto, auth):
     """A server given a root path (`uvicorn --root-path /broker`, a proxy mounting the
     broker under a prefix) puts it in front of the path: the hot routes still go the lean
-    way (with FastAPI's router emptied only they can answer), labelled by their template,
-    and a request whose proxy stripped the prefix is served the same."""
+    way (with FastAPI's router emptied only they can answer), and a request whose proxy
+    stripped the prefix is served the same."""
     transport = httpx.ASGITransport(app=app, root_path="/broker")
     async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as c:
         await install_store(c, neto, "shop.example.com", store_id=STORE)  # via FastAPI

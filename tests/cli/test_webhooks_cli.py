@@ -6,39 +6,33 @@ from __future__ import annotations
 import re
 
 from tests.cli.test_installs_list import run_cli
-from tests.fakes.receiver import Receiver, verify_signature
+from tests.fakes.receiver import verify_signature
 from tests.support import register_api_key_store
 
 
-async def test_add_list_remove(database_url, client, auth):
-    receiver = await Receiver().start()
-    try:
-        added = await run_cli(
-            database_url, "webhooks", "add", receiver.url, "--description", "sync"
-        )
-        assert added.exit_code == 0, added.output
-        webhook_id = re.search(r"id: (wh_\S+)", added.output).group(1)  # type: ignore[union-attr]
-        secret = re.search(r"secret: (whsec_\S+)", added.output).group(1)  # type: ignore[union-attr]
+async def test_add_list_remove(database_url, client, auth, receiver):
+    added = await run_cli(database_url, "webhooks", "add", receiver.url, "--description", "sync")
+    assert added.exit_code == 0, added.output
+    webhook_id = re.search(r"id: (wh_\S+)", added.output).group(1)  # type: ignore[union-attr]
+    secret = re.search(r"secret: (whsec_\S+)", added.output).group(1)  # type: ignore[union-attr]
 
-        listed = await run_cli(database_url, "webhooks", "list")
-        assert listed.exit_code == 0 and webhook_id in listed.output and "sync" in listed.output
-        assert secret not in listed.output
-        r = await client.get(f"/webhooks/{webhook_id}", headers=auth("installs:read"))
-        assert r.status_code == 200 and r.json()["created_by"] == "cli"
+    listed = await run_cli(database_url, "webhooks", "list")
+    assert listed.exit_code == 0 and webhook_id in listed.output and "sync" in listed.output
+    assert secret not in listed.output
+    r = await client.get(f"/webhooks/{webhook_id}", headers=auth("installs:read"))
+    assert r.status_code == 200 and r.json()["created_by"] == "cli"
 
-        await register_api_key_store(client, auth("installs:admin"), "C1")
-        [got] = await receiver.wait_for(1)
-        assert verify_signature(secret, got.headers, got.body)
+    await register_api_key_store(client, auth("installs:admin"), "C1")
+    [got] = await receiver.wait_for(1)
+    assert verify_signature(secret, got.headers, got.body)
 
-        assert (await run_cli(database_url, "webhooks", "enable", webhook_id)).exit_code == 0
-        removed = await run_cli(database_url, "webhooks", "remove", webhook_id)
-        assert removed.exit_code == 0, removed.output
-        again = await run_cli(database_url, "webhooks", "remove", webhook_id)
-        assert again.exit_code == 1 and "No such webhook subscription" in again.output
-        r = await client.get(f"/webhooks/{webhook_id}", headers=auth("installs:read"))
-        assert r.status_code == 404
-    finally:
-        await receiver.stop()
+    assert (await run_cli(database_url, "webhooks", "enable", webhook_id)).exit_code == 0
+    removed = await run_cli(database_url, "webhooks", "remove", webhook_id)
+    assert removed.exit_code == 0, removed.output
+    again = await run_cli(database_url, "webhooks", "remove", webhook_id)
+    assert again.exit_code == 1 and "No such webhook subscription" in again.output
+    r = await client.get(f"/webhooks/{webhook_id}", headers=auth("installs:read"))
+    assert r.status_code == 404
 
 
 async def test_add_refuses_a_bad_url(database_url):
