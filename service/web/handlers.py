@@ -34,14 +34,31 @@ log = logging.getLogger("broker")
 _UNSTORABLE_TEXT_STATES = frozenset({"22021", "22P05"})
 
 
+def _is_lone_surrogate(exc: BaseException) -> bool:
+    """A string with half a UTF-16 pair (JSON's "\\ud800" decodes to one) cannot be
+    encoded for any database: the driver refuses it before sending (asyncpg wraps the
+    UnicodeEncodeError in its DataError, SQLite's driver raises it bare). Only a caller's
+    text holds one; the broker never makes one."""
+    return isinstance(exc, UnicodeEncodeError) and exc.reason == "surrogates not allowed"
+
+
 def _is_unstorable_text(exc: BaseException) -> bool:
-    """The database refused a text value the caller sent. Every field is checked before
-    it gets there (control characters are refused with their own detail); this is the
-    backstop for a field that is not, so the caller's mistake is a 422, not our 500.
-    SQLite has no such refusal: it stores a NUL as any other character."""
-    if not isinstance(exc, DBAPIError):
-        return False
-    return getattr(exc.orig, "sqlstate", None) in _UNSTORABLE_TEXT_STATES
+    """The database, or its driver, refused a text value the caller sent. Every field is
+    checked before it gets there (control characters are refused with their own detail);
+    this is the backstop for a field that is not, so the caller's mistake is a 422, not
+    our 500. SQLite has no NUL refusal: it stores a NUL as any other character."""
+    if isinstance(exc, DBAPIError) and (
+        getattr(exc.orig, "sqlstate", None) in _UNSTORABLE_TEXT_STATES
+    ):
+        return True
+    cause: BaseException | None = exc
+    for _ in range(4):  # DBAPIError <- the dialect's error <- asyncpg's <- the encoding's
+        if cause is None:
+            return False
+        if _is_lone_surrogate(cause):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _validation_detail(exc: RequestValidationError) -> str:
@@ -78,21 +95,29 @@ def install_error_handlers(app: FastAPI) -> None:
             mapped = BadRequest(str(exc.detail))
         return error_response(request.scope, mapped)
 
+    def unstorable_text(request: Request, exc: Exception) -> Response:
+        # Never the error's text: it holds the value, which may be a secret. The access
+        # log line of the same request id names the route.
+        log.warning(
+            "the database refused a text value of the request",
+            extra={"fields": {"error_type": type(exc).__name__}},
+        )
+        return error_response(
+            request.scope,
+            ValidationFailed(
+                "A text value holds a character the database cannot store "
+                "(a NUL byte, half a surrogate pair, a sequence that is not UTF-8)."
+            ),
+        )
+
+    async def encoding_error(request: Request, exc: Exception) -> Response:
+        if _is_unstorable_text(exc):
+            return unstorable_text(request, exc)
+        raise exc  # the broker's own mistake: the request middleware's 500, logged there
+
     async def database_error(request: Request, exc: Exception) -> Response:
         if _is_unstorable_text(exc):
-            # Never the error's text: it holds the value, which may be a secret. The access
-            # log line of the same request id names the route.
-            log.warning(
-                "the database refused a text value of the request",
-                extra={"fields": {"error_type": type(exc).__name__}},
-            )
-            return error_response(
-                request.scope,
-                ValidationFailed(
-                    "A text value holds a character the database cannot store "
-                    "(a NUL byte or a sequence that is not UTF-8)."
-                ),
-            )
+            return unstorable_text(request, exc)
         if is_transient(exc) or is_unavailable(exc) or not isinstance(exc, SQLAlchemyError):
             log.warning(
                 "database unavailable",
@@ -107,3 +132,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(SQLAlchemyError, database_error)
     app.add_exception_handler(ConnectionError, database_error)
+    app.add_exception_handler(UnicodeEncodeError, encoding_error)
