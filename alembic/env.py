@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import service.audit.models
 import service.events.models
 import service.idempotency.models
+import service.inbound.models
 import service.installs.models
 import service.jobs.models
 import service.oauth.models

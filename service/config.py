@@ -138,6 +138,15 @@ class Settings(BaseSettings):
     # How often each replica's delivery worker and a waiting feed request look for new
     # events when no notification wakes them (SQLite, or a lost LISTEN connection).
     events_poll_seconds: float = Field(1.0, gt=0, le=30)
+    # Neto's notifications (POST /neto-notify/..., service/inbound/limits.py): the body
+    # cap; requests a minute per client address prefix (Neto sends every store's from a
+    # few addresses); refusals a minute per address prefix and store; accepted
+    # notifications a minute per store, and how many of one store are written at once.
+    notify_max_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
+    notify_address_rate_per_minute: int = Field(6000, ge=1)
+    notify_refusals_per_minute: int = Field(30, ge=1)
+    notify_store_rate_per_minute: int = Field(1200, ge=1)
+    notify_store_in_flight: int = Field(8, ge=1)
 
     db_pool_size: int = Field(10, ge=1)
     db_max_overflow: int = Field(10, ge=0)

@@ -13,6 +13,7 @@ from service.access import bundles, invoke, neto_door
 from service.audit import routes as audit_routes
 from service.config import Settings, load_settings
 from service.events import routes as event_routes
+from service.inbound import routes as inbound_routes
 from service.installs import routes as install_routes
 from service.oauth import routes as oauth_routes
 from service.services import StartupConfig, running
@@ -78,6 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_routes.router,
         audit_routes.router,
         event_routes.router,
+        inbound_routes.router,
+        inbound_routes.admin_router,
         docs.router,
     ):
         app.include_router(router)

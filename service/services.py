@@ -26,6 +26,8 @@ from service.events.outbox import CHANNEL as EVENTS_CHANNEL
 from service.events.signal import EventSignal
 from service.events.worker import DeliveryWorker
 from service.idempotency.store import IdempotencyStore
+from service.inbound.limits import NotifyGate
+from service.inbound.writer import NotifyWriter
 from service.installs.cache import CHANGES_CHANNEL, StoreCache
 from service.installs.service import InstallService
 from service.jobs.loop import LeasedJob
@@ -84,6 +86,8 @@ class Services:
     event_signal: EventSignal  # wakes this replica's waiting `GET /events` requests
     webhooks: DeliveryWorker  # this replica's webhook delivery worker
     idempotency: IdempotencyStore  # writes sent with an Idempotency-Key, and their answers
+    notify_gate: NotifyGate  # bounds on /neto-notify/ per address and per store
+    notify_writer: NotifyWriter  # group commit of accepted notifications and their events
 
 
 @contextlib.asynccontextmanager
@@ -139,12 +143,20 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
             sessionmaker, config.keyring, ttl_hours=settings.idempotency_ttl_hours,
             wait_seconds=settings.upstream_deadline_seconds + settings.store_queue_seconds,
         ),
+        notify_gate=NotifyGate(
+            address_per_minute=settings.notify_address_rate_per_minute,
+            refusals_per_minute=settings.notify_refusals_per_minute,
+            store_per_minute=settings.notify_store_rate_per_minute,
+            store_in_flight=settings.notify_store_in_flight,
+        ),
+        notify_writer=NotifyWriter(sessionmaker),
     )  # fmt: skip
     for wake in (services.event_signal.fire, services.webhooks.wake):
         services.listener.subscribe(EVENTS_CHANNEL, wake)
         services.listener.on_reconnect(wake)
     await services.audit_writer.start()
     services.webhooks.start()
+    services.notify_writer.start()
     await services.listener.start()
     try:
         await store_cache.start(preload=settings.store_cache_preload)
@@ -176,6 +188,7 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
             await services.heartbeat.stop()
         await services.listener.stop()
         await services.webhooks.stop()
+        await services.notify_writer.stop()
         await store_cache.stop()
         await services.audit_writer.stop()
         await services.http.aclose()

@@ -191,6 +191,8 @@ async def truncate(url: str) -> None:
             "webhooks",
             "events",
             "idempotency_keys",
+            "neto_notify_tokens",
+            "neto_notifications",
         )
         for table in tables:
             await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608

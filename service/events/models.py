@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Column, Index, Integer, String, Text, false, text
 from sqlmodel import Field, SQLModel
 
 from service.db import BIGINT, UTCDateTime, growing_id, utcnow
@@ -17,6 +17,10 @@ EVENT_TYPES = (
     "install.reauth_required",
     "install.reactivated",
     "install.revoked",
+    # Neto's own notifications for a store (service/inbound/): an order's change, and any
+    # other kind Neto sends, kept under its name.
+    "neto.order.updated",
+    "neto.notification",
 )
 
 
@@ -48,6 +52,14 @@ class Webhook(SQLModel, table=True):
     url: str = Field(sa_column=Column(String(2048), nullable=False))
     # Empty: every event type.
     event_types: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # Empty: every store's events (and those of no store).
+    stores: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False, server_default=text("'[]'"))
+    )
+    # Neto notifications carry the body Neto sent (`data.raw`) to this subscription only.
+    include_raw: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
     description: str | None = Field(default=None, sa_column=Column(String(256)))
     secret_sealed: str = Field(sa_column=Column(Text, nullable=False))
     # The secret a rotation replaced, sealed under the same key as `secret_sealed`:

@@ -17,8 +17,11 @@ subscription keeps what it missed for its replay.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.events import deliveries
@@ -35,43 +38,76 @@ def new_event_id() -> str:
     return "evt_" + secrets.token_urlsafe(16)
 
 
-def wants(webhook: Webhook, event_type: str) -> bool:
-    return not webhook.event_types or event_type in webhook.event_types
+def wants(webhook: Webhook, event_type: str, store_id: str = "") -> bool:
+    """The subscription takes this event: its type (none listed: every type) and its
+    store (none listed: every store's, and those of no store)."""
+    if webhook.event_types and event_type not in webhook.event_types:
+        return False
+    return not webhook.stores or store_id in webhook.stores
 
 
-async def emit(session: AsyncSession, event_type: str, install: Install, actor: str) -> Event:
+async def emit(session: AsyncSession, event_type: str, install: Install, actor: str) -> NewEvent:
     """Append the event for `install`'s change and owe it to the subscriptions. `data`
     carries no secret, user or address: only the store's name, method, status and who."""
-    if event_type not in EVENT_TYPES:
-        raise ValueError(f"unknown event type {event_type}")
+    data = {
+        "store_id": install.store_id,
+        "store_domain": install.store_domain,
+        "auth_method": install.auth_method,
+        "status": install.status,
+        "actor": actor,
+    }
+    event = NewEvent(event_type, install.store_id, data)
+    await append(session, [event])
+    return event
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append. `raw` (a Neto notification's body) is kept with the event only
+    when a subscription asks for it (`include_raw`); nothing else ever shows it."""
+
+    type: str
+    store_id: str
+    data: dict[str, Any]
+    raw: str | None = None
+    event_id: str = field(default_factory=new_event_id)
+
+
+async def append(session: AsyncSession, events: Sequence[NewEvent]) -> None:
+    """Append `events` in this order and owe each to every subscription that wants it:
+    one statement for the events and one for what is owed, however many (a batch of
+    notifications takes the append lock once)."""
+    if not events:
+        return
+    for new in events:
+        if new.type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {new.type}")
     if session.get_bind().dialect.name == "postgresql":
         await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK})
     # The deliveries are due now by the database's clock, which the worker compares with:
     # a replica whose clock runs ahead would otherwise hold them back by its skew.
     now = await deliveries.database_now(session)
-    event = Event(
-        event_id=new_event_id(),
-        type=event_type,
-        store_id=install.store_id,
-        occurred_at=now,
-        data={
-            "store_id": install.store_id,
-            "store_domain": install.store_domain,
-            "auth_method": install.auth_method,
-            "status": install.status,
-            "actor": actor,
-        },
-    )
-    session.add(event)
-    await session.flush()  # the seq is taken now, under the lock
-    assert event.seq is not None
-    for webhook in (await session.execute(select(Webhook))).scalars():
-        if wants(webhook, event_type):
-            session.add(
-                WebhookDelivery(
-                    webhook_id=webhook.id, seq=event.seq, store_id=install.store_id,
-                    state="pending", next_attempt_at=now,
-                )
-            )  # fmt: skip
-    await notify(session, CHANNEL, str(event.seq))
-    return event
+    hooks = list((await session.execute(select(Webhook))).scalars())
+    rows = []
+    for new in events:
+        raw = new.raw is not None and any(
+            w.include_raw for w in hooks if wants(w, new.type, new.store_id)
+        )
+        rows.append({"event_id": new.event_id, "type": new.type, "store_id": new.store_id,
+                     "occurred_at": now,
+                     "data": {**new.data, "raw": new.raw} if raw else new.data})  # fmt: skip
+    # The seqs are taken now, under the lock, in the rows' order.
+    taken = await session.execute(
+        insert(Event).returning(Event.__table__.c.seq, Event.__table__.c.event_id,  # type: ignore[attr-defined]
+                                sort_by_parameter_order=True),
+        rows,
+    )  # fmt: skip
+    seqs = {event_id: seq for seq, event_id in taken.all()}
+    owed = [
+        {"webhook_id": w.id, "seq": seqs[new.event_id], "store_id": new.store_id,
+         "state": "pending", "attempts": 0, "next_attempt_at": now}
+        for new in events for w in hooks if wants(w, new.type, new.store_id)
+    ]  # fmt: skip
+    if owed:
+        await session.execute(insert(WebhookDelivery), owed)
+    await notify(session, CHANNEL, str(max(seqs.values())))

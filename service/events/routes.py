@@ -105,6 +105,7 @@ async def create_webhook(
     webhook, secret = await subscriptions.create(
         session, services(request).keyring, url=body.url, event_types=list(body.event_types),
         description=body.description, actor=caller.sub, request_id=request_id(request),
+        stores=list(body.stores), include_raw=body.include_raw,
     )  # fmt: skip
     return WebhookCreated(**_out(webhook).model_dump(), secret=secret)
 

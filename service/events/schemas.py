@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.neto.credentials import STORE_ID_MAX_LENGTH, STORE_ID_PATTERN
 from service.web.api import PLAIN_TEXT
 
 EventTypeName = Literal[
@@ -15,6 +16,8 @@ EventTypeName = Literal[
     "install.reauth_required",
     "install.reactivated",
     "install.revoked",
+    "neto.order.updated",
+    "neto.notification",
 ]
 
 _EVENT_EXAMPLE: dict[str, Any] = {
@@ -58,6 +61,19 @@ class WebhookIn(BaseModel):
         default_factory=list, max_length=16, description="Empty or absent: every event type."
     )
     description: str | None = Field(default=None, max_length=256, pattern=PLAIN_TEXT)
+    stores: list[
+        Annotated[str, Field(min_length=1, max_length=STORE_ID_MAX_LENGTH,
+                             pattern=STORE_ID_PATTERN)]
+    ] = Field(
+        default_factory=list, max_length=100,
+        description="Only these stores' events. Empty or absent: every store's (and the "
+        "events of no store).",
+    )  # fmt: skip
+    include_raw: bool = Field(
+        default=False,
+        description="Neto notifications (`neto.*`) carry the body Neto sent, as text, in "
+        "`data.raw`. Off: only the normalised fields.",
+    )
 
 
 _WEBHOOK_EXAMPLE: dict[str, Any] = {
@@ -90,6 +106,8 @@ class WebhookOut(BaseModel):
         "often take a token); `?…` marks that it had one."
     )
     event_types: list[str]
+    stores: list[str] = Field(default_factory=list, description="Empty: every store's events.")
+    include_raw: bool = False
     description: str | None = None
     status: Literal["active", "failing"] = Field(
         description="`failing`: deliveries failed for the whole retry window; they wait "

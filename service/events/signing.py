@@ -30,15 +30,29 @@ def new_secret() -> str:
 # a row's JSON is shown or signed: whoever can write to the events table must not be able
 # to get other fields (a link, a token) delivered under the broker's signature.
 DATA_FIELDS = ("store_id", "store_domain", "auth_method", "status", "actor")
+# A Neto notification's (service/inbound/normalise.py writes these): Neto's name of the
+# kind, its EventID and CurrentTime (store-local, as Neto wrote it), the entity's status
+# (an order's), and its ids as a list.
+NETO_DATA_FIELDS = ("store_id", "neto_type", "neto_event_id", "neto_time", "status")
+NETO_PREFIX = "neto."
 
 
-def event_json(event: Event) -> dict[str, Any]:
+def event_json(event: Event, *, raw: bool = False) -> dict[str, Any]:
     """The public shape of an event (the feed's items and a webhook's body), built from the
     known fields only: text values, and the store id of the row (the one the feed filters
-    by), not whatever the JSON says."""
+    by), not whatever the JSON says. `raw`: a Neto notification's body as Neto sent it,
+    for a subscription that asked for it (when the event kept one)."""
     stored = event.data if isinstance(event.data, dict) else {}
-    data = {name: _text(stored.get(name)) for name in DATA_FIELDS}
+    neto = event.type.startswith(NETO_PREFIX)
+    data: dict[str, Any] = {
+        name: _text(stored.get(name)) for name in (NETO_DATA_FIELDS if neto else DATA_FIELDS)
+    }
     data["store_id"] = event.store_id
+    if neto:
+        ids = stored.get("entity_ids")
+        data["entity_ids"] = [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
+        if raw and isinstance(stored.get("raw"), str):
+            data["raw"] = stored["raw"]
     return {
         "id": event.event_id,
         "type": event.type,
@@ -51,8 +65,8 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def body_of(event: Event) -> bytes:
-    return json.dumps(event_json(event), separators=(",", ":"), ensure_ascii=True).encode()
+def body_of(event: Event, *, raw: bool = False) -> bytes:
+    return json.dumps(event_json(event, raw=raw), separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def signed_headers(

@@ -97,14 +97,18 @@ async def create(
     description: str | None,
     actor: str,
     request_id: str | None = None,
+    stores: list[str] | None = None,
+    include_raw: bool = False,
 ) -> tuple[Webhook, str]:
     """The new subscription and its secret in clear (returned this once, never stored),
-    audited as `webhook.created`."""
+    audited as `webhook.created`. `stores`: only those stores' events (none: every
+    store's); `include_raw`: Neto notifications carry the body Neto sent."""
     webhook_id = "wh_" + secrets.token_urlsafe(12)
     secret = new_secret()
     webhook = Webhook(
         id=webhook_id, url=check_url(url), event_types=check_types(event_types),
-        description=description, secret_sealed=keyring.seal(secret.encode(), _ctx(webhook_id)),
+        description=description, stores=sorted(set(stores or [])), include_raw=include_raw,
+        secret_sealed=keyring.seal(secret.encode(), _ctx(webhook_id)),
         key_id=keyring.primary, status="active", created_at=utcnow(), created_by=actor,
     )  # fmt: skip
     session.add(webhook)

@@ -172,7 +172,7 @@ class DeliveryWorker:
                 "a webhook secret cannot be opened", extra={"fields": {"webhook_id": webhook.id}}
             )
             return Outcome(None, 0, "signing secret unreadable")
-        body = body_of(event)
+        body = body_of(event, raw=webhook.include_raw)
         headers = signed_headers(secret, event.event_id, body, at, also=previous)
         listed = subscriptions.allow_listed(webhook.url, self._settings.webhook_hosts)
         session = self._private if self._private and listed else self._session

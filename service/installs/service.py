@@ -23,6 +23,7 @@ from service.audit.writer import record
 from service.db import run_transaction, utcnow
 from service.errors import BrokerError, ServiceUnavailable, StoreRevoked
 from service.events.outbox import emit
+from service.inbound import tokens as notify_tokens
 from service.installs import repository
 from service.installs.cache import CHANGES_CHANNEL, StoreCache
 from service.installs.models import AuthMethod, Install, InstallStatus
@@ -161,6 +162,7 @@ class InstallService:
                 install = await repository.revoke(
                     session, store_id, keep_profile=self._profile_days > 0
                 )
+                await notify_tokens.kill(session, store_id)  # its notification URL too
                 if with_trail:
                     record(session, "install.revoked", actor=actor, store_id=store_id,
                            request_id=request_id)  # fmt: skip

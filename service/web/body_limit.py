@@ -5,7 +5,8 @@ The body is read here, at most BROKER_MAX_JSON_BYTES of it (a declared Content-L
 over the cap is refused without reading), then handed on unchanged. A body that is not
 `application/json` (or `application/*+json`) is refused with 415 before FastAPI tries to
 make sense of it. `/invoke/` and `/neto/` are left alone: they stream larger bodies (XML
-too, on `/neto/`) under BROKER_MAX_REQUEST_BYTES.
+too, on `/neto/`) under BROKER_MAX_REQUEST_BYTES; `/neto-notify/` takes Neto's XML under
+BROKER_NOTIFY_MAX_BYTES (service/inbound/routes.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from service.errors import BadRequest, BrokerError, PayloadTooLarge, Unsupported
 from service.web.responses import error_response
 
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-EXEMPT_PREFIXES = ("/invoke/", "/neto/")
+EXEMPT_PREFIXES = ("/invoke/", "/neto/", "/neto-notify/")
 
 
 def is_json(content_type: str | None) -> bool:

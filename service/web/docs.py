@@ -51,6 +51,11 @@ TAGS = [
     {"name": "audit", "description": "Operators: who did what to which store."},
     {"name": "events", "description": "Internal services: install changes, in commit order."},
     {"name": "webhooks", "description": "Operators: push install changes to internal services."},
+    {
+        "name": "notifications",
+        "description": "Neto: each store's own notifications, received once and fanned out as "
+        "events (`/events`, webhooks).",
+    },
     {"name": "oauth", "description": "Merchants' browsers: the Neto OAuth install flow."},
     {"name": "health", "description": "Probes and Prometheus metrics."},
 ]

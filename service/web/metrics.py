@@ -132,3 +132,16 @@ ID_HEADROOM = Gauge(
     multiprocess_mode="mostrecent",
 )
 PRUNED = Counter("broker_retention_pruned_total", "Rows removed by retention", ["table"])
+# Neto's notifications (service/inbound/): `type` is one of the broker's event types (an
+# unknown Neto kind is `neto.notification`), `reason` a fixed name; never a store id.
+NOTIFICATIONS = Counter(
+    "broker_neto_notifications_total",
+    "Neto notifications taken in, by event type and outcome (accepted, duplicate)",
+    ["type", "outcome"],
+)
+NOTIFICATIONS_REFUSED = Counter(
+    "broker_neto_notifications_refused_total",
+    "Neto notifications refused, by reason (unauthorized, revoked, invalid, too_large, "
+    "rate_limited)",
+    ["reason"],
+)

@@ -24,7 +24,11 @@ CONTRACT_ROUTES = {
     ("get", "/readyz"),
     ("get", "/metrics"),
 }
-PUBLIC = {"/oauth/install", "/oauth/callback", "/healthz", "/readyz", "/metrics"}
+PUBLIC = {
+    "/oauth/install", "/oauth/callback", "/healthz", "/readyz", "/metrics",
+    # Neto posts without a caller token: the store's URL token is the credential.
+    "/neto-notify/{store_id}/{token}", "/neto-notify/{store_id}",
+}  # fmt: skip
 
 
 def operations(schema):

@@ -52,7 +52,7 @@ async def test_every_table_is_created_with_its_indexes(database_url):
 TABLES = {
     "installs", "install_usage", "pending_installs", "audit_events", "leases",
     "broker_replicas", "store_pauses", "events", "webhooks", "webhook_deliveries",
-    "webhook_attempts", "idempotency_keys",
+    "webhook_attempts", "idempotency_keys", "neto_notify_tokens", "neto_notifications",
 }  # fmt: skip
 
 
