@@ -155,7 +155,7 @@ async def run(database_url: str) -> NotifyResult:
     receiver_port = free_port()
     await web.TCPSite(runner, "127.0.0.1", receiver_port).start()
 
-    reset_database(database_url)
+    await asyncio.to_thread(reset_database, database_url)  # it runs its own loop
     await seed(database_url, 0, STORES)
     paths = await prepare(database_url, f"http://127.0.0.1:{receiver_port}/hook")
     port = free_port()

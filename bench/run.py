@@ -397,6 +397,9 @@ def main() -> int:
     from bench import adaptive
 
     adapted = adaptive.main()
+    from bench import notify  # Neto's notifications: a burst of 1,000 for 100 stores
+
+    results["notify"] = notify.main(database_url)
     m = {k: best(v) for k, v in rounds.items()}
     small_r, large_r, slow_r = best(small), best(large), best(slow)
     limit = SLOW_CONNECTIONS / SLOW_DELAY
