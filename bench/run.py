@@ -194,6 +194,31 @@ end
     )
 
 
+def hot_read_script(token: str) -> Path:
+    """Every caller reads the same item of the same store: the reads coalesce."""
+    return lua(
+        "hot_read",
+        f"""
+local headers = {{["Authorization"] = "Bearer {token}", ["Content-Type"] = "application/json"}}
+local body = '{{"Filter": {{"SKU": ["HOT-1"], "OutputSelector": ["AvailableSellQuantity"]}}}}'
+request = function()
+  return wrk.format("POST", "/invoke/S000001/GetItem", headers, body)
+end
+""",
+    )
+
+
+def metric_total(port: int, name: str) -> float:
+    """The sum of a metric's series on the broker's /metrics."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    pattern = rb"^" + re.escape(name.encode()) + rb"(?:\{[^}]*\})? (\S+)$"
+    return sum(float(v) for v in re.findall(pattern, data, re.M))
+
+
 def neto_door_script(token: str, installs: int) -> Path:
     """The same GetItem as `invoke_script`, sent as a Neto client sends it."""
     return lua(
@@ -237,8 +262,8 @@ def _ms(text: str) -> float:
 def wrk(name: str, port: int, script: Path, path: str = "/", connections: int = CONNECTIONS,
         duration: int = DURATION) -> Result:  # fmt: skip
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s",
-         "-s", str(script), f"http://127.0.0.1:{port}{path}"],
+        ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", "--latency",
+         "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -374,6 +399,8 @@ def main() -> int:
                 rounds["invoke"].append(wrk("invoke", ports["broker"], inv))
                 rounds["neto_door"].append(wrk("neto_door", ports["broker"], door))
             large = rounds["credentials"]
+            # One connection at a time, nothing else running: what a lone caller waits.
+            idle = [wrk("invoke_idle", ports["broker"], inv, connections=1) for _ in range(ROUNDS)]
             peak = peak_rss_mb(broker.pid)
 
     # The slow-upstream case: 200 ms upstream, 256 concurrent callers through /invoke.
@@ -390,6 +417,13 @@ def main() -> int:
         wrk("warmup", ports["broker_slow"], inv, connections=SLOW_CONNECTIONS, duration=3)
         slow = [wrk("invoke_slow", ports["broker_slow"], inv, connections=SLOW_CONNECTIONS)
                 for _ in range(ROUNDS)]  # fmt: skip
+        # 64 callers reading one hot item of one store through a 200 ms Neto: identical
+        # reads in flight share a call (neto/flights.py). Share = Neto calls per answer.
+        hot_script = hot_read_script(token)
+        sent_before = metric_total(ports["broker_slow"], "broker_upstream_requests_total")
+        hot = wrk("invoke_hot", ports["broker_slow"], hot_script, connections=64)
+        sent = metric_total(ports["broker_slow"], "broker_upstream_requests_total") - sent_before
+        hot_share = sent / hot.requests if hot.requests else float("nan")
         peak = max(peak, peak_rss_mb(slow_broker.pid))
 
     # The adaptive store budget against stores that leave less than the budget (a
@@ -401,7 +435,7 @@ def main() -> int:
 
     results["notify"] = notify.main(database_url)
     m = {k: best(v) for k, v in rounds.items()}
-    small_r, large_r, slow_r = best(small), best(large), best(slow)
+    small_r, large_r, slow_r, idle_r = best(small), best(large), best(slow), best(idle)
     limit = SLOW_CONNECTIONS / SLOW_DELAY
     figures = {
         "credentials_vs_ceiling": m["credentials"].rps / m["ceiling"].rps,
@@ -411,6 +445,8 @@ def main() -> int:
         "slow_upstream_vs_littles_law": slow_r.rps / limit,
         "p50_100k_vs_1k": large_r.p50_ms / small_r.p50_ms if small_r.p50_ms else float("nan"),
         "peak_rss_mb": peak,
+        "invoke_idle_p99_ms": idle_r.p99_ms,
+        "hot_read_upstream_share": hot_share,
         "adaptive_429s_per_5min": float(max(a.further_429s for a in adapted)),
         "adaptive_goodput_share": min(a.goodput for a in adapted),
     }
@@ -422,11 +458,13 @@ def main() -> int:
         "slow_upstream_vs_littles_law": (">=", 0.9),
         "p50_100k_vs_1k": ("<=", 1.10),
         "peak_rss_mb": ("<=", 200.0),
+        "invoke_idle_p99_ms": ("<=", 5.0),
+        "hot_read_upstream_share": ("<=", 0.1),
         "adaptive_429s_per_5min": ("<=", 1.0),
         "adaptive_goodput_share": (">=", 0.7),
     }
-    errors = sum(r.errors for r in (*m.values(), small_r, large_r, slow_r))
-    all_results = [*m.values(), small_r, slow_r]
+    errors = sum(r.errors for r in (*m.values(), small_r, large_r, slow_r, idle_r, hot))
+    all_results = [*m.values(), small_r, slow_r, idle_r, hot]
     print()
     print(
         f"{'measurement':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'requests':>10}{'errors':>8}"
@@ -481,13 +519,7 @@ def wait_cache_warm(port: int, expected: int, timeout: float = 180) -> float:
     # entries and reload them, so the count itself need not hold still).
     last, stable_since = -1.0, time.monotonic()
     while time.monotonic() - started < timeout:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        m = re.search(rb"^broker_store_cache_entries (\S+)", data, re.M)
-        entries = float(m.group(1)) if m else 0.0
+        entries = metric_total(port, "broker_store_cache_entries")
         if entries >= expected:
             break
         if entries > last:

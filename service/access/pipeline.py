@@ -29,7 +29,7 @@ from service.idempotency import store as idempotency
 from service.installs.models import InstallStatus
 from service.neto.actions import ALL_ACTIONS, is_write
 from service.neto.credentials import StoreCredentials
-from service.neto.upstream import JSON_MEDIA, UpstreamResponse
+from service.neto.upstream import JSON_MEDIA, StoreChanged, UpstreamResponse
 from service.security.callers import Caller
 from service.services import services
 from service.web.body_limit import read_capped
@@ -73,6 +73,37 @@ def capped_body(request: Request) -> Callable[[], Awaitable[bytes]]:
     return read
 
 
+class StoreFence:
+    """The revoke fence of one call (neto/upstream.Fence): if this replica saw the store
+    change since the call read it (a revoke, a reinstall), it is read again, so a revoked
+    store is never called after its revoke answered here (410), and a reinstalled one is
+    called with its new token. Checked before each attempt and at the hand-off."""
+
+    __slots__ = ("_cache", "_request", "_seen", "_store_id", "creds")
+
+    def __init__(self, request: Request, store_id: str) -> None:
+        self._request = request
+        self._store_id = store_id
+        self._cache = services(request).store_cache
+        self._seen = -1
+        self.creds: StoreCredentials | None = None
+
+    async def read(self) -> StoreCredentials:
+        # The version is read before the credentials, so a change during the read counts;
+        # and again until it holds still across a read: a read that overlapped a change
+        # may have seen the row from before it.
+        while self.creds is None or self._cache.version(self._store_id) != self._seen:
+            self._seen = self._cache.version(self._store_id)
+            self.creds = await usable_store(self._request, self._store_id)
+        return self.creds
+
+    __call__ = read  # before each attempt
+
+    def check(self) -> None:
+        if self._cache.version(self._store_id) != self._seen:
+            raise StoreChanged()
+
+
 async def forward(
     request: Request,
     caller: Caller,
@@ -84,23 +115,10 @@ async def forward(
     """Send the caller's body to the store's API (`check_action` has passed) and return
     Neto's answer, or raise the broker's error that says why there is none."""
     app = services(request)
-    cache = app.store_cache
-    seen = cache.version(store_id)  # read before the credentials: a change during counts
-    creds = await usable_store(request, store_id)
+    fence = StoreFence(request, store_id)
+    creds = await fence.read()
     body = await read_body()
     rid = request_id(request)
-
-    async def fence() -> StoreCredentials:
-        # Before each attempt: if this replica saw the store change since it was read (a
-        # revoke, a reinstall), read it again, so a revoked store is never called after
-        # its revoke answered here (410), and a reinstalled one is called with its new token.
-        # Until the version holds still across a read: a read that overlapped a change
-        # may have seen the row from before it.
-        nonlocal creds, seen
-        while cache.version(store_id) != seen:
-            seen = cache.version(store_id)
-            creds = await usable_store(request, store_id)
-        return creds
 
     async def disconnected() -> None:
         # The body is read: what the server says next is that the caller went away.
@@ -117,11 +135,20 @@ async def forward(
         if isinstance(begun, UpstreamResponse):  # a first try's answer
             return begun
         ticket = begun
-    try:
-        answer = await app.upstream.call(
+
+    def send() -> Awaitable[UpstreamResponse]:
+        return app.upstream.call(
             creds, action, body, request_id=rid, fence=fence, media=media,
             lane=caller.priority, caller=caller.sub, disconnected=disconnected,
         )  # fmt: skip
+
+    try:
+        if is_write(action):
+            answer = await send()
+        else:  # an identical read already out answers this one too (neto/flights.py)
+            # In its own lane: an interactive call never waits behind a queued batch one.
+            same = (store_id, caller.priority, action, body, *media.items())
+            answer = await app.upstream.reads.share(same, creds, send)
     except BaseException as exc:
         if ticket is not None:
             if _maybe_sent(exc):

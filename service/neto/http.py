@@ -1,18 +1,51 @@
 """The one shared HTTP client every upstream call rides on: no redirects, no proxies, no
-cookies, and the egress rules checked socket by socket (`service/security/egress.py`)."""
+cookies, the egress rules checked socket by socket (`service/security/egress.py`), and a
+last check of the calling task's own at the hand-off (`HANDOFF`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import aiohttp
 import httpx
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 from httpx_aiohttp import AiohttpTransport
 
 from service.config import Settings
 from service.security.egress import socket_factory
 
 USER_AGENT = "neto-token-broker"
+
+# Set by the calling task around a request (neto/upstream.py): run once the request has
+# its connection, the last moment before its bytes go out, and raising stops it there.
+# A connection can take a while to get (a new one is a TCP connect): whatever changed
+# meanwhile (a store revoked) is seen here, not only before the wait (issue 25, item 4).
+HANDOFF: ContextVar[Callable[[], None] | None] = ContextVar("handoff", default=None)
+
+
+class HandOffConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, with the calling task's `HANDOFF` check run on the connection
+    it hands over: from the pool or new, nothing has been written on it yet. No await
+    lies between this and the request's write (aiohttp's `ClientRequest.send`)."""
+
+    async def connect(
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's signature)
+    ) -> Connection:
+        conn = await super().connect(req, traces, timeout)
+        check = HANDOFF.get()
+        if check is not None:
+            try:
+                check()
+            except BaseException:
+                conn.release()  # unused: back to the pool for the next request
+                raise
+        return conn
 
 
 def create_session(
@@ -21,7 +54,7 @@ def create_session(
     """The one shared aiohttp session every upstream call rides on. Call inside the
     running event loop (lifespan). `allow_private=True` builds the webhook session for
     allow-listed receivers, which may sit on private addresses."""
-    connector = aiohttp.TCPConnector(
+    connector = HandOffConnector(
         limit=0,  # per-store limits are enforced by the broker itself
         limit_per_host=0,
         ttl_dns_cache=60,

@@ -24,7 +24,8 @@ What it guarantees:
 * Redirects are never followed: a 3xx becomes 502 `upstream_unreachable`, naming it.
 * An upstream 429 pauses the store (see `limits.py`) and answers 429 `rate_limited`.
 * With a `fence`, the store's credentials are re-checked right before every attempt (after
-  any wait for a slot or a backoff), so a store revoked meanwhile is not called again.
+  any wait for a slot or a backoff), and once more when the request has its connection
+  (`http.HANDOFF`), so a store revoked meanwhile is not called again.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 import yarl
@@ -46,6 +48,8 @@ from service.errors import (
 )
 from service.neto.actions import is_write
 from service.neto.credentials import StoreCredentials
+from service.neto.flights import Flights
+from service.neto.http import HANDOFF
 from service.neto.limits import StoreLimits, rate_limited
 from service.neto.memory import ByteBudget, Reservation
 from service.neto.queue import INTERACTIVE
@@ -61,8 +65,22 @@ BACKOFF_BASE_SECONDS = 0.1
 BACKOFF_CAP_SECONDS = 2.0
 
 
-# Returns the store's credentials as they are now, or raises why it may not be called.
-Fence = Callable[[], Awaitable[StoreCredentials]]
+class StoreChanged(Exception):
+    """The store changed (a revoke, a reinstall) since its fence last read it: raised at
+    the hand-off, before anything is sent; the fence reads the store again."""
+
+
+class Fence(Protocol):
+    """The store's credentials as a call may use them, checked at two moments."""
+
+    async def __call__(self) -> StoreCredentials:
+        """Before each attempt: the credentials as they are now, or raises why the store
+        may not be called."""
+
+    def check(self) -> None:
+        """At the hand-off to the socket: StoreChanged if the store changed since the
+        last call; cheap (no I/O), since nothing may wait there."""
+
 
 # The media headers of a call: what the body is and what answer is wanted. Only
 # `Content-Type` and `Accept` belong here; the store's auth headers always win.
@@ -123,6 +141,8 @@ class UpstreamClient:
         self._queue_seconds = settings.store_queue_seconds
         # Bytes of answers being read, across the replica (neto/memory.py).
         self.buffer = ByteBudget(settings.upstream_buffer_bytes)
+        # Identical reads in flight share one call (neto/flights.py; pipeline.forward).
+        self.reads: Flights[UpstreamResponse] = Flights()
         self.limits = StoreLimits(
             max_in_flight=settings.store_max_in_flight,
             rate_per_minute=settings.store_rate_per_minute,
@@ -184,6 +204,7 @@ class UpstreamClient:
         last: UpstreamResponse | None = None
         attempt = 0
         maybe_sent = False
+        handoff = HANDOFF.set(fence.check) if fence is not None else None
         try:
             async with asyncio.timeout_at(deadline):
                 while True:
@@ -196,6 +217,11 @@ class UpstreamClient:
                             url = yarl.URL(self._api_urls.url_for(creds.store_domain), encoded=True)
                     try:
                         last = await self._attempt(url, headers, body)
+                    except StoreChanged:
+                        # Changed while the connection was being got: nothing was sent,
+                        # so no attempt spent; the fence reads the store again.
+                        attempt -= 1
+                        continue
                     except (aiohttp.ClientError, OSError) as exc:
                         last = None
                         unsent = nothing_sent(exc)
@@ -216,6 +242,9 @@ class UpstreamClient:
         except TimeoutError:
             metrics.count_upstream(action, "timeout")
             raise UpstreamTimeout() from None
+        finally:
+            if handoff is not None:
+                HANDOFF.reset(handoff)
         if last is not None:  # a read that kept failing with 5xx: Neto's last answer
             return last
         unreachable = UpstreamUnreachable()

@@ -42,6 +42,12 @@ RATE_LIMIT_PAUSES = Counter(
     "Stores paused after Neto answered 429 or budget ran out",
     ["reason"],
 )
+# Reads that joined an identical read already in flight to Neto (neto/flights.py): each one
+# is an upstream call, and a request of the merchant's shared budget, saved.
+COALESCED_READS = Counter(
+    "broker_coalesced_reads_total",
+    "Read calls answered by an identical read already in flight (upstream calls saved)",
+)
 # Read from the database on every scrape (not counted in memory), so every replica and
 # worker reports the same truth; "mostrecent" picks the scraping worker's fresh reading.
 INSTALLS = Gauge(

@@ -7,6 +7,7 @@ token every 1.1 s."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import httpx
@@ -17,11 +18,15 @@ from tests.support import LiveBroker, assert_error
 
 BUDGET = {"store_rate_per_minute": 60, "store_max_in_flight": 64, "replica_heartbeat_seconds": 0}
 BURST = 6
+SERIAL = itertools.count()
 
 
 async def invoke(client: httpx.AsyncClient, headers: dict[str, str]) -> tuple[int, float]:
     started = time.monotonic()
-    r = await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=headers)
+    # Each call reads its own SKU: identical reads in flight would share one upstream call
+    # (neto/flights.py) and one token, and these tests are about calls that each spend one.
+    read = {"Filter": {"SKU": [f"sku-{next(SERIAL)}"]}}
+    r = await client.post(f"/invoke/{STORE}/GetItem", json=read, headers=headers)
     return r.status_code, time.monotonic() - started
 
 

@@ -14,6 +14,7 @@ well over the limit (docs/performance.md has the figures)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -96,10 +97,15 @@ def broker(
         asyncio.run(truncate(database_url))
 
 
+SERIAL = itertools.count()
+
+
 async def huge_call(http: httpx.AsyncClient, url: str, store: str, headers: Any) -> Any:
     """One call for a huge answer, read as it comes and dropped: (status, headers, size,
     the body if it is an error)."""
-    async with http.stream("POST", f"{url}/invoke/{store}/GetItem", json={},
+    # Its own SKU: identical reads in flight would share one answer (neto/flights.py).
+    read = {"Filter": {"SKU": [f"sku-{next(SERIAL)}"]}}
+    async with http.stream("POST", f"{url}/invoke/{store}/GetItem", json=read,
                            headers=headers) as r:  # fmt: skip
         size, first = 0, b""
         async for chunk in r.aiter_raw():

@@ -7,6 +7,7 @@ deployment."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 import time
@@ -51,13 +52,18 @@ def pg_env(neto_server: FakeNetoServer, tmp_path: Path) -> Iterator[dict[str, st
     asyncio.run(truncate(url))
 
 
+SERIAL = itertools.count()
+
+
 async def hammer(
     http: httpx.AsyncClient, replica: Replica, headers: dict[str, str], until: float
 ) -> int:
     """Call the store as fast as the broker lets us: a refusal waits 50 ms."""
     refused = 0
     while time.monotonic() < until:
-        r = await http.post(f"{replica.url}/invoke/{STORE}/GetItem", json={}, headers=headers)
+        # Each call its own SKU: identical reads in flight share one call (neto/flights.py).
+        read = {"Filter": {"SKU": [f"sku-{next(SERIAL)}"]}}
+        r = await http.post(f"{replica.url}/invoke/{STORE}/GetItem", json=read, headers=headers)
         if r.status_code == 429:
             refused += 1
             await asyncio.sleep(0.05)

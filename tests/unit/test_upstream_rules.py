@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -221,15 +222,29 @@ async def test_the_fence_decides_whether_and_with_what_a_call_is_sent(store_api)
     client, old = store_api.client, _store()
     new = _store(domain="moved.example.com", secret="tok-2")
 
-    async def revoked() -> StoreCredentials:
+    class Fixed:
+        """A fence that answers `read` before each attempt and never sees a change."""
+
+        def __init__(self, read: Callable[[], Awaitable[StoreCredentials]]) -> None:
+            self.read = read
+
+        async def __call__(self) -> StoreCredentials:
+            return await self.read()
+
+        def check(self) -> None:
+            pass
+
+    async def gone() -> StoreCredentials:
         raise BrokerError("revoked meanwhile")
 
+    async def moved() -> StoreCredentials:
+        return new
+
+    revoked = Fixed(gone)
+    rotated = Fixed(moved)
     with pytest.raises(BrokerError, match="revoked meanwhile"):
         await client.call(old, "GetItem", b"{}", request_id=None, fence=revoked)
     assert store_api.seen == [], "a fenced-off store was called"
-
-    async def rotated() -> StoreCredentials:
-        return new
 
     media = {"Content-Type": "text/xml", "Accept": "text/xml"}
     response = await client.call(
