@@ -139,6 +139,9 @@ def test_fuzzed_requests_get_documented_answers_and_never_a_5xx(fuzz_target):
     failures: list[str] = []
     for operation in _operations(schema):
         has_input = bool(operation.path_parameters or operation.query or operation.body)
+        # Neto's notification receiver takes any text in its two path strings and any body:
+        # there is no invalid value for schemathesis to make (it gives up), only positive.
+        has_input = has_input and not operation.path.startswith("/neto-notify/")
         modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if has_input else [])
         for mode in modes:
             checks = [*CHECKS, envelope_check]
