@@ -79,23 +79,23 @@ class StoreFence:
     store is never called after its revoke answered here (410), and a reinstalled one is
     called with its new token. Checked before each attempt and at the hand-off."""
 
-    __slots__ = ("_cache", "_request", "_seen", "_store_id", "creds")
+    __slots__ = ("_cache", "_creds", "_request", "_seen", "_store_id")
 
     def __init__(self, request: Request, store_id: str) -> None:
         self._request = request
         self._store_id = store_id
         self._cache = services(request).store_cache
-        self._seen = -1
-        self.creds: StoreCredentials | None = None
+        self._seen = 0
+        self._creds: StoreCredentials | None = None  # not read yet
 
     async def read(self) -> StoreCredentials:
         # The version is read before the credentials, so a change during the read counts;
         # and again until it holds still across a read: a read that overlapped a change
         # may have seen the row from before it.
-        while self.creds is None or self._cache.version(self._store_id) != self._seen:
+        while self._creds is None or self._cache.version(self._store_id) != self._seen:
             self._seen = self._cache.version(self._store_id)
-            self.creds = await usable_store(self._request, self._store_id)
-        return self.creds
+            self._creds = await usable_store(self._request, self._store_id)
+        return self._creds
 
     __call__ = read  # before each attempt
 

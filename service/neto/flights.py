@@ -2,8 +2,9 @@
 one upstream call (issue 22, item 2).
 
 Many services read the same hot item at once, and each read costs the merchant's shared
-budget. A read whose key (store, action, the body bytes sent, content type and Accept)
-matches a flight already out under the same credentials joins it and gets the same answer,
+budget. A read whose key (store, lane, action, the body bytes sent, content type and
+Accept: `pipeline.forward` builds it) matches a flight already out under the same
+credentials joins it and gets the same answer,
 or the same error; it spends nothing of the store's budget. Nothing is kept past the
 flight: the key goes the moment the answer is in, so a later read goes upstream again.
 
@@ -11,10 +12,11 @@ The callers' own checks (token, store and action grants, `fields`) all run befor
 gets here; writes never come here (each write is its caller's own, and an idempotency key
 already decides whether it is sent).
 
-The first caller sends the call itself, on its own task: a read nobody joins costs a dict
-entry, never a task or a future. Joiners wait on a future made when the first one joins.
-If the first caller goes away before an answer (it left while queued for the store's
-budget, or its task was cancelled), that is no answer for the joiners: each starts again.
+The first caller sends the call itself, in its own request's task: a read nobody joins
+costs a dict entry, never a task or a future. Joiners wait on a future made when the
+first one joins. If the first caller goes away before an answer (it left while queued
+for the store's budget, or its task was cancelled), that is no answer for the joiners:
+each starts again.
 """
 
 from __future__ import annotations

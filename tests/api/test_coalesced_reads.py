@@ -22,6 +22,11 @@ ROOMY = {"store_rate_per_minute": 600, "store_max_in_flight": 64}
 READ = {"Filter": {"SKU": ["SKU-1"], "OutputSelector": ["Name"]}}
 
 
+def hot_read(client: httpx.AsyncClient, headers: dict[str, str]) -> Any:
+    """The read every test here repeats, through /invoke (a coroutine, to start later)."""
+    return client.post(f"/invoke/{STORE}/GetItem", json=READ, headers=headers)
+
+
 def saved() -> float:
     return float(metrics.COALESCED_READS._value.get())
 
@@ -82,7 +87,7 @@ async def test_other_bodies_actions_media_and_writes_are_not_shared(
             "Accept": "application/xml",
         }
         calls = [
-            client.post(f"/invoke/{STORE}/GetItem", json=READ, headers=invoker(auth)),
+            hot_read(client, invoker(auth)),
             client.post(f"/invoke/{STORE}/GetItem", json=other, headers=invoker(auth)),
             client.post(f"/invoke/{STORE}/GetOrder", json=READ, headers=invoker(auth)),
             # The same read through the Neto door, asking for XML: another answer.
@@ -110,20 +115,12 @@ async def test_each_callers_grants_are_checked_before_it_joins(
         await installed(client, neto)
         before = saved()
         neto.hold_api()
-        first = asyncio.ensure_future(
-            client.post(f"/invoke/{STORE}/GetItem", json=READ, headers=invoker(auth))
-        )
+        first = asyncio.ensure_future(hot_read(client, invoker(auth)))
         await neto.api_arrived(1)
         # The identical read, from callers the flight's answer is not for.
-        other_store = await client.post(
-            f"/invoke/{STORE}/GetItem", json=READ, headers=invoker(auth, stores=["N9"])
-        )
-        no_action = await client.post(
-            f"/invoke/{STORE}/GetItem", json=READ, headers=invoker(auth, actions=["GetOrder"])
-        )
-        no_scope = await client.post(
-            f"/invoke/{STORE}/GetItem", json=READ, headers=auth("credentials:read")
-        )
+        other_store = await hot_read(client, invoker(auth, stores=["N9"]))
+        no_action = await hot_read(client, invoker(auth, actions=["GetOrder"]))
+        no_scope = await hot_read(client, auth("credentials:read"))
         neto.release_api()
         assert (await first).status_code == 200
     assert_refused(other_store, 403, "store_not_allowed")
@@ -141,18 +138,11 @@ async def test_an_error_is_everyones_and_a_batch_read_is_not_joined_by_interacti
         await installed(client, neto)
         neto.api_responses.append(fake.answer(429, b"Too Many Requests", "text/plain"))
         neto.hold_api()
-        calls = [
-            client.post(f"/invoke/{STORE}/GetItem", json=READ, headers=invoker(auth))
-            for _ in range(3)
-        ]
+        calls = [hot_read(client, invoker(auth)) for _ in range(3)]
         tasks = await held_calls(neto, calls)
         # The same read in the batch lane goes by itself (nobody waits behind a queued
-        # batch call): here it reaches Neto too, and meets the pause the 429 starts.
-        batch = asyncio.ensure_future(
-            client.post(
-                f"/invoke/{STORE}/GetItem", json=READ, headers=invoker(auth, priority="batch")
-            )
-        )
+        # batch call): here it reaches Neto too, before the 429's pause, and is answered.
+        batch = asyncio.ensure_future(hot_read(client, invoker(auth, priority="batch")))
         await neto.api_arrived(2)
         neto.release_api()
         answers = await asyncio.gather(*tasks)
@@ -173,10 +163,7 @@ async def test_the_first_caller_leaving_does_not_leave_the_others_without_an_ans
     async with await client_for(app) as client:
         await installed(client, neto)
         neto.hold_api()
-        calls = [
-            client.post(f"/invoke/{STORE}/GetItem", json=READ, headers=invoker(auth))
-            for _ in range(4)
-        ]
+        calls = [hot_read(client, invoker(auth)) for _ in range(4)]
         first, *joiners = await held_calls(neto, calls)
         first.cancel()  # the ASGI transport cancels the first caller's request with it
         await neto.api_arrived(2)  # one of the others sent it again
@@ -203,10 +190,7 @@ async def test_a_revoke_during_the_flight_reaches_every_caller(
         await installed(client, neto)
         neto.api_responses.append(fake.answer(500, b'{"Ack":"Error"}'))
         neto.hold_api()
-        calls = [
-            client.post(f"/invoke/{STORE}/GetItem", json=READ, headers=invoker(auth))
-            for _ in range(3)
-        ]
+        calls = [hot_read(client, invoker(auth)) for _ in range(3)]
         tasks = await held_calls(neto, calls)
         revoked = await client.delete(f"/installs/{STORE}", headers=auth("installs:admin"))
         assert revoked.status_code in (200, 204), revoked.text
