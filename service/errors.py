@@ -180,6 +180,12 @@ class ServiceUnavailable(BrokerError):
     status = 503
     default_detail = "The broker cannot reach its database; retry shortly."
 
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None):
+        # A database that did not answer is most often back within a second (a failover,
+        # a pool full for a moment): say when to try again (RFC 9110 §10.2.3), as the
+        # typed client and any HTTP library honour. Callers that know better pass theirs.
+        super().__init__(detail, headers={"Retry-After": "1", **(headers or {})})
+
 
 class TokenExchangeFailed(BrokerError):
     """Neto did not issue a usable access token."""

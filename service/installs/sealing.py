@@ -100,8 +100,9 @@ def _rotation_ctx(store_id: str, bound: tuple[Any, ...], column: str) -> Context
     return Binding(store_id, bound[0], bound[1]).ctx(column)
 
 
-# How `broker keys rotate | check` (service/keys/rotation.py) sees this table: the index
-# `ix_installs_key_id_store_id` serves its keyset pages.
+# How `broker keys rotate | check` (service/keys/rotation.py) sees this table: its pages
+# walk the primary key (store_id) and test each sealed value's own key id, never the
+# `key_id` column alone (a writer's note a database writer could change).
 ROTATION = SealedTable.of(
     Install, "installs", row_id="store_id", sealed=SEALED_COLUMNS,
     bound=("store_domain", "auth_method"), context=_rotation_ctx,

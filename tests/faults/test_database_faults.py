@@ -72,6 +72,7 @@ async def test_a_database_down_before_the_claim_exchanges_nothing(client, app, n
     r = await client.get("/oauth/callback", params={"state": q["state"], "code": code})
     db_faults.heal()
     assert r.status_code == 503 and r.headers["x-broker-error"] == "service_unavailable"
+    assert r.headers["retry-after"] == "1"
     assert neto.token_requests == [], "no claim, no exchange"
     # The code was never used, so it still completes the install.
     r = await client.get("/oauth/callback", params={"state": q["state"], "code": code})
@@ -92,6 +93,7 @@ async def test_a_failure_mid_bundle_is_a_503_without_a_bundle(
     assert r.status_code == 503, r.text
     body = r.json()
     assert body["error"] == r.headers["x-broker-error"] == "service_unavailable"
+    assert r.headers["retry-after"] == "1", "a 503 says when to try again"
     assert set(body) == {"error", "detail", "request_id"}, "no bundle, only the envelope"
     assert_no_secret(r.text, installed["access_token"])
     assert len(await rows(app, AuditEvent)) == audited, "no bundle.issued row"
