@@ -591,10 +591,14 @@ async def test_a_revoke_stops_a_store_this_replica_has_cached(
                 return await client.get(f"/credentials/{STORE}", headers=headers)
             return await client.post(f"/invoke/{STORE}/GetItem", json={}, headers=invoker(auth))
 
-        assert (await use()).status_code == 200
-        assert (await use()).status_code == 200
-        assert len(app.state.services.store_cache) == 1, "the store is cached"
+        # Used until this replica holds a copy: the install's own change, polled late on a
+        # loaded machine, may drop the first copy (as it must: the cache cannot tell).
+        uses = 0
+        while uses < 2 or len(app.state.services.store_cache) != 1:
+            assert uses < 20, "the store is never cached"
+            assert (await use()).status_code == 200
+            uses += 1
         r = await client.delete(f"/installs/{STORE}", headers=auth("installs:admin"))
         assert r.status_code == 200, r.text
         assert_error(await use(), 410, "store_revoked")
-    assert len(neto.api_requests) == (2 if use_path == "invoke" else 0)
+    assert len(neto.api_requests) == (uses if use_path == "invoke" else 0)
