@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.neto.apps import DEFAULT_APP, AppsError, NetoApp, parse_apps
+
 log = logging.getLogger("broker.config")
 
 DEV_KEYS_FILE = Path("var") / "dev-keys.json"
@@ -61,6 +63,10 @@ class Settings(BaseSettings):
     neto_client_id: str | None = None
     neto_client_secret: SecretStr | None = None
     neto_oauth_url: str = "https://apps.getneto.com/oauth/v2"
+    # Several add-ons (service/neto/apps.py): a JSON object of app name -> client id,
+    # secret (or its file) and OAuth URL, or the path of a file holding it. A SecretStr:
+    # it may hold client secrets, and a settings repr must not show them.
+    neto_apps: SecretStr | None = None
     neto_api_url_template: str = "https://{store_domain}/do/WS/NetoAPI"
 
     encryption_keys: SecretStr | None = None
@@ -214,9 +220,43 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _apps_parse(self) -> Settings:
+        _ = self.apps  # a sentence at start-up, not at the first install
+        return self
+
+    @cached_property
+    def apps(self) -> dict[str, NetoApp]:
+        """Every configured add-on by name: BROKER_NETO_CLIENT_ID/SECRET (with
+        BROKER_NETO_OAUTH_URL) as `default`, then those BROKER_NETO_APPS declares."""
+        apps: dict[str, NetoApp] = {}
+        if self.neto_client_id and self.neto_client_secret:
+            apps[DEFAULT_APP] = NetoApp(
+                DEFAULT_APP, self.neto_client_id, self.neto_client_secret, self.neto_oauth_url
+            )
+        spec = self.neto_apps.get_secret_value() if self.neto_apps else ""
+        if not spec.strip():
+            return apps
+        try:
+            declared = parse_apps(spec, default_oauth_url=self.neto_oauth_url)
+        except AppsError as exc:
+            raise ConfigError(f"BROKER_NETO_APPS {exc}") from None
+        if DEFAULT_APP in declared and DEFAULT_APP in apps:
+            raise ConfigError(
+                "BROKER_NETO_APPS declares the app 'default', which BROKER_NETO_CLIENT_ID and "
+                "BROKER_NETO_CLIENT_SECRET already are: declare it in one place only"
+            )
+        clash = [a.name for a in declared.values() if a.client_id == self.neto_client_id]
+        if DEFAULT_APP in apps and clash:
+            raise ConfigError(
+                f"BROKER_NETO_APPS app {clash[0]!r} has the client id of BROKER_NETO_CLIENT_ID "
+                "(the app 'default'): one add-on cannot be two apps"
+            )
+        return {**apps, **declared}
+
     @property
     def oauth_configured(self) -> bool:
-        return bool(self.neto_client_id and self.neto_client_secret)
+        return bool(self.apps)
 
     @property
     def redirect_uri(self) -> str:

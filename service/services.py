@@ -33,6 +33,7 @@ from service.installs.service import InstallService
 from service.jobs.loop import LeasedJob
 from service.jobs.retention import Retention, targets
 from service.jobs.sweep import HealthSweep
+from service.neto.apps import client_ids as apps_client_ids
 from service.neto.http import create_http_client, create_session
 from service.neto.upstream import UpstreamClient
 from service.neto.urls import ApiUrlBuilder
@@ -98,17 +99,17 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
     sessionmaker = create_sessionmaker(engine)
     session = create_session(settings)
     upstream = UpstreamClient(session, config.api_urls, settings)
+    # Each OAuth store's copy carries its own add-on's client id (service/neto/apps.py).
+    client_ids = apps_client_ids(settings.apps)
     store_cache = StoreCache(
         sessionmaker,
         config.keyring,
-        settings.neto_client_id,
+        client_ids,
         poll_seconds=settings.store_cache_seconds,
         max_entries=settings.store_cache_max_entries,
         max_age_seconds=settings.store_cache_max_age_seconds,
     )
-    installs = InstallService(
-        sessionmaker, config.keyring, store_cache, upstream, settings.neto_client_id
-    )
+    installs = InstallService(sessionmaker, config.keyring, store_cache, upstream, client_ids)
     listener = Listener(settings.database_url)
     # PostgreSQL: another replica's install change drops this replica's copy on commit.
     listener.subscribe(CHANGES_CHANNEL, store_cache.invalidate)

@@ -49,7 +49,7 @@ async def credentials(request: Request, store_id: StoreId) -> JSONResponse:
     request.state.store_id = store_id  # the access log names the store even when refused
     caller = authenticate(request, "credentials:read")
     caller.require_store(store_id)
-    creds = await usable_store(request, store_id)
+    creds = await usable_store(request, store_id, caller)
     app = services(request)
     bundle_id = "bnd_" + secrets.token_urlsafe(16)
     # A revoke that commits first wins: StoreRevoked (410), no bundle.

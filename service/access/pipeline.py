@@ -27,6 +27,7 @@ from service.errors import (
 )
 from service.idempotency import store as idempotency
 from service.installs.models import InstallStatus
+from service.installs.service import require_client
 from service.neto.actions import ALL_ACTIONS, is_write
 from service.neto.credentials import StoreCredentials
 from service.neto.upstream import JSON_MEDIA, StoreChanged, UpstreamResponse
@@ -36,12 +37,15 @@ from service.web.body_limit import read_capped
 from service.web.deps import request_id
 
 
-async def usable_store(request: Request, store_id: str) -> StoreCredentials:
-    """The store's opened credentials, or the error that says why it cannot be used."""
+async def usable_store(request: Request, store_id: str, caller: Caller) -> StoreCredentials:
+    """The store's opened credentials, or the error that says why it cannot be used. The
+    caller's `apps` claim is checked before the store's status is told."""
     request.state.store_id = store_id
     creds = await services(request).store_cache.get(store_id)
     if creds is None:
         raise StoreNotFound()
+    caller.require_app(creds.app)
+    require_client(creds)
     if creds.status == InstallStatus.revoked:
         raise StoreRevoked()
     if creds.status == InstallStatus.reauth_required:
@@ -79,11 +83,12 @@ class StoreFence:
     store is never called after its revoke answered here (410), and a reinstalled one is
     called with its new token. Checked before each attempt and at the hand-off."""
 
-    __slots__ = ("_cache", "_creds", "_request", "_seen", "_store_id")
+    __slots__ = ("_cache", "_caller", "_creds", "_request", "_seen", "_store_id")
 
-    def __init__(self, request: Request, store_id: str) -> None:
+    def __init__(self, request: Request, store_id: str, caller: Caller) -> None:
         self._request = request
         self._store_id = store_id
+        self._caller = caller  # a re-read checks its `apps` claim again (a reinstall moves)
         self._cache = services(request).store_cache
         self._seen = 0
         self._creds: StoreCredentials | None = None  # not read yet
@@ -94,7 +99,7 @@ class StoreFence:
         # may have seen the row from before it.
         while self._creds is None or self._cache.version(self._store_id) != self._seen:
             self._seen = self._cache.version(self._store_id)
-            self._creds = await usable_store(self._request, self._store_id)
+            self._creds = await usable_store(self._request, self._store_id, self._caller)
         return self._creds
 
     __call__ = read  # before each attempt
@@ -115,7 +120,7 @@ async def forward(
     """Send the caller's body to the store's API (`check_action` has passed) and return
     Neto's answer, or raise the broker's error that says why there is none."""
     app = services(request)
-    fence = StoreFence(request, store_id)
+    fence = StoreFence(request, store_id, caller)
     creds = await fence.read()
     body = await read_body()
     rid = request_id(request)

@@ -13,7 +13,7 @@ from service.cli.common import database_errors, installs_app, settings_or_exit, 
 from service.config import Settings
 from service.installs.models import Install, InstallStatus
 
-INSTALL_COLUMNS = ("STORE ID", "DOMAIN", "AUTH", "STATUS", "INSTALLED", "LAST USED")
+INSTALL_COLUMNS = ("STORE ID", "DOMAIN", "AUTH", "STATUS", "APP", "INSTALLED", "LAST USED")
 
 
 def _when(at: datetime | None) -> str:
@@ -30,14 +30,18 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 async def _read_installs(
-    settings: Settings, status: str | None, search: str | None, limit: int
+    settings: Settings, status: str | None, search: str | None, limit: int, app: str | None = None
 ) -> tuple[list[Install], dict[str, datetime]]:
-    """A page of installs and when each was last used."""
+    """A page of installs (of one add-on, with `app`) and when each was last used."""
     from service.installs import queries
+
+    apps = None if app is None else [app]
 
     async def work(sessionmaker: Any) -> tuple[list[Install], dict[str, datetime]]:
         async with sessionmaker() as session:
-            rows = await queries.page(session, status=status, q=search, after=None, limit=limit)
+            rows = await queries.page(
+                session, status=status, q=search, after=None, limit=limit, apps=apps
+            )
             return rows, await queries.last_used(session, [row.store_id for row in rows])
 
     return await with_database(settings, work)
@@ -52,17 +56,28 @@ def installs_list(
         str | None, typer.Option("--search", "-q", help="Store id or domain substring.")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many rows.")] = 50,
+    app: Annotated[
+        str | None,
+        typer.Option(
+            help='Only installs of this Neto add-on ("default" or a BROKER_NETO_APPS name).'
+        ),
+    ] = None,
 ) -> None:
     """Print a table of installs, newest first (times in UTC). Never shows a secret."""
+    from service.neto.apps import is_app_name
+
+    if app is not None and not is_app_name(app):
+        raise typer.BadParameter("add-on names are lowercase slugs (a-z, 0-9, '-')",
+                                 param_hint="--app")  # fmt: skip
     settings = settings_or_exit()
     with database_errors("read installs"):
         rows, used = asyncio.run(
-            _read_installs(settings, status.value if status else None, search, limit + 1)
+            _read_installs(settings, status.value if status else None, search, limit + 1, app)
         )
     more = len(rows) > limit
     rows = rows[:limit]
     table = [
-        (i.store_id, i.store_domain, i.auth_method, i.status, _when(i.installed_at),
+        (i.store_id, i.store_domain, i.auth_method, i.status, i.app, _when(i.installed_at),
          _when(used.get(i.store_id)))
         for i in rows
     ]  # fmt: skip

@@ -58,6 +58,12 @@ def parse_fields(text: str | None) -> dict[str, list[str]] | None:
     return fields
 
 
+def is_app_name(value: str) -> bool:
+    from service.neto.apps import is_app_name as check
+
+    return check(value)
+
+
 def _csv(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -99,6 +105,13 @@ def token_mint(
             "refused. Omitted: every field."
         ),
     ] = None,
+    apps: Annotated[
+        str | None,
+        typer.Option(
+            help='The Neto add-ons (BROKER_NETO_APPS names, "default", or "*") whose '
+            "stores the caller may use, comma-separated. Omitted: every add-on."
+        ),
+    ] = None,
 ) -> None:
     """Print a caller JWT signed with a configured HS256 key."""
     # The broker ignores an unknown scope (it grants nothing): refuse it here, where a
@@ -118,11 +131,17 @@ def token_mint(
             "a token with --fields cannot carry credentials:read (a bundle reads every field)",
             param_hint="--scope",
         )
+    app_names = _csv(apps)
+    if app_names is not None and not all(a == "*" or is_app_name(a) for a in app_names):
+        raise typer.BadParameter(
+            "add-on names are lowercase slugs (a-z, 0-9, '-'), or \"*\"", param_hint="--apps"
+        )
     settings = settings_or_exit()
     typer.echo(
         mint_or_exit(settings, sub=sub, scope=scope, stores=_csv(stores), actions=_csv(actions),
                      ttl_seconds=parse_ttl(ttl), kid=kid,
-                     priority=None if priority is None else priority.value, fields=claim)
+                     priority=None if priority is None else priority.value, fields=claim,
+                     apps=app_names)
     )  # fmt: skip
 
 
@@ -137,6 +156,7 @@ def mint_or_exit(
     kid: str | None = None,
     priority: str | None = None,
     fields: dict[str, list[str]] | None = None,
+    apps: list[str] | None = None,
 ) -> str:
     """A caller JWT signed with the configured HS256 key `kid` (default: the first)."""
     from service.security.callers import mint
@@ -162,4 +182,5 @@ def mint_or_exit(
         issuer=issuers[0] if issuers else None,
         priority=priority,
         fields=fields,
+        apps=apps,
     )

@@ -28,6 +28,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -46,15 +47,15 @@ log = logging.getLogger("broker.store_cache")
 # when they were read: the garbage collector stops tracking such a tuple, where 100,000
 # cached objects would be walked by every full collection. `get` builds the
 # StoreCredentials a caller uses.
-Entry = tuple[str, str, str, str, int, str | None, str | None, float]
+Entry = tuple[str, str, str, str, int, str | None, str | None, str, float]
 STATUS: Final = 3
 CHANGE_SEQ: Final = 4
-READ_AT: Final = 7
+READ_AT: Final = 8
 
 
 def _entry(creds: StoreCredentials) -> Entry:
     return (creds.store_id, creds.store_domain, creds.auth_method, creds.status,
-            creds.change_seq, creds.who, creds.secret, time.monotonic())  # fmt: skip
+            creds.change_seq, creds.who, creds.secret, creds.app, time.monotonic())  # fmt: skip
 
 
 # PostgreSQL channel of the install service's change notifications (payload: store id).
@@ -73,7 +74,7 @@ class StoreCache:
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
         keyring: KeyRing,
-        client_id: str | None,
+        client_ids: Mapping[str, str],
         *,
         poll_seconds: float,
         max_entries: int,
@@ -81,7 +82,8 @@ class StoreCache:
     ) -> None:
         self._sessionmaker = sessionmaker
         self._keyring = keyring
-        self._client_id = client_id
+        # App name -> its client id: an OAuth store's copy carries its own app's.
+        self._client_ids = client_ids
         self._poll = poll_seconds
         self._max = max_entries
         self._max_age = max_age_seconds
@@ -140,7 +142,7 @@ class StoreCache:
         if install is None:
             self._entries.pop(store_id, None)
             return None
-        creds = open_credentials(self._keyring, install, self._client_id)
+        creds = open_credentials(self._keyring, install, self._client_ids.get(install.app))
         if epoch == self._epoch:
             self._put(creds)
         return creds
@@ -239,7 +241,9 @@ class StoreCache:
                     if install.store_id in self._entries or len(self._entries) >= self._max:
                         continue
                     try:
-                        creds = open_credentials(self._keyring, install, self._client_id)
+                        creds = open_credentials(
+                            self._keyring, install, self._client_ids.get(install.app)
+                        )
                     except StoreSecretUnreadable:
                         continue  # logged at ERROR; requests for it answer the same error
                     self._entries[install.store_id] = _entry(creds)

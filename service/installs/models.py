@@ -13,6 +13,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import Field, SQLModel
 
 from service.db import UTCDateTime, utcnow
+from service.neto.apps import DEFAULT_APP
 
 
 class AuthMethod(StrEnum):
@@ -50,12 +51,22 @@ class Install(SQLModel, table=True):
         Index("ix_installs_status_last_swept_at", "status", "last_swept_at"),
         # The store caches' change feed polls this every second on every replica.
         Index("ix_installs_change_seq", "change_seq"),
+        # GET /installs?app=: one add-on's installs, newest first.
+        Index("ix_installs_app_installed_at_store_id", "app", "installed_at", "store_id"),
     )
 
     store_id: str = Field(sa_column=Column(String(64), primary_key=True))
     store_domain: str = Field(sa_column=Column(String(253), nullable=False, index=True))
     auth_method: str = Field(sa_column=Column(String(16), nullable=False))
     status: str = Field(sa_column=Column(String(24), nullable=False))
+    # The add-on the store installed (service/neto/apps.py): its client id goes with the
+    # token in bundles and calls. A store is one install: a reinstall under another app
+    # moves it there. API-key stores name one too (`default` unless registered otherwise),
+    # so an `apps` claim covers them.
+    app: str = Field(
+        default=DEFAULT_APP,
+        sa_column=Column(String(32), nullable=False, server_default=DEFAULT_APP),
+    )
     scope: str | None = Field(default=None, sa_column=Column(String(512)))
     timezone: str | None = Field(default=None, sa_column=Column(String(64)))
     # Sealed JSON: {"access_token", ...} for OAuth, {"username", "api_key"} for API keys.
@@ -87,7 +98,7 @@ class Install(SQLModel, table=True):
         # Sealed columns are ciphertext, but a repr has no business showing them at all.
         return (
             f"Install(store_id={self.store_id!r}, store_domain={self.store_domain!r}, "
-            f"auth_method={self.auth_method!r}, status={self.status!r})"
+            f"auth_method={self.auth_method!r}, status={self.status!r}, app={self.app!r})"
         )
 
 

@@ -4,6 +4,7 @@ change feed, and the health sweep's picks. One install's reads and every write a
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select
@@ -61,12 +62,16 @@ async def page(
     q: str | None,
     after: tuple[datetime, str] | None,
     limit: int,
+    apps: Collection[str] | None = None,
 ) -> list[Install]:
     """Newest first by (installed_at, store_id): a keyset that new installs cannot shift
-    (a reinstall keeps its first install time, so it does not move either)."""
+    (a reinstall keeps its first install time, so it does not move either). `apps`:
+    only installs of these add-ons (None: every add-on)."""
     stmt = select(Install)
     if status:
         stmt = stmt.where(col(Install.status) == status)
+    if apps is not None:
+        stmt = stmt.where(col(Install.app).in_(sorted(apps)))
     if q:
         pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         # ILIKE (lower() LIKE lower() on SQLite): "n1001" finds "N1001" on both backends.

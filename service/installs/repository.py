@@ -17,6 +17,7 @@ from service.db import utcnow
 from service.errors import StoreNotFound
 from service.installs.models import AuthMethod, Install, InstallStatus, next_change_seq
 from service.installs.sealing import Binding, fingerprint, sealed_values
+from service.neto.apps import DEFAULT_APP
 from service.security.crypto import KeyRing
 
 # The installs table for Core statements on the hot paths.
@@ -45,6 +46,7 @@ def _active_row(
     store_id: str,
     store_domain: str,
     auth_method: str,
+    app: str,
     secret: dict[str, Any],
     scope: str | None,
     timezone: str | None,
@@ -59,6 +61,7 @@ def _active_row(
         "store_id": store_id,
         "store_domain": store_domain,
         "auth_method": auth_method,
+        "app": app,
         "status": InstallStatus.active.value,
         "scope": scope,
         "timezone": timezone,
@@ -90,18 +93,21 @@ async def upsert(
     user: dict[str, Any] | None = None,
     billing: dict[str, Any] | None = None,
     now: datetime | None = None,
-) -> bool:
-    """Store or replace the install keyed by store id, active. True if it already existed.
+    app: str = DEFAULT_APP,
+) -> str | None:
+    """Store or replace the install keyed by store id, active, under the add-on `app`.
+    Returns the app it belonged to if it already existed (None: it is new).
 
     An atomic INSERT .. ON CONFLICT DO UPDATE, so concurrent (re)installs of one store on
     several replicas cannot collide; a reinstall keeps the id and first install time.
     """
-    existed = await get(session, store_id) is not None
+    before = await get(session, store_id)
     values = _active_row(
         keyring,
         store_id=store_id,
         store_domain=store_domain,
         auth_method=auth_method.value,
+        app=app,
         secret=secret,
         scope=scope,
         timezone=timezone,
@@ -114,7 +120,7 @@ async def upsert(
     stmt = dialect_insert(Install).values(**values)
     update_cols = {k: stmt.excluded[k] for k in values if k not in ("store_id", "installed_at")}
     await session.execute(stmt.on_conflict_do_update(index_elements=["store_id"], set_=update_cols))
-    return existed
+    return None if before is None else before.app
 
 
 async def set_status(
@@ -216,7 +222,7 @@ async def insert_many(
     session: AsyncSession, keyring: KeyRing, installs: list[dict[str, Any]]
 ) -> None:
     """Bulk-create installs (benchmarks, imports): each dict has store_id, store_domain,
-    auth_method, secret, and optionally user/billing; sealed exactly like `upsert`."""
+    auth_method, secret, and optionally app/user/billing; sealed exactly like `upsert`."""
     now = utcnow()
     rows = [
         _active_row(
@@ -224,6 +230,7 @@ async def insert_many(
             store_id=item["store_id"],
             store_domain=item["store_domain"],
             auth_method=item["auth_method"],
+            app=item.get("app", DEFAULT_APP),
             secret=item["secret"],
             scope=item.get("scope"),
             timezone=item.get("timezone"),

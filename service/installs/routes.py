@@ -23,6 +23,7 @@ from service.installs.schemas import (
 )
 from service.installs.sealing import open_profile
 from service.neto.actions import VERIFY_ACTION
+from service.neto.apps import APP_NAME_MAX_LENGTH, APP_NAME_PATTERN, DEFAULT_APP
 from service.replicas.budget import store_budget
 from service.security.crypto import KeyRing
 from service.security.domains import normalize_store_domain
@@ -36,6 +37,16 @@ router = APIRouter(prefix="/installs", tags=["installs"], dependencies=[Depends(
 
 def install_cursor(install: Install) -> str:
     return encode_cursor(install.installed_at.isoformat(), install.store_id)
+
+
+def visible_apps(caller: Caller, app: str | None) -> set[str] | None:
+    """The add-ons a listing covers: the one asked for (if the token's `apps` claim
+    grants it), else those the claim names; None: every add-on."""
+    if app is not None:
+        return {caller.granted_app(app)}
+    if caller.apps is None or "*" in caller.apps:
+        return None
+    return set(caller.apps)
 
 
 def install_key(cursor: str) -> tuple[datetime, str]:
@@ -60,6 +71,7 @@ async def detail_of(
         store_domain=install.store_domain,
         auth_method=install.auth_method,
         status=install.status,
+        app=install.app,
         installed_at=install.installed_at,
         updated_at=install.updated_at,
         last_used_at=used.get(install.store_id),
@@ -95,6 +107,9 @@ async def register_api_key(
     domain = normalize_store_domain(body.store_domain)
     request.state.store_id = body.store_id
     app = services(request)
+    neto_app = caller.granted_app(body.app)
+    if neto_app != DEFAULT_APP and neto_app not in app.settings.apps:
+        raise BadRequest(f"No Neto add-on named {neto_app!r} is configured (BROKER_NETO_APPS).")
     install = await app.installs.register_api_key(
         store_id=body.store_id,
         store_domain=domain,
@@ -102,6 +117,7 @@ async def register_api_key(
         api_key=body.api_key.get_secret_value(),
         actor=caller.sub,
         request_id=request_id(request),
+        app=neto_app,
     )
     async with app.sessionmaker() as session:
         return await detail_of(install, app.keyring, session, app.settings.store_rate_per_minute)
@@ -110,19 +126,30 @@ async def register_api_key(
 @router.get("", summary="List installs, newest first", responses=ERRORS)
 async def list_installs(
     session: SessionDep,
-    _: Annotated[Caller, Depends(require_scope("installs:read"))],
+    caller: Annotated[Caller, Depends(require_scope("installs:read"))],
     status: StatusName | None = None,
     q: Annotated[
         str | None,
         Query(max_length=253, pattern=PLAIN_TEXT, description="store id or domain substring"),
     ] = None,
+    app: Annotated[
+        str | None,
+        Query(
+            max_length=APP_NAME_MAX_LENGTH,
+            pattern=APP_NAME_PATTERN,
+            description="only installs of this Neto add-on (`default`, or a name in "
+            "BROKER_NETO_APPS)",
+        ),
+    ] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> InstallPage:
     """Installs newest first. Pages are keyed on (install time, store id), so installs
-    added while paging neither repeat nor hide others."""
+    added while paging neither repeat nor hide others. A token with an `apps` claim
+    sees its add-ons' installs only (asking for another's is 403 `forbidden`)."""
     after = install_key(cursor) if cursor else None
-    rows = await queries.page(session, status=status, q=q, after=after, limit=limit + 1)
+    apps = visible_apps(caller, app)
+    rows = await queries.page(session, status=status, q=q, after=after, limit=limit + 1, apps=apps)
     page, next_cursor = split_page(rows, limit, install_cursor)
     used = await queries.last_used(session, [row.store_id for row in page])
     items = [InstallSummary.model_validate(row, from_attributes=True) for row in page]
@@ -136,13 +163,14 @@ async def get_install(
     request: Request,
     store_id: StoreId,
     session: SessionDep,
-    _: Annotated[Caller, Depends(require_scope("installs:read"))],
+    caller: Annotated[Caller, Depends(require_scope("installs:read"))],
 ) -> InstallDetail:
     """Everything an operator needs about a store: status, scope, user, billing address,
     times, the token's fingerprint, and the budget the broker allows itself for the store
     (lowered after Neto answers 429). Never the token."""
     request.state.store_id = store_id
     install = await repository.require(session, store_id)
+    caller.require_app(install.app)
     app = services(request)
     return await detail_of(install, app.keyring, session, app.settings.store_rate_per_minute)
 

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from service.installs.models import AuthMethodName, StatusName
+from service.neto.apps import APP_NAME_MAX_LENGTH, APP_NAME_PATTERN
 from service.neto.credentials import STORE_ID_MAX_LENGTH, STORE_ID_PATTERN
 
 # Whole-object examples: Swagger UI shows them as the response's "Example Value".
@@ -17,6 +18,7 @@ _SUMMARY_EXAMPLE: dict[str, Any] = {
     "store_domain": "shop.example.com.au",
     "auth_method": "oauth",
     "status": "active",
+    "app": "default",
     "installed_at": "2026-01-02T03:04:05Z",
     "updated_at": "2026-01-02T03:04:05Z",
     "last_used_at": "2026-01-05T09:30:00Z",
@@ -48,6 +50,15 @@ class ApiKeyInstall(BaseModel):
         min_length=1, max_length=256, pattern=r"^[!-~](?:[ -~]*[!-~])?$", examples=["api-user"]
     )
     api_key: SecretStr = Field(min_length=1, max_length=1024)
+    app: str | None = Field(
+        default=None,
+        max_length=APP_NAME_MAX_LENGTH,
+        pattern=APP_NAME_PATTERN,
+        description="The add-on the store counts under for tokens' `apps` claims (an API "
+        "key carries no client id): `default` when absent; any other name must be in "
+        "BROKER_NETO_APPS.",
+        examples=["default"],
+    )
 
     @field_validator("api_key")
     @classmethod
@@ -64,6 +75,12 @@ class InstallSummary(BaseModel):
     store_domain: str = Field(examples=["shop.example.com.au"])
     auth_method: AuthMethodName
     status: StatusName
+    app: str = Field(
+        default="default",
+        description="The Neto add-on the store installed (BROKER_NETO_APPS; `default`: "
+        "the add-on of BROKER_NETO_CLIENT_ID). Its client id goes with the token.",
+        examples=["default"],
+    )
     installed_at: datetime
     updated_at: datetime
     last_used_at: datetime | None = None

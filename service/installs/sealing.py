@@ -127,6 +127,8 @@ def _secret_gone(install: Install) -> bool:
 
 
 def open_credentials(keyring: KeyRing, install: Install, client_id: str | None) -> StoreCredentials:
+    """The install's credentials; `client_id` is its app's (`client_ids.get(install.app)`),
+    None when that app is not configured (`StoreCredentials.client_missing`)."""
     if _secret_gone(install):
         raise StoreSecretUnreadable()
     who = secret = None
@@ -154,6 +156,7 @@ def open_credentials(keyring: KeyRing, install: Install, client_id: str | None) 
         change_seq=install.change_seq,
         who=who,
         secret=secret,
+        app=sys.intern(install.app),
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import TypeVar
 
@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.audit.writer import record
 from service.db import run_transaction, utcnow
-from service.errors import BrokerError, ServiceUnavailable, StoreRevoked
+from service.errors import BrokerError, OAuthNotConfigured, ServiceUnavailable, StoreRevoked
 from service.events.outbox import emit
 from service.inbound import tokens as notify_tokens
 from service.installs import repository
@@ -30,6 +30,7 @@ from service.installs.models import AuthMethod, Install, InstallStatus
 from service.installs.sealing import credentials_fingerprint, open_credentials
 from service.installs.verification import ConfirmationGate, VerifyOutcome, verdict
 from service.neto.actions import VERIFY_ACTION
+from service.neto.apps import DEFAULT_APP
 from service.neto.credentials import StoreCredentials
 from service.neto.oauth import TokenGrant
 from service.neto.refusals import neto_refused
@@ -53,7 +54,7 @@ class InstallService:
         keyring: KeyRing,
         cache: StoreCache,
         upstream: UpstreamClient,
-        client_id: str | None,
+        client_ids: Mapping[str, str],
         *,
         profile_retention_days: int = 0,
     ) -> None:
@@ -63,7 +64,7 @@ class InstallService:
         self._keyring = keyring
         self._cache = cache
         self._upstream = upstream
-        self._client_id = client_id
+        self._client_ids = client_ids  # app name -> client id (service/neto/apps.py)
         # Store id -> when its last refusal was confirmed (monotonic): the rate limit.
         self._confirmations = ConfirmationGate()
 
@@ -89,20 +90,24 @@ class InstallService:
         self,
         grant: TokenGrant,
         *,
+        app: str = DEFAULT_APP,
         actor: str,
         request_id: str | None,
         also: AlsoInTransaction | None = None,
     ) -> bool:
-        """Store (or replace) an OAuth install, active. True if the store was installed
-        before (a reinstall keeps its id and first install time)."""
+        """Store (or replace) an OAuth install of the add-on `app`, active. True if the
+        store was installed before (a reinstall keeps its id and first install time).
+        A store is one install: reinstalled under another app, it moves there (its old
+        app's token is replaced by the new one), and the audit row names both apps."""
 
         async def work(session: AsyncSession) -> bool:
-            existed = await repository.upsert(
+            previous = await repository.upsert(
                 session,
                 self._keyring,
                 store_id=grant.store_id,
                 store_domain=grant.store_domain,
                 auth_method=AuthMethod.oauth,
+                app=app,
                 secret={
                     "access_token": grant.access_token.get_secret_value(),
                     **grant.extra_secrets,
@@ -113,10 +118,11 @@ class InstallService:
                 billing=grant.billing_address,
                 now=utcnow(),
             )
+            existed = previous is not None
             if also is not None:
                 await also(session)
             _record_install(session, existed, actor, grant.store_id, request_id,
-                            grant.store_domain, AuthMethod.oauth)  # fmt: skip
+                            grant.store_domain, AuthMethod.oauth, app, previous)  # fmt: skip
             await _emit_installed(session, existed, grant.store_id, actor)
             return existed
 
@@ -131,20 +137,24 @@ class InstallService:
         api_key: str,
         actor: str,
         request_id: str | None,
+        app: str = DEFAULT_APP,
     ) -> Install:
-        """Store (or replace) an API-key install, active; its key is sealed like a token."""
+        """Store (or replace) an API-key install, active; its key is sealed like a token.
+        It names an app only for `apps` claims (no client id goes with an API key)."""
 
         async def work(session: AsyncSession) -> Install:
-            existed = await repository.upsert(
+            previous = await repository.upsert(
                 session,
                 self._keyring,
                 store_id=store_id,
                 store_domain=store_domain,
                 auth_method=AuthMethod.api_key,
                 secret={"username": username, "api_key": api_key},
+                app=app,
             )
+            existed = previous is not None
             _record_install(session, existed, actor, store_id, request_id,
-                            store_domain, AuthMethod.api_key)  # fmt: skip
+                            store_domain, AuthMethod.api_key, app, previous)  # fmt: skip
             return await _emit_installed(session, existed, store_id, actor)
 
         return await self._change(store_id, work)
@@ -291,10 +301,13 @@ class InstallService:
             install = await repository.require(session, store_id)
         if install.status == InstallStatus.revoked:
             raise StoreRevoked()
-        creds = open_credentials(self._keyring, install, self._client_id)
+        creds = open_credentials(self._keyring, install, self._client_ids.get(install.app))
         upstream_status: int | None = None
         new_status: InstallStatus | None = None
         try:
+            # Sent without its app's client id, the token would be refused and the store
+            # flagged for what is the broker's configuration: reported, nothing changed.
+            require_client(creds)
             answer = await self._upstream.call(creds, VERIFY_ACTION, b"{}", request_id=request_id)
         except BrokerError as exc:
             ok, detail = False, f"{exc.code}: {exc.detail}"
@@ -333,6 +346,16 @@ async def _emit_installed(
     return install
 
 
+def require_client(creds: StoreCredentials) -> None:
+    """OAuthNotConfigured (503) for an OAuth store whose add-on is not configured: its
+    token goes out with its own app's client id or not at all."""
+    if creds.client_missing:
+        raise OAuthNotConfigured(
+            f"The Neto add-on {creds.app!r} this store installed is not configured on this "
+            "broker (BROKER_NETO_APPS), so its token cannot be used."
+        )
+
+
 def _record_install(
     session: AsyncSession,
     existed: bool,
@@ -341,7 +364,10 @@ def _record_install(
     request_id: str | None,
     store_domain: str,
     auth_method: AuthMethod,
+    app: str,
+    previous_app: str | None,
 ) -> None:
+    moved = {"previous_app": previous_app} if previous_app not in (None, app) else {}
     record(
         session,
         "install.reinstalled" if existed else "install.created",
@@ -350,6 +376,8 @@ def _record_install(
         request_id=request_id,
         store_domain=store_domain,
         auth_method=auth_method.value,
+        app=app,
+        **moved,
     )
 
 

@@ -42,8 +42,15 @@ class StoreCredentials:
     auth_method: str
     status: str
     change_seq: int
-    who: str | None  # the OAuth client id, or the API-key username
+    who: str | None  # the OAuth client id (of the install's app), or the API-key username
     secret: str | None  # the access token or API key; None once revoked
+    app: str = "default"  # the Neto add-on the store installed (service/neto/apps.py)
+
+    @property
+    def client_missing(self) -> bool:
+        """An OAuth store whose add-on is not configured (any more): its token is no use
+        without that add-on's client id, and must not go out with another's or none."""
+        return self.auth_method == "oauth" and self.secret is not None and not self.who
 
     @property
     def headers(self) -> dict[str, str]:

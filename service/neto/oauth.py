@@ -19,6 +19,7 @@ from service.errors import (
     TokenExchangeFailed,
     UpstreamTimeout,
 )
+from service.neto.apps import DEFAULT_APP, NetoApp
 from service.neto.credentials import is_store_id
 from service.neto.upstream import egress_refused
 from service.security.domains import normalize_store_domain
@@ -27,11 +28,20 @@ from service.security.egress import EgressRefused
 _ERROR_CODE_RE = re.compile(r"[a-z_]{1,64}")
 
 
-def authorize_url(settings: Settings, store_domain: str, state: str) -> str:
-    url = httpx.URL(f"{settings.neto_oauth_url}/auth").copy_merge_params(
+def redirect_uri(settings: Settings, app: NetoApp) -> str:
+    """The callback URL registered for the app: `{BROKER_PUBLIC_URL}/oauth/callback`, with
+    `?app=<name>` for any app but `default`, so the callback says which add-on Neto
+    answers for, and a state is only ever completed on its own app's callback."""
+    if app.name == DEFAULT_APP:
+        return settings.redirect_uri
+    return str(httpx.URL(settings.redirect_uri).copy_merge_params({"app": app.name}))
+
+
+def authorize_url(settings: Settings, app: NetoApp, store_domain: str, state: str) -> str:
+    url = httpx.URL(f"{app.oauth_url}/auth").copy_merge_params(
         {
-            "client_id": settings.neto_client_id or "",
-            "redirect_uri": settings.redirect_uri,
+            "client_id": app.client_id,
+            "redirect_uri": redirect_uri(settings, app),
             "response_type": "code",
             "store_domain": store_domain,
             "state": state,
@@ -103,14 +113,15 @@ def _unreachable(exc: BaseException) -> BrokerError:
 
 
 async def exchange_code(
-    client: httpx.AsyncClient, settings: Settings, code: str, expected_domain: str
+    client: httpx.AsyncClient, settings: Settings, app: NetoApp, code: str, expected_domain: str
 ) -> TokenGrant:
-    """POST the code to Neto once. Never retried: a code must not be exchanged twice."""
-    assert settings.neto_client_secret is not None
+    """POST the code to the app's token endpoint once, with that app's client id and
+    secret (the app the install's state is bound to). Never retried: a code must not be
+    exchanged twice."""
     form = {
-        "client_id": settings.neto_client_id or "",
-        "client_secret": settings.neto_client_secret.get_secret_value(),
-        "redirect_uri": settings.redirect_uri,
+        "client_id": app.client_id,
+        "client_secret": app.client_secret.get_secret_value(),
+        "redirect_uri": redirect_uri(settings, app),
         "grant_type": "authorization_code",
         # The docs name the field access_code; working clients send code. Send both.
         "access_code": code,
@@ -122,7 +133,7 @@ async def exchange_code(
     try:
         async with client.stream(
             "POST",
-            f"{settings.neto_oauth_url}/token",
+            f"{app.oauth_url}/token",
             data=form,
             headers={"Accept": "application/json"},
             timeout=timeout,

@@ -27,6 +27,7 @@ from service.errors import (
     ServiceUnavailable,
 )
 from service.installs.service import InstallService
+from service.neto.apps import DEFAULT_APP, NetoApp, is_app_name
 from service.neto.oauth import authorize_url, exchange_code
 from service.oauth import pending
 from service.oauth.models import PendingInstall
@@ -95,6 +96,22 @@ def check_return_url(settings: Settings, url: str | None) -> str | None:
         ):
             return urlunsplit(parts._replace(path=path))
     raise BadRequest("return_url is not under a prefix this broker allows.")
+
+
+def resolve_app(settings: Settings, name: str | None) -> NetoApp:
+    """The configured add-on `name` names (None: `default`), or the error that says why
+    there is none: OAuth not configured at all (503), or no such app (400). The answer
+    never lists the configured names: the merchant routes are public."""
+    if not settings.oauth_configured:
+        raise OAuthNotConfigured()
+    name = DEFAULT_APP if name is None else name
+    app = settings.apps.get(name) if is_app_name(name) else None
+    if app is None:
+        raise BadRequest(
+            f"No Neto add-on named {name[:32]!r} is configured on this broker. Start the "
+            "install again from your Neto control panel."
+        )
+    return app
 
 
 def add_query(url: str, **params: str) -> str:
@@ -185,13 +202,14 @@ async def start(
     caller: str | None = None,
     origin: str | None = None,
     app_state: str | None = None,
+    app: str | None = None,
 ) -> Started:
-    """Start an install for `caller` (a token's `sub`: app-initiated), or, from the
-    anonymous route, for the client's address prefix `origin` (Neto-initiated)."""
+    """Start an install of the add-on `app` (None: `default`) for `caller` (a token's
+    `sub`: app-initiated), or, from the anonymous route, for the client's address prefix
+    `origin` (Neto-initiated)."""
     if (caller is None) == (origin is None):
         raise ValueError("an install is started either by a caller or from an origin")
-    if not settings.oauth_configured:
-        raise OAuthNotConfigured()
+    neto_app = resolve_app(settings, app)
     domain = normalize_store_domain(raw_domain)
     return_url = check_return_url(settings, return_url)
     if app_state is not None and return_url is None:
@@ -214,6 +232,7 @@ async def start(
         ttl_seconds=settings.state_ttl_seconds,
         keyring=keyring,
         app_state=app_state,
+        app=neto_app.name,
     )
     if caller is not None:
         # Only a caller with a token starts an audited install: the anonymous internet
@@ -225,8 +244,9 @@ async def start(
             actor=caller,
             request_id=request_id,
             store_domain=domain,
+            app=neto_app.name,
         )
-    return Started(authorize_url(settings, domain, state), row.expires_at)
+    return Started(authorize_url(settings, neto_app, domain, state), row.expires_at)
 
 
 @dataclass(frozen=True)
@@ -247,13 +267,15 @@ async def complete(
     state: str,
     code: str,
     request_id: str | None,
+    app: str | None = None,
 ) -> Completed:
-    """Claim the state, exchange the code once, store the install, consume the state."""
-    if not settings.oauth_configured:
-        raise OAuthNotConfigured()
+    """Claim the state on the callback of the add-on `app` (None: `default`), exchange
+    the code once with that app's secret, store the install under it, consume the
+    state. A state started for another app is refused unclaimed (pending.claim)."""
+    neto_app = resolve_app(settings, app)
 
     async def claim(session: AsyncSession) -> PendingInstall:
-        return await pending.claim(session, state, code)
+        return await pending.claim(session, state, code, neto_app.name)
 
     claimed = await run_transaction(sessionmaker, claim)
     pending_id = claimed.id
@@ -262,15 +284,18 @@ async def complete(
         # Before the code is exchanged: a row a database writer changed installs nothing.
         app_state = pending.open_binding(keyring, claimed)
         _recheck_return_url(settings, claimed)
-        grant = await exchange_code(client, settings, code, claimed.store_domain)
+        # The app the state is bound to (the binding proved the row's app is the one the
+        # broker wrote, and the claim that it is this callback's): its secret only.
+        grant = await exchange_code(client, settings, neto_app, code, claimed.store_domain)
 
         async def consume(session: AsyncSession) -> None:
             # In the install's own transaction: the state is used exactly when it stored.
             await pending.consume(session, pending_id, grant.store_id)
 
         await installs.store_oauth_grant(
-            grant, actor=pending.actor_of(claimed), request_id=request_id, also=consume
-        )
+            grant, app=neto_app.name, actor=pending.actor_of(claimed), request_id=request_id,
+            also=consume,
+        )  # fmt: skip
     except BaseException as exc:
         await _release(sessionmaker, pending_id)
         if isinstance(exc, BrokerError):
@@ -322,6 +347,7 @@ async def _audit_failure(
             actor=pending.actor_of(claimed),
             request_id=request_id,
             store_domain=claimed.store_domain,
+            app=claimed.app,
             error=exc.code,
         )
 

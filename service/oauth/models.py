@@ -8,6 +8,7 @@ from sqlalchemy import Column, String, Text
 from sqlmodel import Field, SQLModel
 
 from service.db import UTCDateTime, growing_id, utcnow
+from service.neto.apps import DEFAULT_APP
 
 
 class PendingInstall(SQLModel, table=True):
@@ -20,6 +21,12 @@ class PendingInstall(SQLModel, table=True):
     store_domain: str = Field(sa_column=Column(String(253), nullable=False))
     return_url: str | None = Field(default=None, sa_column=Column(String(2048)))
     initiated_by: str = Field(sa_column=Column(String(256), nullable=False))
+    # The add-on (service/neto/apps.py) the install is for: its client id went to Neto's
+    # authorise page, and only its secret may exchange the code. Bound in the binding.
+    app: str = Field(
+        default=DEFAULT_APP,
+        sa_column=Column(String(32), nullable=False, server_default=DEFAULT_APP),
+    )
     # The app's opaque `app_state`, sealed and bound to this row's state hash
     # (oauth/pending.py): echoed on the return redirect, never stored in clear.
     app_state_sealed: str | None = Field(default=None, sa_column=Column(Text))

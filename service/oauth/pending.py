@@ -10,9 +10,11 @@ same code is never exchanged twice.
 Every row carries a sealed *binding* (the `app_state_sealed` column): the app's opaque
 `app_state` when it sent one, else nothing, sealed with associated data naming the row's
 state hash (which the broker derives from a state it generated, so no caller picks it),
-its return URL, store domain and initiator. A database writer who changes any of them,
-removes the binding or copies another row's makes the callback fail closed before the
-code is exchanged: the merchant is never sent somewhere the broker did not check, and the
+its return URL, store domain, initiator and Neto add-on (`app`; `default` is left out of
+the associated data, so rows sealed before add-ons existed still open). A database
+writer who changes any of them, removes the binding or copies another row's makes the
+callback fail closed before the code is exchanged: the merchant is never sent somewhere
+the broker did not check, the code never goes to another add-on's token endpoint, and the
 app's state is never echoed to a place it was not sealed for.
 """
 
@@ -29,6 +31,7 @@ from sqlmodel import col
 
 from service.db import utcnow
 from service.errors import BadRequest, InvalidState, StateExpired
+from service.neto.apps import DEFAULT_APP
 from service.oauth.models import PendingInstall
 from service.security.callers import RESERVED_SUB
 from service.security.crypto import Context, KeyRing, SealError
@@ -71,9 +74,13 @@ def actor_of(row: PendingInstall) -> str:
 
 
 def _binding_ctx(
-    state_hash: str, return_url: str | None, store_domain: str, initiated_by: str
+    state_hash: str, return_url: str | None, store_domain: str, initiated_by: str, app: str
 ) -> Context:
-    bound = (return_url or "", store_domain, initiated_by)
+    bound: tuple[str, ...] = (return_url or "", store_domain, initiated_by)
+    if app != DEFAULT_APP:
+        # The app decides whose secret exchanges the code: a row moved to another app in
+        # the database must not open. `default` adds nothing, as before apps existed.
+        bound = (*bound, app)
     return Context("pending_installs", "app_state_sealed", state_hash, bound)
 
 
@@ -85,7 +92,7 @@ def open_binding(keyring: KeyRing, row: PendingInstall) -> str | None:
     was changed, its binding removed or copied from another row, or it was sealed under a
     key removed while the install was in flight (docs/security.md).
     """
-    ctx = _binding_ctx(row.state_hash, row.return_url, row.store_domain, row.initiated_by)
+    ctx = _binding_ctx(row.state_hash, row.return_url, row.store_domain, row.initiated_by, row.app)
     try:
         if row.app_state_sealed is None:
             raise SealError("the row has no binding")
@@ -93,7 +100,7 @@ def open_binding(keyring: KeyRing, row: PendingInstall) -> str | None:
     except SealError as exc:
         log.error(
             "a pending install does not match its sealed binding: its return URL, store "
-            "domain, initiator or app_state was changed in the database, or it was sealed "
+            "domain, initiator, app or app_state was changed in the database, or it was sealed "
             "under a key that is not configured; the install is refused",
             extra={"fields": {"pending_id": row.id, "reason": str(exc)}},
         )
@@ -113,6 +120,7 @@ async def create(
     ttl_seconds: int,
     keyring: KeyRing,
     app_state: str | None = None,
+    app: str = DEFAULT_APP,
 ) -> tuple[str, PendingInstall]:
     if app_state == "":
         # The empty binding stands for "no app_state": an empty value could not come back.
@@ -125,9 +133,10 @@ async def create(
         store_domain=store_domain,
         return_url=return_url,
         initiated_by=initiated_by,
+        app=app,
         app_state_sealed=keyring.seal(
             (app_state or "").encode(),
-            _binding_ctx(state_hash, return_url, store_domain, initiated_by),
+            _binding_ctx(state_hash, return_url, store_domain, initiated_by, app),
         ),
         created_at=now,
         expires_at=now + timedelta(seconds=ttl_seconds),
@@ -201,14 +210,19 @@ async def evict_oldest(session: AsyncSession, *where: ColumnElement[bool]) -> bo
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def claim(session: AsyncSession, state: str, code: str) -> PendingInstall:
-    """Claim the state for this code, or raise InvalidState / StateExpired."""
+async def claim(
+    session: AsyncSession, state: str, code: str, app: str = DEFAULT_APP
+) -> PendingInstall:
+    """Claim the state for this code on `app`'s callback, or raise InvalidState /
+    StateExpired. A state started for another app is refused before it is claimed: its
+    code is never exchanged with this app's secret, and stays good for its own callback."""
     now = utcnow()
     state_hash, code_hash = digest(state), digest(code)
     result = await session.execute(
         update(PendingInstall)
         .where(
             col(PendingInstall.state_hash) == state_hash,
+            col(PendingInstall.app) == app,
             col(PendingInstall.consumed_at).is_(None),
             col(PendingInstall.expires_at) > now,
             or_(
@@ -234,6 +248,11 @@ async def claim(session: AsyncSession, state: str, code: str) -> PendingInstall:
         return row
     if row is None:
         raise InvalidState("This install link is unknown. Start the install again from Neto.")
+    if row.app != app:
+        raise InvalidState(
+            "This install link belongs to another add-on than the one Neto returned you "
+            "for. Start the install again from your Neto control panel."
+        )
     if row.consumed_at is not None:
         raise InvalidState("This install link was already used. Start the install again.")
     if row.expires_at <= now:

@@ -22,6 +22,10 @@ from service.web.responses import PAGE_HEADERS, html_page
 router = APIRouter()
 
 _CODE_RE = re.compile(r"^[a-z_]{1,64}$")
+APP_PARAM = (
+    "The Neto add-on (a name in BROKER_NETO_APPS); absent: `default`, the add-on of "
+    "BROKER_NETO_CLIENT_ID. An unknown name is a 400 page."
+)
 
 
 def _throttle(request: Request) -> str:
@@ -69,6 +73,7 @@ async def start_install(
         request_id=request_id(request),
         caller=caller.sub,
         app_state=body.app_state,
+        app=caller.granted_app(body.app),
     )
     return InstallStarted(authorize_url=started.authorize_url, state_expires_at=started.expires_at)
 
@@ -89,11 +94,16 @@ async def install(
     request: Request,
     session: SessionDep,
     store_domain: Annotated[str, Query(max_length=1024)],
+    app_name: Annotated[
+        str | None, Query(alias="app", max_length=64, description=APP_PARAM)
+    ] = None,
 ) -> Response:
     """Neto sends the merchant here when they install the add-on. The broker creates a
-    pending install and sends the merchant on to Neto to approve it."""
+    pending install and sends the merchant on to Neto to approve it. With several
+    add-ons (BROKER_NETO_APPS), each add-on's install URL names it (`app`); the state
+    binds it, so the code Neto returns is exchanged with that add-on's secret only."""
     origin = _throttle(request)
-    _single(request, "store_domain")
+    _single(request, "store_domain", "app")
     app = services(request)
     started = await flow.start(
         session,
@@ -103,6 +113,7 @@ async def install(
         return_url=None,
         request_id=request_id(request),
         origin=origin,  # this route, and only it, starts anonymous installs
+        app=app_name,
     )
     return RedirectResponse(started.authorize_url, status_code=302, headers=PAGE_HEADERS)
 
@@ -119,11 +130,16 @@ async def callback(
     state: Annotated[str | None, Query(max_length=512)] = None,
     code: Annotated[str | None, Query(max_length=2048)] = None,
     error: Annotated[str | None, Query(max_length=256)] = None,
+    app_name: Annotated[
+        str | None, Query(alias="app", max_length=64, description=APP_PARAM)
+    ] = None,
 ) -> Response:
     """Checks the `state`, exchanges the code once, stores the install, and sends the
-    merchant to the install's return URL or shows a confirmation page."""
+    merchant to the install's return URL or shows a confirmation page. Each add-on's
+    callback names it (`?app=`, none for `default`): a state started for another add-on
+    is refused, and its code is never exchanged here."""
     _throttle(request)
-    _single(request, "state", "code", "error")
+    _single(request, "state", "code", "error", "app")
     if error is not None:
         shown = error if _CODE_RE.match(error) else "error"
         raise InstallDenied(
@@ -135,7 +151,7 @@ async def callback(
     app = services(request)
     done = await flow.complete(
         app.sessionmaker, app.http, app.settings, app.installs, app.keyring,
-        state=state, code=code,
+        state=state, code=code, app=app_name,
         request_id=request_id(request),
     )  # fmt: skip
     request.state.store_id = done.store_id

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.neto.apps import APP_NAME_MAX_LENGTH, APP_NAME_PATTERN
+
 _STARTED_EXAMPLE: dict[str, Any] = {
     "authorize_url": "https://apps.getneto.com/oauth/v2/auth?client_id=...&response_type=code"
     "&redirect_uri=...&store_domain=shop.example.com.au&state=...",
@@ -36,6 +38,15 @@ class InstallStart(BaseModel):
         "so it is refused (400 `validation_error`). Treat a return without it as untied: "
         "the merchant's browser carries the redirect and can drop it.",
         examples=["session-7f3a9c"],
+    )
+    app: str | None = Field(
+        default=None,
+        max_length=APP_NAME_MAX_LENGTH,
+        pattern=APP_NAME_PATTERN,
+        description="The Neto add-on to install (a name in BROKER_NETO_APPS); absent: "
+        "`default`. A token with an `apps` claim may start installs of those apps only. "
+        "An app that is not configured is refused (400 `validation_error`).",
+        examples=["staging"],
     )
 
 

@@ -26,6 +26,7 @@ from jose.exceptions import JOSEError, JWTClaimsError
 
 from service.config import Settings
 from service.errors import ActionNotAllowed, Forbidden, StoreNotAllowed, Unauthorized
+from service.neto.apps import DEFAULT_APP, is_app_name
 from service.neto.entities import ENTITIES
 from service.neto.queue import INTERACTIVE, LANES
 from service.security.caller_keys import KeyFileError, load_keys
@@ -60,8 +61,9 @@ SCOPES = frozenset(
 _IMPLIED = {"installs:admin": {"installs:read", "installs:start"}}
 # Claims that limit a caller but that this broker does not enforce yet (the contract's
 # third round): a token carrying one is refused, never honoured as if it had no limit.
-# A claim leaves this set only with the code that enforces it (`fields`: access/fields.py).
-UNENFORCED_CLAIMS = ("apps",)
+# A claim leaves this set only with the code that enforces it (`fields`: access/fields.py;
+# `apps`: `Caller.require_app`, at every door to a store, and `granted_app`).
+UNENFORCED_CLAIMS: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,26 @@ class Caller:
     priority: str = INTERACTIVE
     # Per Neto entity, the OutputSelector names it may read (access/fields.py); None: all.
     fields: Mapping[str, tuple[str, ...]] | None = field(default=None, hash=False)
+    # The Neto add-ons (service/neto/apps.py) whose stores it may use; None: all.
+    apps: frozenset[str] | None = None
+
+    def _grants_app(self, app: str) -> bool:
+        return self.apps is None or "*" in self.apps or app in self.apps
+
+    def require_app(self, app: str) -> None:
+        """A store of an add-on outside the `apps` claim is refused like a store outside
+        `stores` (403 `store_not_allowed`), before its status is told."""
+        if not self._grants_app(app):
+            raise StoreNotAllowed(
+                f"The token's `apps` claim does not grant the add-on {app!r} this store belongs to."
+            )
+
+    def granted_app(self, app: str | None) -> str:
+        """The add-on an install is started for (None: `default`), if the claim grants it."""
+        name = DEFAULT_APP if app is None else app
+        if not self._grants_app(name):
+            raise Forbidden(f"The token's `apps` claim does not grant the add-on {name!r}.")
+        return name
 
     def require_scope(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -296,6 +318,12 @@ class TokenVerifier:
                     "carrying it is refused rather than served without its limit."
                 )
         fields = fields_claim(claims)
+        apps = _str_list(claims, "apps")
+        if apps is not None and not all(a == "*" or is_app_name(a) for a in apps):
+            raise Unauthorized(
+                "The `apps` claim must list add-on names (lowercase slugs, as in "
+                'BROKER_NETO_APPS) or be ["*"].'
+            )
         granted = _expand_scopes(scope)
         if fields is not None and "credentials:read" in granted:
             # A bundle is the store's token: with it every field is readable, whatever
@@ -312,6 +340,7 @@ class TokenVerifier:
             exp=exp,
             priority=priority,
             fields=fields,
+            apps=frozenset(apps) if apps is not None else None,
         )
 
 
@@ -333,6 +362,7 @@ def mint(
     issuer: str | None = None,
     priority: str | None = None,
     fields: dict[str, list[str]] | None = None,
+    apps: list[str] | None = None,
 ) -> str:
     """An HS256 caller token, for operators (`broker token mint`) and the demo."""
     now = int(time.time())
@@ -349,4 +379,6 @@ def mint(
         claims["priority"] = priority
     if fields is not None:
         claims["fields"] = fields
+    if apps is not None:
+        claims["apps"] = apps
     return str(jwt.encode(claims, secret, algorithm="HS256", headers={"kid": kid}))

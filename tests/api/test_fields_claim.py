@@ -4,7 +4,8 @@ request's OutputSelector narrowed) and every other field is removed from its ans
 both doors; an action whose entity the claim does not list, or an XML exchange, is
 refused before anything is sent. Without the claim, both pass byte for byte.
 
-Also issue 31, item 5: a limiting claim the broker does not enforce (`apps`) is refused."""
+Also issue 31, item 5: a limiting claim the broker does not enforce is refused (`apps`
+was until issue 23 enforced it; a malformed one still is refused here)."""
 
 from __future__ import annotations
 
@@ -241,8 +242,9 @@ async def test_a_body_that_is_not_a_json_object_is_refused(door, app, neto):
         ({"fields": {"Item": ["OrderLine..SKU"]}}, "must be a list"),
         ({"fields": {"Item": [7]}}, "must be a list"),
         ({"fields": {"Item": ["SKU"]}, "scope": "invoke credentials:read"}, "credentials:read"),
-        ({"apps": ["reviews"]}, "`apps` claim is not enforced"),
-        ({"apps": [], "fields": {"Item": ["SKU"]}}, "`apps`"),
+        # `apps` is enforced now (tests/api/test_neto_apps.py); only its shape is checked here.
+        ({"apps": ["Reviews"]}, "`apps` claim must list add-on names"),
+        ({"apps": "reviews", "fields": {"Item": ["SKU"]}}, "`apps`"),
     ],
 )
 async def test_a_claim_of_the_wrong_shape_or_not_enforced_is_refused(app, claims, says):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from service.cli import app
@@ -61,10 +62,10 @@ async def test_installs_list_prints_a_table_newest_first(client, app, neto, auth
     result = await run_cli(database_url, "installs", "list")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split() == ["STORE", "ID", "DOMAIN", "AUTH", "STATUS", "INSTALLED", "LAST",
-                                "USED"]  # fmt: skip
+    assert lines[0].split() == ["STORE", "ID", "DOMAIN", "AUTH", "STATUS", "APP", "INSTALLED",
+                                "LAST", "USED"]  # fmt: skip
     n2, n1 = lines[1].split(), lines[2].split()
-    assert n2[:4] == ["N2", "two.example.com", "api_key", "active"]
+    assert n2[:5] == ["N2", "two.example.com", "api_key", "active", "default"]
     assert n2[-1] != "never", "the bundle marked N2 as used"
     assert n1[:4] == ["N1", "one.example.com", "api_key", "revoked"]
     assert n1[-1] == "never"
@@ -89,6 +90,21 @@ async def test_installs_list_filters_and_limits(client, auth, database_url):
     assert bad.exit_code == 2
     empty = await run_cli(database_url, "installs", "list", "--search", "nothing-matches")
     assert empty.exit_code == 0 and empty.output == "0 installs\n"
+
+
+async def test_installs_list_filters_by_app(client, app, auth, database_url):
+    await register(client, auth, "N1", "one.example.com")
+    async with app.state.services.sessionmaker() as session, session.begin():
+        await session.execute(text("UPDATE installs SET app = 'staging' WHERE store_id = 'N1'"))
+    await register(client, auth, "N2", "two.example.com")
+    staging = await run_cli(database_url, "installs", "list", "--app", "staging")
+    assert staging.exit_code == 0, staging.output
+    assert [line.split()[0] for line in staging.output.splitlines()[1:-1]] == ["N1"]
+    assert staging.output.splitlines()[1].split()[4] == "staging"
+    default = await run_cli(database_url, "installs", "list", "--app", "default")
+    assert [line.split()[0] for line in default.output.splitlines()[1:-1]] == ["N2"]
+    bad = await run_cli(database_url, "installs", "list", "--app", "Not An App")
+    assert bad.exit_code == 2 and "--app" in bad.output
 
 
 def test_installs_list_says_when_the_database_cannot_be_read():

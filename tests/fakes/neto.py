@@ -68,7 +68,13 @@ class FakeNeto:
     def __init__(self, client_id: str = "fake-client-id", client_secret: str = "x" * 40) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
+        # Every add-on Neto knows (client id -> secret): `client_id` and, after
+        # `add_client`, others (several add-ons in one broker). Reset to the first alone.
+        self.clients: dict[str, str] = {client_id: client_secret}
         self.codes: dict[str, dict[str, Any]] = {}
+        # code -> the client id it was issued to: like Neto, a code is exchanged only by
+        # the add-on the merchant approved.
+        self.code_clients: dict[str, str] = {}
         # store domain -> headers that authenticate against it
         self.credentials: dict[str, dict[str, str]] = {}
         self.token_responses: deque[Handler] = deque()
@@ -106,7 +112,9 @@ class FakeNeto:
     # -- what tests call -------------------------------------------------------------
     def reset(self) -> None:
         with self.lock:
+            self.clients = {self.client_id: self.client_secret}
             self.codes.clear()
+            self.code_clients.clear()
             self.credentials.clear()
             self.token_responses.clear()
             self.api_responses.clear()
@@ -128,9 +136,13 @@ class FakeNeto:
         *,
         store_id: str = "N1001",
         access_token: str | None = None,
+        client_id: str | None = None,
         **overrides: Any,
     ) -> str:
-        """What Neto does when the merchant approves: issue a one-time code."""
+        """What Neto does when the merchant approves the add-on `client_id` (default: the
+        first): issue a one-time code that only that add-on can exchange, for a token
+        that the store API accepts with that add-on's client id only."""
+        client_id = client_id or self.client_id
         code = "code_" + secrets.token_urlsafe(16)
         token = access_token or "tok_" + secrets.token_urlsafe(24)
         grant: dict[str, Any] = {
@@ -158,11 +170,17 @@ class FakeNeto:
         grant.update(overrides)
         with self.lock:
             self.codes[code] = grant
+            self.code_clients[code] = client_id
             self.credentials[store_domain] = {
-                "x_access_key": self.client_id,
+                "x_access_key": client_id,
                 "x_secret_key": token,
             }
         return code
+
+    def add_client(self, client_id: str, client_secret: str) -> None:
+        """Another add-on Neto knows (until `reset()`)."""
+        with self.lock:
+            self.clients[client_id] = client_secret
 
     def hold_api(self) -> None:
         """Store API requests from now on are recorded, then wait for `release_api()`."""
@@ -215,7 +233,9 @@ class FakeNeto:
             query = urlencode({"error": "access_denied", "state": state})
             return RedirectResponse(f"{redirect_uri}?{query}", status_code=302)
         code = self.authorize(
-            str(form.get("store_domain", "")), store_id=str(form.get("store_id") or "N10001")
+            str(form.get("store_domain", "")),
+            store_id=str(form.get("store_id") or "N10001"),
+            client_id=str(form.get("client_id") or self.client_id),
         )
         return RedirectResponse(
             f"{redirect_uri}?{urlencode({'code': code, 'state': state})}", status_code=302
@@ -232,13 +252,16 @@ class FakeNeto:
             await asyncio.sleep(self.token_delay)
         if scripted is not None:
             return await scripted(request)
-        if (
-            form.get("client_id") != self.client_id
-            or form.get("client_secret") != self.client_secret
-        ):
+        client_id = form.get("client_id", "")
+        if client_id not in self.clients or form.get("client_secret") != self.clients[client_id]:
             return JSONResponse({"error": "invalid_client"}, status_code=401)
         with self.lock:
-            grant = self.codes.pop(form.get("code", ""), None)  # one-time, like Neto
+            code = form.get("code", "")
+            if self.code_clients.get(code, client_id) != client_id:
+                # Issued to another add-on: refused, and still good for that one.
+                return JSONResponse({"error": "invalid_grant"}, status_code=400)
+            grant = self.codes.pop(code, None)  # one-time, like Neto
+            self.code_clients.pop(code, None)
         if grant is None or form.get("access_code") != form.get("code"):
             return JSONResponse({"error": "invalid_grant"}, status_code=400)
         return JSONResponse(grant)
