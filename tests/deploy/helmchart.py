@@ -96,6 +96,7 @@ DEV_SECRET_DATA = {
     "encryptionKeys": "k1:LEAKCHECK-enc-c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXM=",
     "jwtHs256Keys": "h1:LEAKCHECK-hs256-0123456789abcdef0123456789abcdef",
     "netoClientSecret": "LEAKCHECK-neto-client-secret",
+    "netoApps": '{"staging": {"client_id": "stg", "client_secret": "LEAKCHECK-staging"}}',
     "metricsToken": "LEAKCHECK-metrics-token-0123456789abcdef",
 }
 

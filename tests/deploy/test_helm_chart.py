@@ -30,6 +30,7 @@ SECRET_ENV = {
     "BROKER_ENCRYPTION_KEYS",
     "BROKER_JWT_HS256_KEYS",
     "BROKER_NETO_CLIENT_SECRET",
+    "BROKER_NETO_APPS",
 }
 
 
@@ -303,6 +304,7 @@ def test_generated_secret_exists_before_the_migration_job(dev_render: Rendered) 
         "BROKER_ENCRYPTION_KEYS": DEV_SECRET_DATA["encryptionKeys"],
         "BROKER_JWT_HS256_KEYS": DEV_SECRET_DATA["jwtHs256Keys"],
         "BROKER_NETO_CLIENT_SECRET": DEV_SECRET_DATA["netoClientSecret"],
+        "BROKER_NETO_APPS": DEV_SECRET_DATA["netoApps"],
         "BROKER_METRICS_TOKEN": DEV_SECRET_DATA["metricsToken"],
     }
     env = env_by_name(container(dev_render.one("Deployment")))

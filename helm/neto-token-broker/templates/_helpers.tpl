@@ -65,7 +65,7 @@ ntb.secret.name: the Secret every pod reads its secret variables from.
 */}}
 {{- define "ntb.secret.generate" -}}
 {{- $d := .Values.secret.data -}}
-{{- if and (not .Values.secret.existingSecret) (or $d.databaseUrl $d.encryptionKeys $d.jwtHs256Keys $d.netoClientSecret $d.metricsToken) -}}
+{{- if and (not .Values.secret.existingSecret) (or $d.databaseUrl $d.encryptionKeys $d.jwtHs256Keys $d.netoClientSecret $d.netoApps $d.metricsToken) -}}
 {{- if and .Values.metrics.requireToken (not $d.metricsToken) -}}
 {{- fail "metrics.requireToken is true but secret.data.metricsToken is empty: set a scrape token of at least 32 characters (openssl rand -hex 32), or metrics.requireToken=false" -}}
 {{- end -}}
@@ -75,7 +75,7 @@ true
 
 {{- define "ntb.secret.name" -}}
 {{- $d := .Values.secret.data -}}
-{{- if and .Values.secret.existingSecret (or $d.databaseUrl $d.encryptionKeys $d.jwtHs256Keys $d.netoClientSecret $d.metricsToken) -}}
+{{- if and .Values.secret.existingSecret (or $d.databaseUrl $d.encryptionKeys $d.jwtHs256Keys $d.netoClientSecret $d.netoApps $d.metricsToken) -}}
 {{- fail "secret.existingSecret and secret.data are mutually exclusive: keep secret values in the existing Secret, or leave existingSecret empty to let the chart generate one" -}}
 {{- end -}}
 {{- if and .Values.secret.requireExisting (not .Values.secret.existingSecret) -}}
@@ -87,8 +87,9 @@ true
 {{/*
 Environment variables whose values are secret, read from the Secret by key. The database
 URL and the encryption keys must be present (the broker cannot run without them); the
-HS256 keys (JWKS may be used instead) and the OAuth client secret (without it only the
-OAuth endpoints are off) are optional.
+HS256 keys (JWKS may be used instead), the OAuth client secret (without it only the
+OAuth endpoints are off) and BROKER_NETO_APPS (several add-ons, their secrets inline in
+the JSON) are optional.
 */}}
 {{- define "ntb.secretEnv" -}}
 {{- $name := include "ntb.secret.name" . -}}
@@ -114,6 +115,12 @@ OAuth endpoints are off) are optional.
     secretKeyRef:
       name: {{ $name }}
       key: {{ $k.netoClientSecret }}
+      optional: true
+- name: BROKER_NETO_APPS
+  valueFrom:
+    secretKeyRef:
+      name: {{ $name }}
+      key: {{ $k.netoApps }}
       optional: true
 {{- end }}
 
@@ -224,7 +231,7 @@ hook runs). Empty values are left out so the broker's own defaults apply.
 {{- end -}}
 {{- $_ := set $m "BROKER_TRUSTED_PROXIES" .Values.ingress.trustedProxies -}}
 {{- end -}}
-{{- $secretNames := list "BROKER_DATABASE_URL" "BROKER_ENCRYPTION_KEYS" "BROKER_JWT_HS256_KEYS" "BROKER_NETO_CLIENT_SECRET" -}}
+{{- $secretNames := list "BROKER_DATABASE_URL" "BROKER_ENCRYPTION_KEYS" "BROKER_JWT_HS256_KEYS" "BROKER_NETO_CLIENT_SECRET" "BROKER_NETO_APPS" -}}
 {{- range $k, $v := $c.extraEnv -}}
 {{- if has $k $secretNames -}}
 {{- fail (printf "config.extraEnv.%s is a secret setting: it belongs in the Secret (secret.existingSecret or secret.data), never in the ConfigMap" $k) -}}
