@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from service import tracing
 from service.access import bundles, invoke, neto_door
 from service.audit import routes as audit_routes
 from service.config import Settings, load_settings
@@ -21,6 +22,7 @@ from service.web import docs, health, lean, openapi
 from service.web.body_limit import JsonBodyMiddleware
 from service.web.handlers import install_error_handlers
 from service.web.middleware import RequestContextMiddleware
+from service.web.tracing import TracingMiddleware
 
 DESCRIPTION = """
 Keeps every merchant's Neto by Maropost credentials and brokers access to them.
@@ -43,12 +45,17 @@ VERSION = version("neto-token-broker")
 def create_app(settings: Settings | None = None) -> FastAPI:
     # Parsed now: a bad key or URL template fails start-up, and no request parses a key.
     config = StartupConfig.load(settings or load_settings())
+    # OTLP export when the standard OTEL_* variables ask for it (service/tracing.py).
+    tracing.configure_from_environment(VERSION)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with running(config) as services:
-            app.state.services = services
-            yield
+        try:
+            async with running(config) as services:
+                app.state.services = services
+                yield
+        finally:
+            tracing.flush()  # the last requests' spans leave before the process does
 
     app = lean.LeanApp(
         title="Neto Token Broker",
@@ -70,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(JsonBodyMiddleware, max_bytes=config.settings.max_json_bytes)
     app.add_middleware(RequestContextMiddleware)
+    if tracing.ENABLED:  # outermost, so the access line is written inside the span
+        app.add_middleware(TracingMiddleware)
     for router in (
         bundles.router,
         invoke.router,

@@ -18,6 +18,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
+from service import tracing
 from service.access.audit_batch import AuditWriter
 from service.background import cancel_and_wait
 from service.config import Settings
@@ -96,6 +97,8 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
     """Open the database, the HTTP session and the background tasks; close them after."""
     settings = config.settings
     engine = create_engine(settings)
+    if tracing.ENABLED:
+        tracing.watch_engine(engine)
     sessionmaker = create_sessionmaker(engine)
     session = create_session(settings)
     upstream = UpstreamClient(session, config.api_urls, settings)

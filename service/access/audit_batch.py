@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service import tracing
 from service.access.audit_sqlite import SqliteBatchConnection
 from service.background import cancel_and_wait
 from service.db import retrying, run_transaction, utcnow
@@ -127,10 +128,22 @@ class AuditWriter:
             "details": details,
         }
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if tracing.ENABLED:
+            # Taken here, in the request's task: the batch commits in the writer's.
+            trace_id = tracing.current_trace_id()
+            if trace_id is not None:
+                details["trace_id"] = trace_id
+            with tracing.span("audit.write", {"broker.audit_event": event}):
+                self._enqueue(row, future)
+                await future
+            return
+        self._enqueue(row, future)
+        await future
+
+    def _enqueue(self, row: dict[str, Any], future: asyncio.Future[None]) -> None:
         self._queue.put_nowait((row, future))
         if self._queue.qsize() + 1 >= self._expected:
             self._enough.set()
-        await future
 
     async def _run(self) -> None:
         while True:

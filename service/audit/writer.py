@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service import tracing
 from service.audit.models import AuditEvent
 
 
@@ -20,7 +21,10 @@ def record(
     request_id: str | None = None,
     **details: Any,
 ) -> AuditEvent:
-    """Add an audit event to the session. `details` must never hold a secret."""
+    """Add an audit event to the session. `details` must never hold a secret; it gets the
+    request's `trace_id` when tracing is on."""
+    if tracing.ENABLED and (trace_id := tracing.current_trace_id()) is not None:
+        details["trace_id"] = trace_id
     row = AuditEvent(
         event=event, actor=actor, store_id=store_id, request_id=request_id, details=details
     )

@@ -33,6 +33,7 @@ from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service import tracing
 from service.background import cancel_and_wait
 from service.errors import StoreSecretUnreadable
 from service.installs import queries, repository
@@ -136,6 +137,13 @@ class StoreCache:
             hit = self._entries.get(store_id)
             if hit is not None and now - hit[READ_AT] < self._max_age:
                 return StoreCredentials(*hit[:READ_AT])
+        if tracing.ENABLED:
+            with tracing.span("store_cache.miss", {"broker.store_id": store_id}):
+                return await self._read(store_id)
+        return await self._read(store_id)
+
+    async def _read(self, store_id: str) -> StoreCredentials | None:
+        """A miss: the store's row, opened, and cached unless an invalidation overlapped."""
         epoch = self._epoch
         async with self._sessionmaker() as session:
             install = await repository.get(session, store_id)

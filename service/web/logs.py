@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from service import tracing
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -22,6 +24,9 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             entry.update(fields)
+        # Formatted as it is emitted, in the logging task: its current span is the line's.
+        if tracing.ENABLED and (trace_id := tracing.current_trace_id()) is not None:
+            entry["trace_id"] = trace_id
         if record.exc_info and record.exc_info[0] is not None:
             entry["error_type"] = record.exc_info[0].__name__
             entry["traceback"] = self.formatException(record.exc_info)

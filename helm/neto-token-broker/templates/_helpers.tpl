@@ -303,3 +303,23 @@ true
   readOnly: true
 {{- end }}
 {{- end }}
+
+{{/*
+The standard OTEL_* variables of tracing.env, and OTEL_EXPORTER_OTLP_HEADERS from
+tracing.headersSecret (README "Tracing"). Nothing when neither is set.
+*/}}
+{{- define "ntb.tracingEnv" -}}
+{{- range $name, $value := .Values.tracing.env }}
+- name: {{ $name }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- with .Values.tracing.headersSecret }}
+{{- if and .name .key }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name }}
+      key: {{ .key }}
+{{- end }}
+{{- end }}
+{{- end }}
