@@ -84,7 +84,10 @@ def install(provider: TracerProvider) -> None:
 
 
 def uninstall() -> None:
+    """Stop tracing: what is batched is exported, the exporter's thread stopped."""
     global ENABLED, _provider, _tracer
+    if _provider is not None:
+        _provider.shutdown()
     ENABLED = False
     _provider = None
     _tracer = trace.NoOpTracer()

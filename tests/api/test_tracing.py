@@ -37,7 +37,6 @@ def spans() -> Iterator[InMemorySpanExporter]:
     tracing.install(provider)
     yield exporter
     tracing.uninstall()
-    provider.shutdown()
 
 
 @pytest.fixture
