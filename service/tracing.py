@@ -36,6 +36,7 @@ _provider: TracerProvider | None = None
 _tracer: trace.Tracer = trace.NoOpTracer()
 
 NAME = "neto-token-broker"
+FLUSH_MILLIS = 5000
 
 
 def wanted(environ: Mapping[str, str] = os.environ) -> bool:
@@ -94,9 +95,10 @@ def uninstall() -> None:
 
 
 def flush() -> None:
-    """Export what is batched (at shutdown: the last requests' spans are not lost)."""
+    """Export what is batched (at shutdown: the last requests' spans are not lost), for at
+    most FLUSH_MILLIS: a collector that is down must not hold up the pod's shutdown."""
     if _provider is not None:
-        _provider.force_flush()
+        _provider.force_flush(timeout_millis=FLUSH_MILLIS)
 
 
 def tracer() -> trace.Tracer:

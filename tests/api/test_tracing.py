@@ -5,12 +5,14 @@ in-memory exporter; tests/e2e/test_tracing_otlp.py exports them over OTLP for re
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -162,3 +164,33 @@ async def test_tracing_off_adds_nothing(app, client, neto, auth, log_lines):
     assert lines and not any("trace_id" in line for line in lines)
     [row] = [row for row in await audit_rows(app) if row["event"] == "bundle.issued"]
     assert "trace_id" not in row["details"]
+
+
+async def test_webhook_change_and_delivery_are_traced(
+    spans, app_factory, settings_factory, neto, auth, receiver
+):
+    app = await app_factory(settings_factory(events_poll_seconds=0.1, webhook_timeout_seconds=1))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as client:
+        r = await client.post(
+            "/webhooks", json={"url": receiver.url},
+            headers={**auth("installs:admin"), "traceparent": TRACEPARENT},
+        )  # fmt: skip
+        assert r.status_code == 201, r.text
+        hook = r.json()
+        [row] = [row for row in await audit_rows(app) if row["event"] == "webhook.created"]
+        assert row["details"]["trace_id"] == TRACE_ID
+        await register_api_key_store(client, auth("installs:admin"), "W1")
+        [got] = await receiver.wait_for(1)
+    delivered: list[ReadableSpan] = []
+    for _ in range(100):  # the span ends once the receiver's answer is read
+        delivered = [s for s in spans.get_finished_spans() if s.name == "webhook.deliver"]
+        if delivered:
+            break
+        await asyncio.sleep(0.05)
+    [span] = delivered
+    assert span.attributes is not None
+    assert span.attributes["broker.webhook_id"] == hook["id"]
+    assert span.attributes["broker.event_id"] == got.event["id"]
+    assert span.attributes["http.response.status_code"] == 200
+    assert hook["secret"] not in json.dumps(dict(span.attributes))
