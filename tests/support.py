@@ -116,6 +116,16 @@ async def reset_database(url: str) -> None:
     await engine.dispose()
 
 
+async def recreate_database(url: str, name: str) -> None:
+    """PostgreSQL: (re)create the empty database `name` beside the one `url` names (for
+    migrations that must start below head)."""
+    engine = create_async_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    async with engine.connect() as conn:
+        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    await engine.dispose()
+
+
 def query_of(url: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
 

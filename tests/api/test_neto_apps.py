@@ -33,6 +33,7 @@ from tests.support import (
     audit_rows,
     call_door,
     query_of,
+    recreate_database,
 )
 
 STAGING_ID, STAGING_SECRET = "staging-client-id", "staging-client-secret-" + "t" * 24
@@ -375,14 +376,6 @@ async def test_an_api_key_store_names_its_app_for_the_claim(client, two_apps, ne
 BEFORE_APPS, APPS_MIGRATION = "d8e9f0a1b023", "e9f0a1b2c024"
 
 
-async def _recreate(url: str, name: str) -> None:
-    engine = create_async_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
-    async with engine.connect() as conn:
-        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    await engine.dispose()
-
-
 async def _run(url: str, statements: list[str]) -> list[Any]:
     engine = create_async_engine(url)
     out: list[Any] = []
@@ -401,7 +394,7 @@ def test_the_migration_puts_every_existing_row_in_the_default_app(database_url, 
     else:
         base, name = database_url.rsplit("/", 1)
         url = f"{base}/{name}_neto_apps"
-        asyncio.run(_recreate(database_url, f"{name}_neto_apps"))
+        asyncio.run(recreate_database(database_url, f"{name}_neto_apps"))
     command.upgrade(alembic_config(url), BEFORE_APPS)
     asyncio.run(_run(url, [
         "INSERT INTO installs (store_id, store_domain, auth_method, status, secret_sealed, "

@@ -21,7 +21,7 @@ from service.installs.models import Install
 from service.installs.sealing import fingerprint
 from service.jobs import retention
 from service.web import metrics
-from tests.support import alembic_config, install_store
+from tests.support import alembic_config, install_store, recreate_database
 
 STORE = "N1001"
 DOMAIN = "shop.example.com"
@@ -148,7 +148,7 @@ def _migration_url(database_url: str, tmp_path: Any) -> str:
     if database_url.startswith("sqlite"):
         return f"sqlite+aiosqlite:///{tmp_path}/profiles.db"
     url = database_url.rsplit("/", 1)[0] + "/" + database_url.rsplit("/", 1)[1] + "_profiles"
-    asyncio.run(_recreate(database_url, url.rsplit("/", 1)[1]))
+    asyncio.run(recreate_database(database_url, url.rsplit("/", 1)[1]))
     return url
 
 
@@ -207,11 +207,3 @@ async def _rows(url: str) -> dict[str, dict[str, Any]]:
         rows = {r.store_id: dict(r._mapping) for r in result}
     await engine.dispose()
     return rows
-
-
-async def _recreate(url: str, name: str) -> None:
-    engine = create_async_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
-    async with engine.connect() as conn:
-        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    await engine.dispose()

@@ -14,7 +14,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.sequences import GROWING, sequence_name
 from tests.api.test_webhooks import FAST
-from tests.support import alembic_config, assert_error, metric, register_api_key_store
+from tests.support import (
+    alembic_config,
+    assert_error,
+    metric,
+    recreate_database,
+    register_api_key_store,
+)
 
 ADMIN = "installs:admin"
 PAST_31_BITS = 2**31 + 1000
@@ -192,7 +198,7 @@ def test_the_migration_widens_ids_of_a_database_that_holds_rows(database_url, tm
         url = f"sqlite+aiosqlite:///{tmp_path}/ids.db"
     else:
         url = database_url.rsplit("/", 1)[0] + "/broker_ids_migration"
-        asyncio.run(_recreate_database(database_url, "broker_ids_migration"))
+        asyncio.run(recreate_database(database_url, "broker_ids_migration"))
     command.upgrade(alembic_config(url), "3e373f2a1158")  # the initial schema
     asyncio.run(_execute(url, [
         "INSERT INTO audit_events (at, event, actor, details) "
@@ -249,11 +255,3 @@ async def _counts(url: str) -> dict[str, int]:
         }
     await engine.dispose()
     return found
-
-
-async def _recreate_database(url: str, name: str) -> None:
-    engine = create_async_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
-    async with engine.connect() as conn:
-        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    await engine.dispose()
