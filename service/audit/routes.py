@@ -51,7 +51,7 @@ async def list_audit(
             description="exact event name, e.g. `install.revoked`",
         ),
     ] = None,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> AuditPage:
     """Who did what to which store: installs, re-installs, revocations, verifications and

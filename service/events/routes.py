@@ -212,7 +212,7 @@ async def list_deliveries(
     webhook_id: WebhookId,
     session: SessionDep,
     _: Annotated[Caller, Depends(require_scope("installs:read"))],
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> AttemptPage:
     """Every attempt: the event, the receiver's status (null: no answer), latency, error."""

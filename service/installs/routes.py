@@ -141,7 +141,7 @@ async def list_installs(
             "BROKER_NETO_APPS)",
         ),
     ] = None,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> InstallPage:
     """Installs newest first. Pages are keyed on (install time, store id), so installs

@@ -80,13 +80,18 @@ async def test_revoke_invokes_bundles_and_reinstall_race_to_a_legal_end(
 
     transport = httpx.ASGITransport(app=racy_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as client:
+        straddled = []
         for round_ in range(ROUNDS):
             neto.api_requests.clear()
-            await race(client, racy_app, neto, auth, f"N20{round_}", f"race{round_}.example.com",
-                       revoke_after, reinstall_after + round_ * 0.004)  # fmt: skip
+            store, domain = f"N20{round_}", f"race{round_}.example.com"
+            straddled.append(
+                await race(client, racy_app, neto, auth, store, domain,
+                           revoke_after, reinstall_after + round_ * 0.004)
+            )  # fmt: skip
+    assert any(straddled), "raced: in no round was an invoke in flight across the whole revoke"
 
 
-async def race(client, app, neto, auth, store, domain, revoke_after, reinstall_after):
+async def race(client, app, neto, auth, store, domain, revoke_after, reinstall_after) -> bool:
     old = (await install_store(client, neto, domain, store_id=store))["access_token"]
     pending = await start_install(client, domain)
     invoker = auth("invoke", stores=[store])
@@ -161,9 +166,11 @@ async def race(client, app, neto, auth, store, domain, revoke_after, reinstall_a
     written = [round(at - revoke.finished, 4) for at in sends.with_token(old)]
     assert not [d for d in written if d > 0], f"written after the revoke answered: {written}"
     assert any(s.headers.get("x_secret_key") == old for s in neto.api_requests), "raced"
-    assert any(
+    # Whether this round raced as meant (an invoke in flight across the whole revoke): on a
+    # loaded machine one round may not; the test asks it of at least one of its rounds.
+    straddled = any(
         call.started < revoke.started and call.finished > revoke.finished for call in invokes_seen
-    ), "raced: no invoke was in flight across the whole revoke"
+    )
     for started, token in bundles:
         if started > revoke.finished:
             assert token != old, "a bundle with the revoked token after the revoke answered"
@@ -200,6 +207,7 @@ async def race(client, app, neto, auth, store, domain, revoke_after, reinstall_a
         r = await client.post(f"/invoke/{store}/GetItem", json={}, headers=invoker)
         assert r.status_code == 200, r.text
         assert neto.api_requests[-1].headers["x_secret_key"] == new
+    return straddled
 
 
 async def test_key_rotation_during_invoke_traffic_loses_nothing(
