@@ -99,6 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ("GET", bundles.PATH, bundles.serve),
             ("POST", invoke.PATH, invoke.serve),
             ("POST", neto_door.PATH, neto_door.serve),
+            ("POST", inbound_routes.PATH_WITH_TOKEN, inbound_routes.serve_with_path_token),
+            ("POST", inbound_routes.PATH, inbound_routes.serve_with_header_token),
         ],
     )
     openapi.install(app)

@@ -89,7 +89,7 @@ class Services:
     webhooks: DeliveryWorker  # this replica's webhook delivery worker
     idempotency: IdempotencyStore  # writes sent with an Idempotency-Key, and their answers
     notify_gate: NotifyGate  # bounds on /neto-notify/ per address and per store
-    notify_writer: NotifyWriter  # group commit of accepted notifications and their events
+    notify_writer: NotifyWriter  # batched token checks and group commit of notifications
 
 
 @contextlib.asynccontextmanager

@@ -18,10 +18,11 @@ and out of order with the store's next event), and one ahead would hold deliveri
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, exists, func, select, text, update
+from sqlalchemy import and_, exists, func, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
@@ -78,23 +79,29 @@ def _due(now: datetime) -> list[ColumnElement[bool]]:
 
 
 async def claim(session: AsyncSession, now: datetime, lease: timedelta, limit: int) -> list[Claim]:
-    """Take what is due at `now` (the database's clock) for `lease`."""
-    stmt = select(D).where(*_due(now)).order_by(col(D.seq)).limit(limit)
+    """Take what is due at `now` (the database's clock) for `lease`: one select, one
+    update, whatever the batch (a statement each held the one writer of SQLite through
+    as many turns of a busy event loop)."""
+    stmt = select(col(D.id), col(D.attempts)).where(*_due(now)).order_by(col(D.seq)).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update(of=D, skip_locked=True)
-    claims = []
-    for row in (await session.execute(stmt)).scalars().all():
-        assert row.id is not None
-        first = row.first_attempt_at or now
-        taken = await session.execute(
-            update(D)
-            .where(col(D.id) == row.id, col(D.attempts) == row.attempts, col(D.state) == "pending")
-            .values(attempts=row.attempts + 1, next_attempt_at=now + lease, first_attempt_at=first)
-            .execution_options(synchronize_session=False)
-        )
-        if getattr(taken, "rowcount", 0):
-            claims.append(Claim(row.id, row.webhook_id, row.seq, row.attempts + 1, first))
-    return claims
+    due = [(row.id, row.attempts) for row in await session.execute(stmt)]
+    if not due:
+        return []
+    # Each row only as it was selected (its attempts unchanged, still pending): on SQLite
+    # another process may have claimed it in between.
+    taken = await session.execute(
+        update(D)
+        .where(tuple_(col(D.id), col(D.attempts)).in_(due), col(D.state) == "pending")
+        .values(attempts=col(D.attempts) + 1, next_attempt_at=now + lease,
+                first_attempt_at=func.coalesce(col(D.first_attempt_at), now))
+        .returning(col(D.id), col(D.webhook_id), col(D.seq), col(D.attempts),
+                   col(D.first_attempt_at))
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
+    claims = [Claim(row.id, row.webhook_id, row.seq, row.attempts, row.first_attempt_at)
+              for row in taken]  # fmt: skip
+    return sorted(claims, key=lambda c: c.seq)
 
 
 async def next_due(session: AsyncSession) -> datetime | None:
@@ -106,9 +113,10 @@ async def next_due(session: AsyncSession) -> datetime | None:
     return value
 
 
-async def record_attempt(
+def record_attempt(
     session: AsyncSession, claim: Claim, event_id: str, at: datetime, outcome: Outcome
 ) -> None:
+    """Added to the session (inserted with the others at its flush)."""
     session.add(
         WebhookAttempt(
             webhook_id=claim.webhook_id, delivery_id=claim.delivery_id, event_id=event_id,
@@ -118,10 +126,11 @@ async def record_attempt(
     )  # fmt: skip
 
 
-async def delivered(session: AsyncSession, delivery_id: int, at: datetime) -> None:
-    await session.execute(
-        update(D).where(col(D.id) == delivery_id).values(state="delivered", delivered_at=at)
-    )
+async def delivered(session: AsyncSession, delivery_ids: Sequence[int], at: datetime) -> None:
+    if delivery_ids:
+        await session.execute(
+            update(D).where(col(D.id).in_(delivery_ids)).values(state="delivered", delivered_at=at)
+        )
 
 
 async def dropped(session: AsyncSession, delivery_id: int) -> None:

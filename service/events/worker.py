@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import tracing
 from service.background import cancel_and_wait
+from service.batching import Batcher
 from service.config import Settings
 from service.db import run_transaction, utcnow
 from service.events import deliveries, repository, subscriptions
@@ -34,6 +35,8 @@ from service.security.egress import is_refusal
 log = logging.getLogger("broker.webhooks")
 
 BATCH = 32
+# An attempt that ended: what it claimed, the event, when it was sent, how it went.
+Finished = tuple[Claim, str, datetime, Outcome]
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
@@ -59,6 +62,7 @@ class DeliveryWorker:
         self._private = private_session  # for allow-listed hosts only
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._records: Batcher[Finished, None] = Batcher("webhook-records", self._record_many)
         self._stopping = False
         # The database's clock minus this replica's, measured at each claim: every time
         # the worker compares or schedules is the database's (`deliveries.database_now`).
@@ -71,6 +75,7 @@ class DeliveryWorker:
         self._wake.set()
 
     def start(self) -> None:
+        self._records.start()
         self._task = asyncio.create_task(self._run(), name="webhook-delivery")
 
     async def stop(self) -> None:
@@ -84,6 +89,7 @@ class DeliveryWorker:
                 await asyncio.wait({self._task}, timeout=grace)
             await cancel_and_wait(self._task)
             self._task = None
+        await self._records.stop()  # after the round: its attempts wait for their records
         if self._private is not None:
             await self._private.close()
 
@@ -149,25 +155,7 @@ class DeliveryWorker:
                     span.set_status(tracing.StatusCode.ERROR)
         else:
             outcome = await self._post(webhook, event, at)
-        settings = self._settings
-
-        async def finish(session: AsyncSession) -> None:
-            await deliveries.record_attempt(session, claim, event.event_id, at, outcome)
-            now = self._now()
-            if outcome.ok:
-                await deliveries.delivered(session, claim.delivery_id, now)
-            elif (
-                now - claim.first_attempt_at
-            ).total_seconds() >= settings.webhook_retry_window_seconds:
-                await deliveries.mark_failing(session, claim.webhook_id, claim.delivery_id, now)
-            else:
-                delay = backoff(claim.attempt, settings.webhook_retry_base_seconds,
-                                settings.webhook_retry_max_seconds)  # fmt: skip
-                await deliveries.retry_at(
-                    session, claim.delivery_id, now + timedelta(seconds=delay)
-                )
-
-        await run_transaction(self._sessionmaker, finish)
+        await self._records.submit((claim, event.event_id, at, outcome))
         if not outcome.ok:
             log.info(
                 "webhook attempt failed",
@@ -175,6 +163,35 @@ class DeliveryWorker:
                                   "attempt": claim.attempt, "status": outcome.status_code,
                                   "error": outcome.error}},
             )  # fmt: skip
+
+    async def _record_many(self, finished: list[Finished]) -> list[None]:
+        """The attempts that ended together, recorded in one transaction: a burst's
+        deliveries are a few commits, not one each beside the receiver's writes."""
+        settings = self._settings
+
+        async def record(session: AsyncSession) -> list[None]:
+            now = self._now()
+            for claim, event_id, at, outcome in finished:
+                deliveries.record_attempt(session, claim, event_id, at, outcome)
+            await deliveries.delivered(
+                session, [claim.delivery_id for claim, *_, outcome in finished if outcome.ok], now
+            )
+            for claim, *_, outcome in finished:
+                if outcome.ok:
+                    continue
+                waited = (now - claim.first_attempt_at).total_seconds()
+                if waited >= settings.webhook_retry_window_seconds:
+                    await deliveries.mark_failing(session, claim.webhook_id, claim.delivery_id,
+                                                  now)  # fmt: skip
+                else:
+                    delay = backoff(claim.attempt, settings.webhook_retry_base_seconds,
+                                    settings.webhook_retry_max_seconds)  # fmt: skip
+                    await deliveries.retry_at(
+                        session, claim.delivery_id, now + timedelta(seconds=delay)
+                    )
+            return [None] * len(finished)
+
+        return await run_transaction(self._sessionmaker, record)
 
     async def _post(self, webhook: Webhook, event: Event, at: datetime) -> Outcome:
         """One POST: no redirects followed, the answer read up to a small cap, a hard

@@ -8,11 +8,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -48,16 +49,26 @@ class Verdict(Enum):
     REVOKED = "revoked"  # the right token of a revoked install: 410
 
 
-async def check(session: AsyncSession, store_id: str, token: str | None) -> Verdict:
-    """Whether `token` opens `store_id`'s URL. Only the holder of the right token learns
-    that the store was revoked; anyone else gets the same answer for every store."""
-    row = (
-        await session.execute(
-            select(col(NotifyToken.token_hash), col(NotifyToken.revoked_at), col(Install.status))
+async def check_many(
+    session: AsyncSession, items: Sequence[tuple[str, str | None]]
+) -> list[Verdict]:
+    """Whether each (store id, token) opens the store's URL, in one query. Only the holder
+    of the right token learns that the store was revoked; anyone else gets the same answer
+    for every store."""
+    stores = {store_id for store_id, _ in items}
+    rows = {
+        row.store_id: row
+        for row in await session.execute(
+            select(col(NotifyToken.store_id), col(NotifyToken.token_hash),
+                   col(NotifyToken.revoked_at), col(Install.status))
             .join(Install, col(Install.store_id) == col(NotifyToken.store_id), isouter=True)
-            .where(col(NotifyToken.store_id) == store_id)
+            .where(col(NotifyToken.store_id).in_(stores))
         )
-    ).first()
+    }  # fmt: skip
+    return [_verdict(rows.get(store_id), token) for store_id, token in items]
+
+
+def _verdict(row: Row[str, str, datetime | None, str] | None, token: str | None) -> Verdict:
     given = digest(token) if token and len(token) <= MAX_TOKEN_CHARS else ""
     expected = row.token_hash if row is not None else _NO_HASH
     if not hmac.compare_digest(given.encode(), expected.encode()) or row is None:

@@ -62,6 +62,9 @@ def targets(settings: Settings) -> list[Retained]:
         Retained("audit_events", "at", settings.audit_retention_days),
         # A delivery still pending for a pruned event is marked expired by the worker.
         Retained("events", "occurred_at", settings.event_retention_days, key="seq"),
+        # Neto's notifications already seen: forgotten with the events they became (Neto
+        # redelivers for days, not months).
+        Retained("neto_notifications", "received_at", settings.event_retention_days),
         # Ids begin with their creation time, so the oldest by id are the oldest.
         Retained("idempotency_keys", "created_at", settings.idempotency_ttl_hours / 24),
     ]

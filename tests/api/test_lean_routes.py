@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from service.access import bundles, invoke, neto_door
+from service.inbound import routes as inbound_routes
 from service.web.lean import LeanRoute
 from tests.support import install_store
 
@@ -19,6 +20,34 @@ STORE = "N1001"
 BAD_ID = "bad!id"
 LONG_ID = "a" * 65
 NETO = "/neto/{}/do/WS/NetoAPI"
+
+
+def notification(event_id: int) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="utf-8"?><Event><CurrentTime>2026-12-07 14:03:09'
+        f"</CurrentTime><EventID>{event_id}</EventID><EventType>Order</EventType><Order>"
+        "<OrderID>N1</OrderID><OrderStatus>Pick</OrderStatus></Order></Event>"
+    ).encode()
+
+
+def notifications(url: str, run: int) -> list[tuple[str, str, dict[str, str], bytes]]:
+    """Neto's notifications: refused, accepted (a new one in each run) and duplicate."""
+    path = httpx.URL(url).path
+    token = path.rsplit("/", 1)[1]
+    xml = {"Content-Type": "text/xml"}
+    return [
+        ("POST", f"/neto-notify/{STORE}/nt_wrong", xml, notification(1)),
+        ("POST", f"/neto-notify/{BAD_ID}/{token}", xml, notification(1)),
+        ("POST", f"/neto-notify/{LONG_ID}", {**xml, "NETOAPI_KEY": token}, notification(1)),
+        ("POST", f"/neto-notify/{STORE}", xml, notification(1)),
+        ("POST", path, xml, b"<Event><EventType>Order</Event>"),
+        ("POST", path, {**xml, "Content-Length": "999999"}, notification(1)),
+        ("PUT", path, xml, notification(1)),
+        ("GET", path, xml, b""),
+        ("POST", path, xml, notification(100 + run)),
+        ("POST", f"/neto-notify/{STORE}", {**xml, "NETOAPI_KEY": token}, notification(100 + run)),
+        ("POST", f"/neto-notify/{STORE}", {**xml, "NETOAPI_KEY": token}, notification(200 + run)),
+    ]
 
 
 def requests(auth: Any) -> list[tuple[str, str, dict[str, str], bytes]]:
@@ -74,6 +103,7 @@ def answer(response: httpx.Response) -> tuple[Any, ...]:
     times do by nature; the bundle's shape must not)."""
     headers = {k: response.headers.get(k) for k in COMPARED_HEADERS}
     body = response.content.replace(response.headers["x-request-id"].encode(), b"<rid>")
+    body = re.sub(rb'"evt_[^"]*"', b'"<event>"', body)
     # Neto's answer carries its clock to the second; the two runs may straddle one.
     body = re.sub(rb'"CurrentTime": ?"[^"]*"', b'"CurrentTime":"<now>"', body)
     if response.request.method == "GET" and response.status_code == 200 and response.content:
@@ -84,26 +114,31 @@ def answer(response: httpx.Response) -> tuple[Any, ...]:
 
 async def test_the_lean_routes_answer_exactly_as_the_fastapi_routes(app, client, neto, auth):
     await install_store(client, neto, "shop.example.com", store_id=STORE)
-    cases = requests(auth)
+    r = await client.post(f"/installs/{STORE}/notifications/rotate", headers=auth("installs:admin"))
+    url = r.json()["url"]
 
-    async def run() -> list[tuple[Any, ...]]:
+    async def run(n: int) -> list[tuple[Any, ...]]:
+        cases = requests(auth) + notifications(url, n)
         return [
             answer(await client.request(method, path, headers=headers, content=body))
             for method, path, headers, body in cases
         ]
 
-    lean = await run()
+    lean = await run(1)
     served = app.lean_routes
-    assert len(served) == 3 and all(isinstance(route, LeanRoute) for route in served)
+    assert len(served) == 5 and all(isinstance(route, LeanRoute) for route in served)
     app.lean_routes, app.middleware_stack = [], None  # FastAPI's stack and routes alone
     try:
-        declared = await run()
+        declared = await run(2)
     finally:
         app.lean_routes, app.middleware_stack = served, None
+    cases = requests(auth) + notifications(url, 0)
     for case, got, expected in zip(cases, lean, declared, strict=True):
         assert got == expected, (case[:2], got, expected)
     statuses = {status for status, _, _ in lean}
-    assert {200, 401, 403, 404, 405, 415, 422} <= statuses, statuses  # the cases bite
+    assert {200, 400, 401, 403, 404, 405, 413, 415, 422} <= statuses, statuses  # the cases bite
+    duplicates = [body for status, _, body in lean if b'"duplicate":true' in body]
+    assert len(duplicates) == 1, lean[-3:]  # the one sent twice in a run
     # The upstream was really called: both implementations reached the fake Neto.
     assert len([r for r in neto.api_requests if r.action == "GetItem"]) == 2 * 3
 
@@ -114,6 +149,8 @@ async def test_the_hot_routes_are_served_lean_and_documented(app):
         (bundles.PATH, {"GET"}),
         (invoke.PATH, {"POST"}),
         (neto_door.PATH, {"POST"}),
+        (inbound_routes.PATH_WITH_TOKEN, {"POST"}),
+        (inbound_routes.PATH, {"POST"}),
     ]
     paths = app.openapi()["paths"]
     credentials = paths["/credentials/{store_id}"]["get"]

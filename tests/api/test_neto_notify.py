@@ -8,11 +8,12 @@ another's events."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
@@ -343,3 +344,78 @@ async def test_a_rotation_kills_the_previous_url_and_operators_never_see_the_tok
                  "store_not_found")  # fmt: skip
     audit = await client.get("/audit?event=notifications.token_issued", headers=admin)
     assert len(audit.json()["items"]) == 2 and second.rsplit("/", 1)[1] not in audit.text
+
+
+async def test_a_burst_is_checked_and_written_in_batches_with_each_answer_its_own(
+    app, client, auth, database_url
+):
+    """32 notifications at once for 4 stores (8 each: as many as a store may have in
+    flight), one store's with a wrong token: every right one is
+    one event, each answer is its own, and the burst's token checks and writes are a few
+    statements, not one session and one transaction each."""
+    urls = {}
+    for store in ("S1", "S2", "S3", "S4"):
+        await register_api_key_store(client, auth("installs:admin"), store)
+        urls[store] = await issue_url(client, auth, store)
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    engine = app.state.services.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    sends = [(store, n) for n in range(8) for store in urls]
+    try:
+        answers = await asyncio.gather(*(
+            post(client, urls[store] if store != "S4" else urls[store] + "x",
+                 order_xml(n, order_id=f"{store}-{n}"))
+            for store, n in sends
+        ))  # fmt: skip
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    for (store, _), r in zip(sends, answers, strict=True):
+        assert r.status_code == (401 if store == "S4" else 200), (store, r.text)
+    accepted = [r.json()["event_id"] for r in answers if r.status_code == 200]
+    assert len(set(accepted)) == 24 and all(e.startswith("evt_") for e in accepted)
+    events = neto_events(await feed(client, auth))
+    assert {(e["data"]["store_id"], e["id"]) for e in events} == {
+        (store, r.json()["event_id"])
+        for (store, _), r in zip(sends, answers, strict=True)
+        if r.status_code == 200
+    }
+    assert await written(database_url) == (24, 24)
+    checks = [s for s in statements if "FROM neto_notify_tokens" in s]
+    dedupes = [s for s in statements if s.lstrip().upper().startswith("INSERT INTO NETO_NOTIF")]
+    assert 1 <= len(checks) < 16, len(checks)  # 32 requests
+    assert 1 <= len(dedupes) < 12, len(dedupes)  # 24 accepted
+
+
+async def test_seen_notifications_are_pruned_with_their_events(app, client, auth, database_url):
+    """Past BROKER_EVENT_RETENTION_DAYS a notification's dedupe row goes with its event
+    (the table does not grow for ever); within it, a resend is still a duplicate."""
+    from service.jobs import retention
+
+    await register_api_key_store(client, auth("installs:admin"), "S1")
+    url = await issue_url(client, auth, "S1")
+    assert (await post(client, url, order_xml(1))).status_code == 200
+    assert (await post(client, url, order_xml(2))).status_code == 200
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:  # the first one arrived 100 days ago
+            old = {"old": datetime(2026, 1, 1, tzinfo=UTC)}
+            await conn.execute(text(
+                "UPDATE events SET occurred_at = :old WHERE event_id = (SELECT event_id "
+                "FROM neto_notifications WHERE dedupe_key = 'id:1')"
+            ), old)  # fmt: skip
+            await conn.execute(text("UPDATE neto_notifications SET received_at = :old "
+                                    "WHERE dedupe_key = 'id:1'"), old)  # fmt: skip
+    finally:
+        await engine.dispose()
+    sessionmaker = app.state.services.sessionmaker
+    for target in retention.targets(app.state.services.settings):
+        await retention.prune(sessionmaker, target, pause_seconds=0)
+    assert await written(database_url) == (1, 1)
+    assert (await post(client, url, order_xml(2))).json()["duplicate"] is True
+    resent = await post(client, url, order_xml(1))  # forgotten: an event again
+    assert resent.status_code == 200 and resent.json()["duplicate"] is False
+    assert await written(database_url) == (2, 2)

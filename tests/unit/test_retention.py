@@ -99,6 +99,7 @@ def test_zero_days_keeps_everything_and_every_target_names_real_columns(settings
     assert [(t.table, t.time_column, t.key, t.days) for t in registered] == [
         ("audit_events", "at", "id", 90),
         ("events", "occurred_at", "seq", 90),
+        ("neto_notifications", "received_at", "id", 90),
         ("idempotency_keys", "created_at", "id", 1),
     ]
     for target in registered:
