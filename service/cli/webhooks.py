@@ -45,6 +45,13 @@ def webhooks_add(
         list[str] | None, typer.Option("--event", help="Only this event type (repeatable).")
     ] = None,
     description: Annotated[str | None, typer.Option(help="What the receiver is.")] = None,
+    store: Annotated[
+        list[str] | None,
+        typer.Option("--store", help="Only this store's events (repeatable; none: every store's)."),
+    ] = None,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Neto notifications carry the body Neto sent (data.raw).")
+    ] = False,
 ) -> None:
     """Subscribe a receiver. Prints its id and signing secret: the secret is shown once.
     The input is checked as `POST /webhooks` checks it, and the change is audited."""
@@ -55,8 +62,9 @@ def webhooks_add(
 
     try:
         body = WebhookIn.model_validate(
-            {"url": url, "event_types": event_type or [], "description": description}
-        )
+            {"url": url, "event_types": event_type or [], "description": description,
+             "stores": store or [], "include_raw": raw}
+        )  # fmt: skip
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         typer.secho(f"not a valid subscription: {problems}", err=True, fg="red")
@@ -66,7 +74,8 @@ def webhooks_add(
     async def work(session: Any) -> tuple[str, str]:
         webhook, secret = await subscriptions.create(
             session, keyring, url=body.url, event_types=list(body.event_types),
-            description=body.description, actor=CLI_ACTOR,
+            description=body.description, actor=CLI_ACTOR, stores=list(body.stores),
+            include_raw=body.include_raw,
         )  # fmt: skip
         return webhook.id, secret
 

@@ -38,3 +38,28 @@ async def test_add_list_remove(database_url, client, auth, receiver):
 async def test_add_refuses_a_bad_url(database_url):
     result = await run_cli(database_url, "webhooks", "add", "ftp://x.example/")
     assert result.exit_code == 1 and "http or https" in result.output
+
+
+async def test_add_with_stores_and_raw(database_url, client, auth):
+    added = await run_cli(database_url, "webhooks", "add", "http://sync.internal:8080/hooks",
+                          "--store", "S2", "--store", "S1", "--store", "S2", "--raw")  # fmt: skip
+    assert added.exit_code == 0, added.output
+    webhook_id = re.search(r"id: (wh_\S+)", added.output).group(1)  # type: ignore[union-attr]
+    r = await client.get(f"/webhooks/{webhook_id}", headers=auth("installs:read"))
+    assert r.status_code == 200, r.text
+    assert r.json()["stores"] == ["S1", "S2"] and r.json()["include_raw"] is True
+
+    plain = await run_cli(database_url, "webhooks", "add", "http://sync.internal:8080/all")
+    plain_id = re.search(r"id: (wh_\S+)", plain.output).group(1)  # type: ignore[union-attr]
+    listed = await client.get("/webhooks", headers=auth("installs:read"))
+    assert listed.status_code == 200, listed.text
+    shown = {w["id"]: (w["stores"], w["include_raw"]) for w in listed.json()["items"]}
+    assert shown == {webhook_id: (["S1", "S2"], True), plain_id: ([], False)}
+
+
+async def test_add_refuses_a_store_id_the_api_refuses(database_url, client, auth):
+    result = await run_cli(database_url, "webhooks", "add", "http://sync.internal:8080/hooks",
+                           "--store", "not a store")  # fmt: skip
+    assert result.exit_code == 1 and "stores.0" in result.output, result.output
+    r = await client.get("/webhooks", headers=auth("installs:read"))
+    assert r.status_code == 200 and r.json()["items"] == [], r.text
