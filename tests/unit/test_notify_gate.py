@@ -225,3 +225,28 @@ def test_the_sweep_forgets_full_buckets_before_a_drained_one(monkeypatch):
     buckets.take("new")  # over the bound: the full buckets go, the drained one stays
     assert set(buckets._tokens) == {"drained", "new"}
     assert buckets.wait("drained") == pytest.approx(30), "the sweep reset a drained bucket"
+
+
+def test_a_sweep_of_drained_buckets_makes_room_for_a_tenth_more_keys(monkeypatch):
+    """A sweep reads every key: it must free many slots, or a sender cycling through new
+    keys while every bucket is drained makes each new key pay for a full sweep."""
+    monkeypatch.setattr(limits_module, "MAX_KEYS", 100)
+    clock = Clock()
+    buckets = Buckets(1, clock)  # one token: a single take drains a bucket
+    for n in range(100):
+        buckets.take(f"k{n}")
+    assert len(buckets._tokens) == 100
+    sweeps = 0
+    real = buckets._sweep
+
+    def counted(now: float) -> None:
+        nonlocal sweeps
+        sweeps += 1
+        real(now)
+
+    monkeypatch.setattr(buckets, "_sweep", counted)
+    for n in range(100, 110):  # ten new keys, every bucket still drained
+        buckets.take(f"k{n}")
+    assert sweeps == 1, sweeps
+    assert len(buckets._tokens) == 99  # swept to 89, then the ten new keys
+    assert "k0" not in buckets._tokens and "k109" in buckets._tokens  # the oldest went
