@@ -171,8 +171,7 @@ class DeliveryWorker:
 
         async def record(session: AsyncSession) -> list[None]:
             now = self._now()
-            for claim, event_id, at, outcome in finished:
-                deliveries.record_attempt(session, claim, event_id, at, outcome)
+            await deliveries.record_attempts(session, finished)
             await deliveries.delivered(
                 session, [claim.delivery_id for claim, *_, outcome in finished if outcome.ok], now
             )
