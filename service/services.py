@@ -116,6 +116,7 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
     listener = Listener(settings.database_url)
     # PostgreSQL: another replica's install change drops this replica's copy on commit.
     listener.subscribe(CHANGES_CHANNEL, store_cache.invalidate)
+    notify_writer = NotifyWriter(sessionmaker)
     services = Services(
         settings=settings,
         keyring=config.keyring,
@@ -142,6 +143,7 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
         webhooks=DeliveryWorker(
             sessionmaker, config.keyring, settings, session,
             create_session(settings, allow_private=True) if settings.webhook_hosts else None,
+            busy=notify_writer.busy,
         ),
         idempotency=IdempotencyStore(
             sessionmaker, config.keyring, ttl_hours=settings.idempotency_ttl_hours,
@@ -153,7 +155,7 @@ async def running(config: StartupConfig) -> AsyncIterator[Services]:
             store_per_minute=settings.notify_store_rate_per_minute,
             store_in_flight=settings.notify_store_in_flight,
         ),
-        notify_writer=NotifyWriter(sessionmaker),
+        notify_writer=notify_writer,
     )  # fmt: skip
     for wake in (services.event_signal.fire, services.webhooks.wake):
         services.listener.subscribe(EVENTS_CHANNEL, wake)

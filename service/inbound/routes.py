@@ -79,12 +79,32 @@ async def _receive(request: Request, store_id: str, token: str | None) -> Receiv
     app = services(request)
     gate = app.notify_gate
     prefix = address_prefix(client_address(request, app.settings.trusted_proxies))
+    key = store_id[: STORE_ID_MAX_LENGTH + 1]
     try:
-        gate.arrive(prefix, store_id[: STORE_ID_MAX_LENGTH + 1])
+        gate.arrive(prefix, key)
     except RateLimited as exc:
         raise _refused(exc) from None
     try:
         body = await _body(request, app.settings.notify_max_bytes)
+    except PayloadTooLarge as exc:
+        gate.refused(prefix, key)
+        raise _refused(exc) from None
+    # From here to the answer the notification is the replica's work (a slow sender's
+    # body is not): the webhook worker lets it go first.
+    writer = app.notify_writer
+    writer.working += 1
+    try:
+        return await _accept(request, store_id, token, body, prefix)
+    finally:
+        writer.working -= 1
+
+
+async def _accept(
+    request: Request, store_id: str, token: str | None, body: bytes, prefix: str
+) -> Received:
+    app = services(request)
+    gate = app.notify_gate
+    try:
         verdict = tokens.Verdict.WRONG
         if len(store_id) <= STORE_ID_MAX_LENGTH and _STORE_ID_RE.match(store_id):
             verdict = await app.notify_writer.check(store_id, token)
@@ -93,7 +113,7 @@ async def _receive(request: Request, store_id: str, token: str | None) -> Receiv
         if verdict is tokens.Verdict.REVOKED:
             raise StoreRevoked()
         note = parse(body, request.headers.get("content-type"))
-    except (Unauthorized, BadRequest, PayloadTooLarge) as exc:
+    except (Unauthorized, BadRequest) as exc:
         gate.refused(prefix, store_id[: STORE_ID_MAX_LENGTH + 1])
         raise _refused(exc) from None
     except BrokerError as exc:

@@ -29,6 +29,12 @@ class NotifyWriter:
         self._writes: Batcher[tuple[str, Notification, bytes], Accepted] = Batcher(
             "notify-writer", self._write_many
         )
+        # Notifications read in full and not yet answered: the webhook worker waits for
+        # none to be left before a round (service/events/worker.py).
+        self.working = 0
+
+    def busy(self) -> bool:
+        return self.working > 0
 
     def start(self) -> None:
         self._checks.start()

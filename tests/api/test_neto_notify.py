@@ -419,3 +419,39 @@ async def test_seen_notifications_are_pruned_with_their_events(app, client, auth
     resent = await post(client, url, order_xml(1))  # forgotten: an event again
     assert resent.status_code == 200 and resent.json()["duplicate"] is False
     assert await written(database_url) == (2, 2)
+
+
+async def test_a_delivery_round_waits_for_the_receiver_but_not_for_ever(app, client, auth):
+    """Neto's answer comes before the fan-out: a webhook round waits while notifications
+    are being worked on, at most DEFER_SECONDS (a steady stream still gets deliveries);
+    the receiver's count of them goes back to 0 after an answer and after a refusal."""
+    import time
+
+    from service.events import worker as worker_module
+
+    services = app.state.services
+    await register_api_key_store(client, auth("installs:admin"), "S1")
+    url = await issue_url(client, auth, "S1")
+    seen: list[int] = []
+    real_write = services.notify_writer.write
+
+    async def write(*args: Any) -> Any:
+        seen.append(services.notify_writer.working)
+        return await real_write(*args)
+
+    services.notify_writer.write = write
+    assert (await post(client, url, order_xml(7))).status_code == 200
+    assert (await post(client, url + "x", order_xml(8))).status_code == 401
+    assert seen == [1] and services.notify_writer.working == 0
+    assert services.notify_writer.busy() is False
+
+    webhooks = services.webhooks
+    webhooks._busy = lambda: True  # the receiver never goes idle
+    started = time.monotonic()
+    await webhooks._defer()
+    assert worker_module.DEFER_SECONDS - 0.05 <= time.monotonic() - started < 3
+    until = time.monotonic() + 0.1
+    webhooks._busy = lambda: time.monotonic() < until  # idle in 0.1 s
+    started = time.monotonic()
+    await webhooks._defer()
+    assert 0.05 <= time.monotonic() - started < worker_module.DEFER_SECONDS - 0.1
