@@ -82,10 +82,14 @@ class NotifyGate:
     def arrive(self, prefix: str, store_id: str) -> None:
         """Before anything is read: 429 for a sender over its rate, or one refused too
         often for this store."""
-        for buckets, key in ((self._addresses, prefix), (self._refusals, (prefix, store_id))):
+        for buckets, key, detail in (
+            (self._addresses, prefix, "Too many notifications from this address"),
+            (self._refusals, (prefix, store_id),
+             "Too many refused notifications for this store's URL from this address"),
+        ):  # fmt: skip
             wait = buckets.wait(key)
             if wait:
-                raise _refuse(wait, "Too many notifications from this address; retry later.")
+                raise _refuse(wait, f"{detail}; retry later.")
         self._addresses.take(prefix)
 
     def refused(self, prefix: str, store_id: str) -> None:

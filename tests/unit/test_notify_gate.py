@@ -40,7 +40,7 @@ def test_over_the_address_rate_is_429_with_retry_after_saying_when_a_token_is_ba
     with pytest.raises(RateLimited) as refused:
         g.arrive("203.0.113.7", "S0")
     assert retry_after(refused) == 10
-    assert "address" in refused.value.detail
+    assert "address" in refused.value.detail and "refused" not in refused.value.detail
     g.arrive("203.0.113.8", "S0")  # another address has its own bucket
 
     clock.now += 7
@@ -88,6 +88,7 @@ def test_refusals_are_counted_per_prefix_and_store():
     with pytest.raises(RateLimited) as refused:
         g.arrive("198.51.100.1", "A")
     assert retry_after(refused) == 20  # 3 a minute: one back every 20 s
+    assert "refused" in refused.value.detail and "store" in refused.value.detail
     # The same sender for another store, and another sender for this store, still pass.
     g.arrive("198.51.100.1", "B")
     g.arrive("198.51.100.2", "A")
