@@ -26,7 +26,7 @@ from service.inbound.normalise import parse
 from service.inbound.schemas import NotificationUrl, Received
 from service.neto.credentials import STORE_ID_MAX_LENGTH, STORE_ID_PATTERN
 from service.oauth.throttle import address_prefix, client_address
-from service.services import services
+from service.services import Services, services
 from service.web import metrics
 from service.web.api import ERRORS, NOT_FOUND, Responses, StoreId, error, no_store
 from service.web.deps import Caller, SessionDep, request_id, require_scope
@@ -89,20 +89,19 @@ async def _receive(request: Request, store_id: str, token: str | None) -> Receiv
     except PayloadTooLarge as exc:
         gate.refused(prefix, key)
         raise _refused(exc) from None
-    # From here to the answer the notification is the replica's work (a slow sender's
-    # body is not): the webhook worker lets it go first.
-    writer = app.notify_writer
-    writer.working += 1
-    try:
-        return await _accept(request, store_id, token, body, prefix)
-    finally:
-        writer.working -= 1
+    with app.notify_writer.handling():  # the webhook worker lets it go first
+        return await _accept(request, app, store_id, token, body, (prefix, key))
 
 
 async def _accept(
-    request: Request, store_id: str, token: str | None, body: bytes, prefix: str
+    request: Request,
+    app: Services,
+    store_id: str,
+    token: str | None,
+    body: bytes,
+    sender: tuple[str, str],
 ) -> Received:
-    app = services(request)
+    """`sender`: the (address prefix, store key) a refusal is counted against."""
     gate = app.notify_gate
     try:
         verdict = tokens.Verdict.WRONG
@@ -114,7 +113,7 @@ async def _accept(
             raise StoreRevoked()
         note = parse(body, request.headers.get("content-type"))
     except (Unauthorized, BadRequest) as exc:
-        gate.refused(prefix, store_id[: STORE_ID_MAX_LENGTH + 1])
+        gate.refused(*sender)
         raise _refused(exc) from None
     except BrokerError as exc:
         raise _refused(exc) from None

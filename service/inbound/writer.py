@@ -11,6 +11,9 @@ again), never one half of it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.batching import Batcher
@@ -29,12 +32,25 @@ class NotifyWriter:
         self._writes: Batcher[tuple[str, Notification, bytes], Accepted] = Batcher(
             "notify-writer", self._write_many
         )
-        # Notifications read in full and not yet answered: the webhook worker waits for
-        # none to be left before a round (service/events/worker.py).
-        self.working = 0
+        self._working = 0
+
+    @contextmanager
+    def handling(self) -> Iterator[None]:
+        """Around one notification from its body read in full to its answer (a slow
+        sender's body does not count): the webhook worker waits for none to be left
+        before a round (service/events/worker.py)."""
+        self._working += 1
+        try:
+            yield
+        finally:
+            self._working -= 1
+
+    @property
+    def working(self) -> int:
+        return self._working
 
     def busy(self) -> bool:
-        return self.working > 0
+        return self._working > 0
 
     def start(self) -> None:
         self._checks.start()
