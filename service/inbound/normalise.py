@@ -5,7 +5,8 @@ after the type holding the entity, e.g. `<Order><OrderID>N10154</OrderID><OrderS
 Dispatched</OrderStatus></Order>`); the same shape in JSON is accepted too. XML is read
 with defusedxml: a DTD or an entity declaration is refused outright (entity expansion and
 external references are how XML parsers are turned against their hosts), and nesting
-deeper than MAX_DEPTH is refused while parsing. The body is capped before it gets here.
+deeper than MAX_DEPTH is refused before the tree is read. The body is capped before it gets
+here (so is the tree expat builds from it).
 Only named fields leave this module, each text cut to a sane length: nothing a sender
 writes elsewhere in the body reaches a subscriber (unless it asked for the raw body).
 """
@@ -13,7 +14,6 @@ writes elsewhere in the body reaches a subscriber (unless it asked for the raw b
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 from dataclasses import dataclass
@@ -21,7 +21,7 @@ from typing import Any
 from xml.etree.ElementTree import Element  # the type only; defusedxml parses
 
 from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import ParseError, iterparse
+from defusedxml.ElementTree import ParseError, fromstring
 
 from service.errors import BadRequest
 
@@ -137,25 +137,20 @@ def _depth(tree: Any) -> int:
 def _xml(body: bytes) -> dict[str, Any]:
     """The root element as nested dicts: a repeated child becomes a list. Refused (400):
     a DTD, an entity, anything not well-formed, nesting past MAX_DEPTH."""
-    depth = 0
-    root: Element | None = None
     try:
-        for event, element in iterparse(
-            io.BytesIO(body), events=("start", "end"), forbid_dtd=True,
-            forbid_entities=True, forbid_external=True,
-        ):  # fmt: skip
-            if event == "start":
-                depth += 1
-                if depth > MAX_DEPTH:
-                    raise BadRequest(f"The notification is nested deeper than {MAX_DEPTH} levels.")
-                root = root if root is not None else element
-            else:
-                depth -= 1
+        root = fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except DefusedXmlException:
         raise BadRequest("The notification's XML declares a DTD or entities; refused.") from None
     except ParseError:
         raise BadRequest("The notification is not well-formed XML.") from None
-    assert root is not None
+    # Measured without recursion (the body is capped, so the tree is too), before
+    # _element recurses into it.
+    level, depth = [root], 1
+    while level:
+        if depth > MAX_DEPTH:
+            raise BadRequest(f"The notification is nested deeper than {MAX_DEPTH} levels.")
+        level = [child for element in level for child in element]
+        depth += 1
     value = _element(root)
     return value if isinstance(value, dict) else {}
 

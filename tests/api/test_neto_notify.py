@@ -213,10 +213,20 @@ async def test_a_revoked_store_is_410_and_stays_dead_after_a_reinstall(client, a
         + order_xml().split(b"\n", 1)[1],
         b"<Event><EventID>1</EventID>",  # not well-formed
         b"<a>" * 40 + b"</a>" * 40,  # deeper than the cap
+        b"<a>" * 8000 + b"</a>" * 8000,  # far deeper, within the size cap (no recursion)
         b'{"Event": ' * 40 + b"1" + b"}" * 40,  # the same in JSON
         b"",
     ],
-    ids=["entities", "external-entity", "dtd", "malformed", "deep-xml", "deep-json", "empty"],
+    ids=[
+        "entities",
+        "external-entity",
+        "dtd",
+        "malformed",
+        "deep-xml",
+        "deeper-xml",
+        "deep-json",
+        "empty",
+    ],
 )
 async def test_a_dtd_an_entity_or_a_broken_body_is_400_and_nothing_is_written(
     client, auth, database_url, body
