@@ -400,6 +400,38 @@ async def test_a_burst_is_checked_and_written_in_batches_with_each_answer_its_ow
     assert 1 <= len(dedupes) < 12, len(dedupes)  # 24 accepted
 
 
+async def test_token_checks_of_any_batch_size_are_a_few_statement_texts(app, client, auth):
+    """PostgreSQL's driver prepares each distinct statement text on each connection: the
+    check of 1 to 9 stores at once is one of 5 texts (IN lists padded to a power of
+    two), with every verdict still its own."""
+    from service.inbound import tokens
+
+    urls = {}
+    for n in range(9):
+        await register_api_key_store(client, auth("installs:admin"), f"S{n}")
+        urls[f"S{n}"] = await issue_url(client, auth, f"S{n}")
+    items = [(store, url.rsplit("/", 1)[1]) for store, url in urls.items()]
+    items[4] = (items[4][0], items[4][1] + "x")  # a wrong token among them
+    items.append(("S404", "nt_" + "a" * 43))  # no such store
+    statements: set[str] = set()
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.add(statement)
+
+    engine = app.state.services.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        for size in range(1, len(items) + 1):
+            async with app.state.services.sessionmaker() as session:
+                verdicts = await tokens.check_many(session, items[:size])
+            expected = [tokens.Verdict.OK] * 9 + [tokens.Verdict.WRONG]
+            expected[4] = tokens.Verdict.WRONG
+            assert verdicts == expected[:size], size
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert len(statements) == 5, statements  # 1, 2, 4, 8 and 16 stores
+
+
 async def test_seen_notifications_are_pruned_with_their_events(app, client, auth, database_url):
     """Past BROKER_EVENT_RETENTION_DAYS a notification's dedupe row goes with its event
     (the table does not grow for ever); within it, a resend is still a duplicate."""
