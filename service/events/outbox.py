@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import Table, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.events import deliveries
@@ -32,8 +32,8 @@ from service.notifications import notify
 CHANNEL = "broker_events"
 # Core tables, not the models: a batch of rows through the ORM's bulk insert cost as much
 # Python again as the statement.
-EVENTS = Event.__table__  # type: ignore[attr-defined]
-OWED = WebhookDelivery.__table__  # type: ignore[attr-defined]
+EVENTS: Table = Event.__table__  # type: ignore[attr-defined]
+OWED: Table = WebhookDelivery.__table__  # type: ignore[attr-defined]
 # Any constant that no other advisory lock of this database uses ("evnt").
 APPEND_LOCK = 0x65766E74
 

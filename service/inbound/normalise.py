@@ -5,7 +5,7 @@ after the type holding the entity, e.g. `<Order><OrderID>N10154</OrderID><OrderS
 Dispatched</OrderStatus></Order>`); the same shape in JSON is accepted too. XML is read
 with defusedxml: a DTD or an entity declaration is refused outright (entity expansion and
 external references are how XML parsers are turned against their hosts), and nesting
-deeper than MAX_DEPTH is refused before the tree is read. The body is capped before it gets
+deeper than MAX_DEPTH is refused as the tree is read. The body is capped before it gets
 here (so is the tree expat builds from it).
 Only named fields leave this module, each text cut to a sane length: nothing a sender
 writes elsewhere in the body reaches a subscriber (unless it asked for the raw body).
@@ -143,25 +143,21 @@ def _xml(body: bytes) -> dict[str, Any]:
         raise BadRequest("The notification's XML declares a DTD or entities; refused.") from None
     except ParseError:
         raise BadRequest("The notification is not well-formed XML.") from None
-    # Measured without recursion (the body is capped, so the tree is too), before
-    # _element recurses into it.
-    level, depth = [root], 1
-    while level:
-        if depth > MAX_DEPTH:
-            raise BadRequest(f"The notification is nested deeper than {MAX_DEPTH} levels.")
-        level = [child for element in level for child in element]
-        depth += 1
-    value = _element(root)
+    value = _element(root, 1)
     return value if isinstance(value, dict) else {}
 
 
-def _element(element: Element) -> dict[str, Any] | str:
+def _element(element: Element, depth: int) -> dict[str, Any] | str:
+    """Refused past MAX_DEPTH before going deeper, so the recursion is bounded by it
+    (expat and its tree are not recursive: a tree 8,000 deep is built, then refused)."""
+    if depth > MAX_DEPTH:
+        raise BadRequest(f"The notification is nested deeper than {MAX_DEPTH} levels.")
     children = list(element)
     if not children:
         return (element.text or "").strip()
     out: dict[str, Any] = {}
     for child in children:
-        value = _element(child)
+        value = _element(child, depth + 1)
         if child.tag in out:
             held = out[child.tag]
             out[child.tag] = [*held, value] if isinstance(held, list) else [held, value]

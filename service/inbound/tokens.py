@@ -55,7 +55,7 @@ async def check_many(
     """Whether each (store id, token) opens the store's URL, in one query. Only the holder
     of the right token learns that the store was revoked; anyone else gets the same answer
     for every store."""
-    stores = _padded(sorted({store_id for store_id, _ in items}))
+    stores = _padded(list({store_id for store_id, _ in items}))
     rows = {
         row.store_id: row
         for row in await session.execute(

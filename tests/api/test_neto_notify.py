@@ -413,6 +413,8 @@ async def test_token_checks_of_any_batch_size_are_a_few_statement_texts(app, cli
     items = [(store, url.rsplit("/", 1)[1]) for store, url in urls.items()]
     items[4] = (items[4][0], items[4][1] + "x")  # a wrong token among them
     items.append(("S404", "nt_" + "a" * 43))  # no such store
+    expected = [tokens.Verdict.OK] * 9 + [tokens.Verdict.WRONG]
+    expected[4] = tokens.Verdict.WRONG
     statements: set[str] = set()
 
     def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
@@ -424,8 +426,6 @@ async def test_token_checks_of_any_batch_size_are_a_few_statement_texts(app, cli
         for size in range(1, len(items) + 1):
             async with app.state.services.sessionmaker() as session:
                 verdicts = await tokens.check_many(session, items[:size])
-            expected = [tokens.Verdict.OK] * 9 + [tokens.Verdict.WRONG]
-            expected[4] = tokens.Verdict.WRONG
             assert verdicts == expected[:size], size
     finally:
         event.remove(engine, "before_cursor_execute", seen)
